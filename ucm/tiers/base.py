@@ -1,0 +1,223 @@
+"""The store contract every tier implements, and the task handle its copies return.
+
+Contract (the seed API, as in Huawei's UCM):
+- ``lookup(ids) -> list[bool]``: True only for blocks dumped, committed and still resident.
+- ``dump(ids, offset, src_tensor) -> Task``: piece i copies ``src_tensor[i]`` into block ``ids[i]``
+  at byte ``offset[i]``; an id may repeat with other offsets. Asynchronous. Dumping a block that is
+  already committed is skipped: ids are content hashes, so the bytes are already there.
+- ``load(ids, offset, dst_tensor) -> Task``: the reverse copy. Only committed blocks load.
+- ``wait(task) -> int``: 0 on success, else the first failure code (never waits past the timeout).
+- ``check(task) -> bool``: done or not, without blocking.
+- ``commit(ids, is_success=True)``: make dumped blocks visible to lookup, or drop them.
+
+Block ids are ``str`` or ``bytes``; a ``str`` is stored as its UTF-8 bytes, so ``"a"`` and
+``b"a"`` name the same block.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Optional, Protocol, Union
+
+import torch
+
+log = logging.getLogger("ucm")
+
+BlockId = Union[str, bytes]
+
+# Return codes of wait(); a task keeps the first failure of each block in ``task.failed``.
+OK = 0
+NOT_FOUND = 1   # load of a block that is absent, uncommitted or unreadable (corrupt file)
+REFUSED = 2     # dump not taken: admission said no, or nothing could be evicted
+IO_ERROR = 3    # a copy or a file operation failed
+TIMEOUT = 4     # wait() gave up
+
+CODE_NAMES = {OK: "ok", NOT_FOUND: "not_found", REFUSED: "refused", IO_ERROR: "io_error", TIMEOUT: "timeout"}
+
+
+def to_key(block_id: BlockId, where: str = "block_ids") -> bytes:
+    """The internal key of a block id; malformed ids raise ValueError naming the argument."""
+    if isinstance(block_id, bytes):
+        return block_id
+    if isinstance(block_id, str):
+        return block_id.encode()
+    raise ValueError(f"{where} must hold str or bytes ids, got {type(block_id).__name__}: {block_id!r}")
+
+
+def to_keys(block_ids: Sequence[BlockId]) -> list[bytes]:
+    if isinstance(block_ids, (str, bytes)) or not isinstance(block_ids, Sequence):
+        raise ValueError(f"block_ids must be a list of str or bytes ids, got {type(block_ids).__name__}")
+    return [to_key(b, f"block_ids[{i}]") for i, b in enumerate(block_ids)]
+
+
+def check_pieces(block_ids, offset, tensors, block_size: int, tensor_arg: str) -> list[bytes]:
+    """Validate a dump/load call; returns the keys. Raises ValueError naming the bad argument."""
+    keys = to_keys(block_ids)
+    for name, seq in (("offset", offset), (tensor_arg, tensors)):
+        if not isinstance(seq, Sequence):
+            raise ValueError(f"{name} must be a list, got {type(seq).__name__}")
+    if not len(keys) == len(offset) == len(tensors):
+        raise ValueError(
+            f"block_ids, offset and {tensor_arg} must have the same length, got {len(keys)}, {len(offset)}, {len(tensors)}")
+    for i, (off, t) in enumerate(zip(offset, tensors)):
+        if not isinstance(off, int) or isinstance(off, bool) or off < 0:
+            raise ValueError(f"offset[{i}] must be a non-negative int, got {off!r}")
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{tensor_arg}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_contiguous():
+            raise ValueError(f"{tensor_arg}[{i}] is not contiguous: pass tensor.contiguous() (or a contiguous view)")
+        nbytes = t.numel() * t.element_size()
+        if off + nbytes > block_size:
+            raise ValueError(
+                f"offset[{i}] + {tensor_arg}[{i}] bytes = {off} + {nbytes} exceeds kv_block_size {block_size}")
+    return keys
+
+
+def as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """A flat uint8 view of a contiguous tensor (no copy)."""
+    return t.reshape(-1).view(torch.uint8)
+
+
+class Completion(Protocol):
+    def done(self) -> bool: ...
+    def wait(self, timeout: float) -> bool: ...
+
+
+class Task:
+    """Handle of one dump or load call: a set of completions plus per-block failures.
+
+    Finalizers (e.g. releasing the blocks a load reads) run exactly once, when the task is first
+    seen done, outside the task's own lock so they may take a tier's lock.
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.failed: dict[bytes, int] = {}
+        self._parts: list[Completion] = []
+        self._finalizers: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._finished = False
+
+    def fail(self, key: bytes, code: int) -> None:
+        with self._lock:
+            self.failed.setdefault(key, code)
+
+    def add(self, part: Completion) -> None:
+        self._parts.append(part)
+
+    def on_done(self, fn: Callable[[], None]) -> None:
+        self._finalizers.append(fn)
+
+    def add_task(self, child: "Task") -> None:
+        """Wait for ``child`` too, and take over its failures when done."""
+        self.add(child)
+        self.on_done(lambda: [self.fail(k, c) for k, c in child.failed.items()])
+
+    @property
+    def failed_ids(self) -> set[bytes]:
+        return set(self.failed)
+
+    @property
+    def code(self) -> int:
+        return next(iter(self.failed.values()), OK)
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+            fns, self._finalizers = self._finalizers, []
+        for fn in fns:
+            fn()
+
+    def done(self) -> bool:
+        if self._finished:
+            return True
+        if all(p.done() for p in self._parts):
+            self._finish()
+            return True
+        return False
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        for p in self._parts:
+            if not p.wait(max(0.0, deadline - time.monotonic())):
+                return False
+        self._finish()
+        return True
+
+    def __repr__(self) -> str:
+        return f"Task({self.kind}, done={self._finished}, failed={len(self.failed)})"
+
+
+class Store(ABC):
+    """The seed's store contract (see the module docstring)."""
+
+    #: bytes of one stored block (one slot)
+    block_size: int
+    #: seconds wait() may block before it reports TIMEOUT
+    timeout_s: float = 60.0
+
+    @abstractmethod
+    def lookup(self, block_ids: Sequence[BlockId]) -> list[bool]: ...
+
+    @abstractmethod
+    def dump(self, block_ids: Sequence[BlockId], offset: Sequence[int], src_tensor: Sequence[torch.Tensor]) -> Task: ...
+
+    @abstractmethod
+    def load(self, block_ids: Sequence[BlockId], offset: Sequence[int], dst_tensor: Sequence[torch.Tensor]) -> Task: ...
+
+    @abstractmethod
+    def commit(self, block_ids: Sequence[BlockId], is_success: bool = True) -> None: ...
+
+    def create(self, block_ids: Sequence[BlockId]) -> list[int]:
+        """Optional in the seed API: nothing to reserve here (dump allocates). Returns 0 per id."""
+        return [OK for _ in to_keys(block_ids)]
+
+    def check(self, task: Task) -> bool:
+        return task.done()
+
+    def wait(self, task: Task) -> int:
+        if not task.wait(self.timeout_s):
+            log.warning("ucm: %s task not done after %.1f s", task.kind, self.timeout_s)
+            return TIMEOUT
+        return task.code
+
+    def close(self) -> None:
+        """Release threads and files; the store must not be used afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Tier(Store):
+    """A store that can also sit in a chain: whole-block reads and writes, and a demotion sink.
+
+    ``read_block`` returns a host copy of a committed block (None if absent or unreadable);
+    ``write_block`` stores a whole committed block (subject to admission; True if it is resident
+    afterwards). When a tier evicts a block it hands the bytes to ``demote_to``, if set.
+    """
+
+    name: str = "tier"
+    demote_to: Optional["Tier"] = None
+
+    @abstractmethod
+    def has(self, key: bytes) -> bool: ...
+
+    @abstractmethod
+    def read_block(self, key: bytes) -> Optional[torch.Tensor]: ...
+
+    @abstractmethod
+    def write_block(self, key: bytes, data: torch.Tensor) -> bool: ...
+
+    @abstractmethod
+    def stats(self) -> dict: ...
+
+    def lookup(self, block_ids: Sequence[BlockId]) -> list[bool]:
+        return [self.has(k) for k in to_keys(block_ids)]

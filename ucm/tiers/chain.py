@@ -1,0 +1,92 @@
+"""An ordered chain of tiers, fastest first (e.g. HBM -> DRAM -> disk).
+
+- lookup: a block is present if any tier holds it.
+- dump/commit: into the head tier; what the head evicts is demoted into the next tier, and so on.
+- load: each block is read from the fastest tier holding it. A block found below the head is read
+  once, promoted into the head (subject to the head's admission) and copied into the caller's
+  tensors, on a worker thread, so load() stays asynchronous.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ucm.tiers.base import IO_ERROR, NOT_FOUND, BlockId, Store, Task, Tier, as_bytes, check_pieces, log, to_keys
+from ucm.tiers.copy import CopyEngine
+
+
+class TierChain(Store):
+    def __init__(self, tiers: list[Tier]):
+        if not tiers:
+            raise ValueError("a chain needs at least one tier")
+        sizes = {t.block_size for t in tiers}
+        if len(sizes) != 1:
+            raise ValueError(f"all tiers of a chain must use one kv_block_size, got {sorted(sizes)}")
+        self.tiers = tiers
+        self.block_size = tiers[0].block_size
+        self.timeout_s = max(t.timeout_s for t in tiers)
+        for upper, lower in zip(tiers, tiers[1:]):
+            upper.demote_to = lower
+        self._promoter = CopyEngine("chain-promote")
+        self.counters = dict(promoted=0, lower_hits=0)
+
+    @property
+    def head(self) -> Tier:
+        return self.tiers[0]
+
+    def tier(self, name: str) -> Tier:
+        return next(t for t in self.tiers if t.name == name)
+
+    def lookup(self, block_ids: Sequence[BlockId]) -> list[bool]:
+        return [any(t.has(k) for t in self.tiers) for k in to_keys(block_ids)]
+
+    def dump(self, block_ids, offset, src_tensor) -> Task:
+        return self.head.dump(block_ids, offset, src_tensor)
+
+    def commit(self, block_ids, is_success: bool = True) -> None:
+        self.head.commit(block_ids, is_success)
+
+    def load(self, block_ids: Sequence[BlockId], offset: Sequence[int], dst_tensor: Sequence[torch.Tensor]) -> Task:
+        keys = check_pieces(block_ids, offset, dst_tensor, self.block_size, "dst_tensor")
+        head_idx, lower = [], {}
+        for i, key in enumerate(keys):
+            if key in lower:
+                lower[key][1].append(i)
+            elif self.head.has(key):
+                head_idx.append(i)
+            else:
+                src = next((t for t in self.tiers[1:] if t.has(key)), None)
+                lower[key] = (src, [i])
+        task = Task("load")
+        if head_idx:
+            task.add_task(self.head.load([keys[i] for i in head_idx], [offset[i] for i in head_idx],
+                                         [dst_tensor[i] for i in head_idx]))
+        if lower:
+            task.add(self._promoter.run(self._load_lower, task, lower, offset, dst_tensor))
+        return task
+
+    def _load_lower(self, task: Task, lower: dict, offset, dst_tensor) -> None:
+        for key, (tier, idx) in lower.items():
+            data = tier.read_block(key) if tier is not None else None
+            if data is None:
+                task.fail(key, NOT_FOUND)
+                continue
+            self.counters["lower_hits"] += 1
+            if self.head.write_block(key, data):  # promote; the head's admission may refuse
+                self.counters["promoted"] += 1
+            try:
+                for i in idx:
+                    dst = as_bytes(dst_tensor[i])
+                    dst.copy_(data[offset[i]:offset[i] + dst.numel()])
+            except Exception as exc:
+                log.error("ucm: copy of block %s from %s failed: %s", key[:16].hex(), tier.name, exc)
+                task.fail(key, IO_ERROR)
+
+    def stats(self) -> dict:
+        return dict(self.counters, tiers=[t.stats() for t in self.tiers])
+
+    def close(self) -> None:
+        self._promoter.close()
+        for t in self.tiers:
+            t.close()
