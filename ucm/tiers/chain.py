@@ -1,18 +1,21 @@
 """An ordered chain of tiers, fastest first (e.g. HBM -> DRAM -> disk).
 
 - lookup: a block is present if any tier holds it.
-- dump/commit: into the head tier; what the head evicts is demoted into the next tier, and so on.
+- dump/commit: into the head tier; a block the head refuses (full of blocks in flight, or its
+  admission says no) falls through to the next tier. All pieces of one block go to the tier that
+  took its first piece, until commit. What a tier evicts is demoted into the next one.
 - load: each block is read from the fastest tier holding it. A block found below the head is read
   once, promoted into the head (subject to the head's admission) and copied into the caller's
   tensors, on a worker thread, so load() stays asynchronous.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import torch
 
-from ucm.tiers.base import IO_ERROR, NOT_FOUND, BlockId, Store, Task, Tier, as_bytes, check_pieces, log, to_keys
+from ucm.tiers.base import IO_ERROR, NOT_FOUND, REFUSED, BlockId, Store, Task, Tier, as_bytes, check_pieces, log, to_keys
 from ucm.tiers.copy import CopyEngine
 
 
@@ -29,6 +32,8 @@ class TierChain(Store):
         for upper, lower in zip(tiers, tiers[1:]):
             upper.demote_to = lower
         self._promoter = CopyEngine("chain-promote")
+        self._writing: dict[bytes, Tier] = {}  # dumped, uncommitted block -> the tier holding its pieces
+        self._lock = threading.Lock()
         self.counters = dict(promoted=0, lower_hits=0)
 
     @property
@@ -42,10 +47,36 @@ class TierChain(Store):
         return [any(t.has(k) for t in self.tiers) for k in to_keys(block_ids)]
 
     def dump(self, block_ids, offset, src_tensor) -> Task:
-        return self.head.dump(block_ids, offset, src_tensor)
+        keys = check_pieces(block_ids, offset, src_tensor, self.block_size, "src_tensor")
+        task = Task("dump")
+        with self._lock:
+            routed = [self._writing.get(k, self.head) for k in keys]
+        for level, tier in enumerate(self.tiers):
+            idx = [i for i, t in enumerate(routed) if t is tier]
+            if not idx:
+                continue
+            child = tier.dump([keys[i] for i in idx], [offset[i] for i in idx], [src_tensor[i] for i in idx])
+            refused = {k for k, c in child.failed.items() if c == REFUSED}  # decided synchronously
+            lower = self.tiers[level + 1] if level + 1 < len(self.tiers) else None
+            with self._lock:
+                for i in idx:
+                    if keys[i] in refused and lower is not None:
+                        routed[i] = lower
+                    else:
+                        self._writing.setdefault(keys[i], tier)
+            moved = refused if lower is not None else set()
+            task.add(child)
+            task.on_done(lambda c=child, m=moved: [task.fail(k, v) for k, v in c.failed.items() if k not in m])
+        return task
 
     def commit(self, block_ids, is_success: bool = True) -> None:
-        self.head.commit(block_ids, is_success)
+        keys = to_keys(block_ids)
+        with self._lock:
+            by_tier = {}
+            for k in keys:
+                by_tier.setdefault(self._writing.pop(k, self.head), []).append(k)
+        for tier, ks in by_tier.items():
+            tier.commit(ks, is_success)
 
     def load(self, block_ids: Sequence[BlockId], offset: Sequence[int], dst_tensor: Sequence[torch.Tensor]) -> Task:
         keys = check_pieces(block_ids, offset, dst_tensor, self.block_size, "dst_tensor")

@@ -1,0 +1,55 @@
+"""The chain: demotion on eviction, promotion on load, lookup across tiers, warm restart."""
+import torch
+
+from ucm.tiers import OK, create_store
+from tests.tiers.conftest import BLOCK, get, put
+
+
+def test_evicted_blocks_are_demoted_and_still_hit(chain):
+    ids = [f"b{i}" for i in range(10)]  # HBM holds 2, DRAM 4: the rest spill to disk
+    data = {}
+    for n, i in enumerate(ids):
+        data.update(put(chain, [i], seed=n))
+    assert chain.lookup(ids) == [True] * 10
+    hbm, dram, disk = chain.tiers
+    assert hbm.stats()["used_slots"] <= 2 and dram.stats()["used_slots"] <= 4
+    assert disk.stats()["blocks"] >= 4
+    for i in ids:
+        code, out = get(chain, i)
+        assert code == OK and torch.equal(out, data[i]), i
+
+
+def test_load_from_lower_tier_promotes_to_head(chain):
+    data = {}
+    for n in range(8):
+        data.update(put(chain, [f"b{n}"], seed=n))
+    hbm, dram, disk = chain.tiers
+    assert not hbm.has(b"b0") and disk.has(b"b0")
+    code, out = get(chain, "b0")
+    assert code == OK and torch.equal(out, data["b0"])
+    assert hbm.has(b"b0"), "promoted into the fastest tier"
+    assert chain.counters["promoted"] >= 1
+
+
+def test_dump_falls_through_when_the_head_is_full_of_writes(chain):
+    ids = [f"w{i}" for i in range(5)]  # head has 2 slots, all busy with this very dump
+    data = {i: torch.randint(0, 256, (BLOCK,), dtype=torch.uint8) for i in ids}
+    assert chain.wait(chain.dump(ids, [0] * 5, list(data.values()))) == OK
+    chain.commit(ids)
+    assert chain.lookup(ids) == [True] * 5
+    for i in ids:
+        assert torch.equal(get(chain, i)[1], data[i])
+
+
+def test_dram_disk_chain_survives_a_restart(tmp_path):
+    cfg = {"kv_block_size": BLOCK, "max_cache_size": 2 * BLOCK, "disk": {"path": str(tmp_path / "d")}}
+    with create_store("dram_disk", cfg) as first:
+        data = {}
+        for n in range(6):
+            data.update(put(first, [f"b{n}"], seed=n))
+    with create_store("dram_disk", cfg) as second:  # DRAM is empty now: hits come from disk
+        spilled = [f"b{n}" for n in range(4)]
+        assert second.lookup(spilled) == [True] * 4
+        for i in spilled:
+            code, out = get(second, i)
+            assert code == OK and torch.equal(out, data[i])

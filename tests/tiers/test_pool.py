@@ -1,0 +1,88 @@
+"""Slot-pool tiers (DRAM, HBM): bounded memory, eviction order, refusals, protected reads."""
+import pytest
+import torch
+
+from ucm.tiers import OK, REFUSED, create_store
+from tests.tiers.conftest import BLOCK, SLOTS, get, put, rand_block
+
+
+@pytest.fixture(params=["dram_tier", "hbm_tier"])
+def pool_tier(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_pool_is_allocated_once_within_the_cap(pool_tier):
+    assert pool_tier.pool.numel() * pool_tier.pool.element_size() <= SLOTS * BLOCK
+    ptr = pool_tier.pool.data_ptr()
+    for i in range(3 * SLOTS):
+        put(pool_tier, [f"b{i}"], seed=i)
+    assert pool_tier.pool.data_ptr() == ptr, "no reallocation"
+
+
+def test_capacity_is_never_exceeded(pool_tier):
+    for i in range(5 * SLOTS):
+        put(pool_tier, [f"b{i}"], seed=i)
+        assert sum(pool_tier.lookup([f"b{j}" for j in range(i + 1)])) <= SLOTS
+        assert pool_tier.stats()["used_slots"] <= SLOTS
+    assert pool_tier.stats()["evictions"] == 4 * SLOTS
+
+
+def test_lru_evicts_least_recently_used(pool_tier):
+    ids = [f"b{i}" for i in range(SLOTS)]
+    data = put(pool_tier, ids)
+    assert get(pool_tier, "b0")[0] == OK  # b0 is now the most recent; b1 the oldest
+    put(pool_tier, ["new"], seed=50)
+    assert pool_tier.lookup(ids) == [True, False] + [True] * (SLOTS - 2)
+    code, out = get(pool_tier, "b0")
+    assert code == OK and torch.equal(out, data["b0"])
+
+
+def test_dump_beyond_free_slots_is_refused_not_raised(pool_tier):
+    ids = [f"w{i}" for i in range(SLOTS + 2)]
+    task = pool_tier.dump(ids, [0] * len(ids), [rand_block(seed=i) for i in range(len(ids))])
+    assert pool_tier.wait(task) == REFUSED, "in-flight writes cannot be evicted"
+    assert task.failed_ids == {b"w8", b"w9"}
+    pool_tier.commit(ids)
+    assert pool_tier.lookup(ids) == [True] * SLOTS + [False, False]
+    assert pool_tier.stats()["refused"] == 2
+
+
+def test_blocks_being_loaded_are_not_evicted(pool_tier):
+    ids = [f"b{i}" for i in range(SLOTS)]
+    data = put(pool_tier, ids)
+    # a load in flight protects its blocks; release only after wait
+    outs = [torch.empty(BLOCK, dtype=torch.uint8) for _ in ids]
+    task = pool_tier.load(ids, [0] * SLOTS, outs)
+    assert pool_tier._reading or task.done()
+    pool_tier.wait(task)
+    for i, out in zip(ids, outs):
+        assert torch.equal(out, data[i])
+    put(pool_tier, ["after"], seed=77)  # released: eviction works again
+    assert pool_tier.lookup(["after"]) == [True]
+
+
+def test_protected_blocks_refuse_new_dumps_when_all_are_read(dram_tier):
+    ids = [f"b{i}" for i in range(SLOTS)]
+    put(dram_tier, ids)
+    with dram_tier._lock:  # simulate loads in flight on every block
+        for k in ids:
+            dram_tier._reading[k.encode()] = 1
+    task = dram_tier.dump(["x"], [0], [rand_block()])
+    assert dram_tier.wait(task) == REFUSED
+    assert dram_tier.lookup(ids) == [True] * SLOTS
+
+
+def test_admission_refusal_is_reported():
+    cfg = {"kv_block_size": BLOCK, "max_cache_size": 4 * BLOCK, "admission": {"name": "reuse", "params": {}}}
+    try:
+        store = create_store("UcmDramStore", cfg)
+    except ValueError:
+        pytest.skip("reuse admission not available")
+    task = store.dump(["once"], [0], [rand_block()])
+    assert store.wait(task) == REFUSED
+
+
+def test_default_max_cache_size_is_5_gib():
+    from ucm.tiers.settings import StoreSettings
+
+    assert StoreSettings().max_cache_size == 5368709120
