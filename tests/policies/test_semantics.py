@@ -1,0 +1,144 @@
+"""Documented semantics of each policy, and the contract every eviction policy keeps."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ucm.policies import EVICTION_POLICIES, make_admission, make_eviction
+from ucm.policies.arc import ARCPolicy
+from ucm.policies.lfu import LFUPolicy
+from ucm.policies.s3fifo import S3FIFOPolicy
+from ucm.policies.sieve import SievePolicy
+
+NAMES = sorted(EVICTION_POLICIES)
+
+
+def fill(p, keys):
+    for k in keys:
+        if k in p:
+            p.touch(k)
+        else:
+            while len(p) >= p.capacity:
+                p.evict(incoming=k)
+            p.insert(k)
+
+
+def test_registry_and_errors():
+    assert {"lru", "lfu", "arc", "s3fifo", "sieve"} <= set(EVICTION_POLICIES)
+    with pytest.raises(ValueError, match="unknown eviction"):
+        make_eviction("nope", 4)
+    with pytest.raises(ValueError, match="no parameter"):
+        make_eviction("lfu", 4, bogus=1)
+    with pytest.raises(ValueError):
+        make_eviction("s3fifo", 10, small_size_ratio=1.5)
+    with pytest.raises(ValueError):
+        make_admission("reuse", threshold=0)
+
+
+def test_lfu_counts_only_while_cached_and_ties_lru_first():
+    p = LFUPolicy(3)
+    fill(p, ["a", "b", "c", "a", "b"])  # a:2 b:2 c:1
+    assert p.evict() == "c"
+    p.insert("d")                        # d:1
+    p.touch("d")                         # d reaches 2 after a and b
+    assert p.evict() == "a"              # tie at 2: a reached 2 first
+    p.insert("a")                        # a comes back with count 1 (no history)
+    assert p.count("a") == 1
+    assert p.evict() == "a"
+
+
+def test_arc_p_is_float_and_t1_evicted_when_t2_empty():
+    p = ARCPolicy(4)
+    fill(p, [1, 2, 3, 4, 5])             # one-time keys only: T2 empty, LRU of T1 goes
+    assert 1 not in p and isinstance(p.p, float) and not p.t2
+    # (T1 full and B1 empty: the LRU of T1 leaves without a ghost)
+    assert not p.b1
+    q = ARCPolicy(4)
+    fill(q, [1, 2, 3, 1, 4, 5])          # 1 in T2; miss on 5 replaces the LRU of T1 (2) into B1
+    assert list(q.b1) == [2] and q.p == 0.0
+    fill(q, [2])                         # ghost hit in B1: p grows by max(|B2|/|B1|, 1) = 1
+    assert q.p == 1.0 and isinstance(q.p, float) and 2 in q.t2
+
+
+def test_sieve_keeps_visited_and_hand_stays():
+    p = SievePolicy(3)
+    fill(p, ["a", "b", "c"])
+    p.touch("a")
+    assert p.evict() == "b"              # a visited: bit cleared, kept; b evicted
+    p.insert("d")
+    assert p.evict() == "c"              # the hand stayed after b
+    assert p.evict() == "d"              # then goes on toward the newest key
+    assert p.evict() == "a"              # wrapped: a's bit was cleared on the first pass
+
+
+def test_s3fifo_small_main_ghost():
+    p = S3FIFOPolicy(10)                 # small 1, main 9, ghost 9
+    fill(p, range(10))                   # small full first: the rest go to main before any eviction
+    assert len(p.small) == 1 and len(p.main) == 9
+    fill(p, [100])                       # evicts from small (0) into the ghost
+    assert 0 in p.ghost and 0 not in p
+    fill(p, [0])                         # a ghost hit goes straight to main
+    assert 0 in p.main and 0 not in p.ghost
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_protected_keys_are_never_evicted(name):
+    p = make_eviction(name, 8)
+    fill(p, range(8))
+    for k in range(3):
+        p.touch(k)
+    protected = frozenset(range(7))
+    v = p.evict(protected)
+    assert v == 7
+    assert p.evict(frozenset(range(8)) - {v}) is None or len(p) < 7
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_remove_and_reinsert(name):
+    p = make_eviction(name, 4)
+    fill(p, [1, 2, 3, 4])
+    p.remove(2)
+    p.remove(99)
+    assert 2 not in p and len(p) == 3
+    p.insert(5)
+    assert len(p) == 4 and 5 in p
+
+
+ops = st.lists(st.tuples(st.sampled_from(["get", "remove", "evict_protected"]), st.integers(0, 30)),
+               max_size=300)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=60, deadline=None)
+@given(ops=ops, cap=st.integers(1, 12))
+def test_contract_model(name, ops, cap):
+    """Against a set model: size bounded, evict returns a cached unprotected key, membership exact."""
+    p = make_eviction(name, cap)
+    model: set = set()
+    for op, k in ops:
+        if op == "get":
+            if k in p:
+                assert k in model
+                p.touch(k)
+            else:
+                assert k not in model
+                while len(p) >= cap:
+                    v = p.evict(incoming=k)
+                    assert v in model and v != k
+                    model.discard(v)
+                p.insert(k)
+                model.add(k)
+        elif op == "remove":
+            p.remove(k)
+            model.discard(k)
+        else:
+            protected = frozenset(x for x in model if x % 3 == k % 3)
+            v = p.evict(protected)
+            if v is None:
+                assert model <= protected
+            else:
+                assert v in model and v not in protected
+                model.discard(v)
+        assert len(p) == len(model) <= cap
+        assert all(x in p for x in model)
