@@ -1,0 +1,60 @@
+"""Block keys: vLLM's own prefix block hashes, rooted in what makes KV bytes differ.
+
+The chain root is a SHA-256 of the namespace (model, revision, KV dtype, block size, layer
+count, per-layer page bytes, kv heads, head size, device type, TP size, key format version), so
+two models, dtypes, block sizes or layouts never share a key; each rank's key appends its TP rank.
+Keys are stable across processes and machines (no PYTHONHASHSEED needed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ucm.integration.vllm import compat
+
+KEY_VERSION = 1
+
+
+def namespace(vllm_config: Any, spec: dict, tp_size: int) -> dict:
+    model = vllm_config.model_config
+    return dict(v=KEY_VERSION, model=str(model.model), revision=str(getattr(model, "revision", None)),
+                dtype=spec["dtype"], block_size=spec["block_size"], layers=spec["num_layers"],
+                page_bytes=spec["page_bytes"], kv_heads=spec["num_kv_heads"], head_size=spec["head_size"],
+                device=compat.device_type(), tp_size=tp_size)
+
+
+def root_hash(ns: dict) -> bytes:
+    return hashlib.sha256(json.dumps(ns, sort_keys=True).encode()).digest()
+
+
+class RequestKeys:
+    """The block hashes of one request, extended lazily as its tokens grow."""
+
+    __slots__ = ("request", "hashes")
+
+    def __init__(self, request: Any):
+        self.request = request
+        self.hashes: list[bytes] = []
+
+
+class KeyMaker:
+    def __init__(self, root: bytes, block_size: int, tp_size: int):
+        self.root = root
+        self.block_size = block_size
+        self.tp_size = tp_size
+
+    def hashes(self, rk: RequestKeys, num_blocks: int) -> list[bytes]:
+        """Hashes of the first ``num_blocks`` full blocks of the request (computed once each)."""
+        have = len(rk.hashes)
+        if num_blocks > have:
+            parent = rk.hashes[-1] if have else self.root
+            rk.hashes.extend(compat.block_hash_chain(rk.request, have, num_blocks, parent, self.block_size))
+        return rk.hashes[:num_blocks]
+
+    @staticmethod
+    def rank_key(block_hash: bytes, rank: int) -> bytes:
+        return block_hash + b"/tp%d" % rank
+
+    def all_rank_keys(self, block_hash: bytes) -> list[bytes]:
+        return [self.rank_key(block_hash, r) for r in range(self.tp_size)]

@@ -1,0 +1,130 @@
+"""The scheduler side: which prompt blocks ucm holds, and what each step loads and dumps.
+
+- ``get_num_new_matched_tokens``: after vLLM's own (block-aligned) hit, the longest run of full
+  blocks the store holds for every TP rank, leaving at least the last prompt token to compute.
+  Loads are synchronous within the step (started before the forward, waited layer by layer).
+- ``update_state_after_alloc``: records the vLLM blocks the hit loads into.
+- ``build_connector_meta``: this step's loads, and dumps of every block that becomes full in this
+  step (prompt and generated tokens) and that the store does not hold yet.
+- ``request_finished``: a request's dumps complete within its last step, so its blocks are freed
+  at once and a later request with the same prefix hits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ucm.integration.vllm.keys import KeyMaker, RequestKeys
+from ucm.integration.vllm.metadata import DumpSpec, LoadSpec, UcmConnectorMetadata
+from ucm.integration.vllm.stats import UcmConnectorStats
+
+
+@dataclass
+class _ReqState:
+    keys: RequestKeys
+    block_ids: list[int] = field(default_factory=list)
+    dumped_upto: int = 0  # blocks [0, dumped_upto) are stored or planned
+    lookup: tuple[int, int] = (0, 0)  # (first block, blocks hit) of the last lookup
+
+
+class UcmScheduler:
+    def __init__(self, store: Any, keys: KeyMaker, block_size: int):
+        self.store = store
+        self.keys = keys
+        self.block_size = block_size
+        self.reqs: dict[str, _ReqState] = {}
+        self.pending_loads: dict[str, LoadSpec] = {}
+        self.stats = UcmConnectorStats()
+
+    # ---- hooks ------------------------------------------------------------------------------
+    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int, bool]:
+        st = self.reqs.get(request.request_id)
+        if st is None or st.keys.request is not request:
+            st = self.reqs[request.request_id] = _ReqState(RequestKeys(request))
+        bs = self.block_size
+        first = num_computed_tokens // bs
+        last = (request.num_tokens - 1) // bs  # full blocks, keeping >= 1 token to compute
+        st.lookup = (first, 0)
+        if last <= first:
+            return 0, False
+        hashes = self.keys.hashes(st.keys, last)[first:]
+        hit = 0
+        tp = self.keys.tp_size
+        if tp == 1:
+            present = self.store.lookup([self.keys.rank_key(h, 0) for h in hashes])
+        else:  # the same decision for every rank: a block counts only if all ranks hold it
+            flat = self.store.lookup([k for h in hashes for k in self.keys.all_rank_keys(h)])
+            present = [all(flat[i * tp:(i + 1) * tp]) for i in range(len(hashes))]
+        for p in present:
+            if not p:
+                break
+            hit += 1
+        st.lookup = (first, hit)
+        return hit * bs, False
+
+    def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
+        st = self.reqs.get(request.request_id)
+        if st is None:
+            return
+        first, hit = st.lookup
+        self.stats.add(lookup_tokens=max(0, request.num_tokens - first * self.block_size))
+        if num_external_tokens <= 0:
+            return
+        block_ids = list(blocks.get_block_ids()[0])
+        n = min(hit, num_external_tokens // self.block_size)
+        if n <= 0:
+            return
+        hashes = self.keys.hashes(st.keys, first + n)[first:first + n]
+        self.pending_loads[request.request_id] = LoadSpec(request.request_id, hashes, block_ids[first:first + n])
+        st.dumped_upto = max(st.dumped_upto, first + n)
+        self.stats.add(hit_tokens=n * self.block_size)
+
+    def build_connector_meta(self, scheduler_output: Any) -> UcmConnectorMetadata:
+        meta = UcmConnectorMetadata()
+        planned: set[bytes] = set()
+        for new in scheduler_output.scheduled_new_reqs:
+            st = self.reqs.get(new.req_id)
+            if st is None:
+                continue
+            st.block_ids = list(new.block_ids[0])
+            self._plan_dump(meta, new.req_id, st, new.num_computed_tokens
+                            + scheduler_output.num_scheduled_tokens.get(new.req_id, 0), planned)
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            st = self.reqs.get(req_id)
+            if st is None:
+                continue
+            new_ids = cached.new_block_ids[i]
+            if req_id in getattr(cached, "resumed_req_ids", ()):
+                st.block_ids = list(new_ids[0]) if new_ids is not None else []
+            elif new_ids is not None:
+                st.block_ids.extend(new_ids[0])
+            self._plan_dump(meta, req_id, st, cached.num_computed_tokens[i]
+                            + scheduler_output.num_scheduled_tokens.get(req_id, 0), planned)
+        meta.loads = list(self.pending_loads.values())
+        self.pending_loads.clear()
+        return meta
+
+    def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, None]:
+        self.reqs.pop(request.request_id, None)
+        self.pending_loads.pop(request.request_id, None)
+        return False, None
+
+    # ---- internals --------------------------------------------------------------------------
+    def _plan_dump(self, meta: UcmConnectorMetadata, req_id: str, st: _ReqState, computed_after: int,
+                   planned: set[bytes]) -> None:
+        full = min(computed_after, st.keys.request.num_tokens) // self.block_size
+        full = min(full, len(st.block_ids))
+        if full <= st.dumped_upto:
+            return
+        start, st.dumped_upto = st.dumped_upto, full
+        hashes = self.keys.hashes(st.keys, full)[start:full]
+        present = self.store.lookup([self.keys.rank_key(h, 0) for h in hashes])
+        todo_h, todo_b = [], []
+        for h, b, p in zip(hashes, st.block_ids[start:full], present):
+            if not p and h not in planned:
+                planned.add(h)
+                todo_h.append(h)
+                todo_b.append(b)
+        if todo_h:
+            meta.dumps.append(DumpSpec(req_id, todo_h, todo_b))

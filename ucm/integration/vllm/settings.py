@@ -1,0 +1,112 @@
+"""The connector's ``kv_connector_extra_config``, parsed and checked at start.
+
+Two forms:
+
+- the seed's: ``{"ucm_connector_name": "UcmDramStore", "ucm_connector_config":
+  {"max_cache_size": 5368709120, "kv_block_size": 262144}}``; ``ucm_connector_name`` may also
+  name a chain (``dram_disk``, ``hbm_dram_disk``) with its keys (e.g. ``disk: {path, max_size}``);
+- a Hydra config: ``{"ucm_config": "hbm_dram_disk", "ucm_overrides": ["eviction=arc", ...]}``,
+  composed by ``ucm.config.load_config`` exactly as the experiment configs are.
+
+``kv_block_size`` may be omitted (derived from the model). When given it must be either the
+seed's unit, one layer's K or V of one block (block_size x head_size x num_kv_heads x
+element_size), or the whole block ucm stores (all layers, K and V, one rank); anything else
+fails at start, naming both right values. The store is always built with the whole-block size.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+KNOWN_KEYS = ("ucm_connector_name", "ucm_connector_config", "ucm_config", "ucm_overrides",
+              "ucm_load_failure_policy")
+
+
+@dataclass
+class ConnectorSettings:
+    store_name: str = "UcmDramStore"
+    store_config: dict = field(default_factory=dict)
+    hydra_config: Optional[str] = None  # conf/store/<name>.yaml choice
+    hydra_overrides: list = field(default_factory=list)
+    load_failure_policy: str = "recompute"
+
+
+def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
+    extra = dict(extra or {})
+    ucm_keys = {k: v for k, v in extra.items() if k.startswith("ucm_")}
+    unknown = [k for k in ucm_keys if k not in KNOWN_KEYS]
+    if unknown:
+        raise ValueError(f"ucm: unknown kv_connector_extra_config keys {unknown}; allowed: {list(KNOWN_KEYS)}")
+    s = ConnectorSettings()
+    if "ucm_config" in extra:
+        if "ucm_connector_name" in extra or "ucm_connector_config" in extra:
+            raise ValueError("ucm: give either ucm_config (+ ucm_overrides) or ucm_connector_name "
+                             "(+ ucm_connector_config), not both")
+        s.hydra_config = str(extra["ucm_config"])
+        overrides = extra.get("ucm_overrides", [])
+        if isinstance(overrides, str) or not isinstance(overrides, (list, tuple)):
+            raise ValueError(f"ucm: ucm_overrides must be a list of Hydra overrides, got {overrides!r}")
+        s.hydra_overrides = [str(o) for o in overrides]
+    else:
+        if "ucm_overrides" in extra:
+            raise ValueError("ucm: ucm_overrides needs ucm_config (the Hydra store choice)")
+        s.store_name = str(extra.get("ucm_connector_name", "UcmDramStore"))
+        cfg = extra.get("ucm_connector_config", {})
+        if not isinstance(cfg, dict):
+            raise ValueError(f"ucm: ucm_connector_config must be a mapping, got {cfg!r}")
+        s.store_config = copy.deepcopy(cfg)
+    policy = extra.get("ucm_load_failure_policy", "recompute")
+    if policy not in ("recompute", "fail"):
+        raise ValueError(f"ucm: ucm_load_failure_policy must be 'recompute' or 'fail', got {policy!r}")
+    s.load_failure_policy = policy
+    return s
+
+
+def resolve_block_size(given: Any, piece_bytes: int, whole_bytes: int) -> int:
+    """The whole-block size the store is built with; ``given`` is the user's kv_block_size or None."""
+    if given is None or given == 0:
+        return whole_bytes
+    if isinstance(given, bool) or not isinstance(given, int):
+        raise ValueError(f"ucm: kv_block_size must be an integer number of bytes, got {given!r}")
+    if given in (piece_bytes, whole_bytes):
+        return whole_bytes
+    raise ValueError(
+        f"ucm: kv_block_size={given} does not match this model: use {piece_bytes} (one layer's K or V "
+        f"of one block: block_size x head_size x num_kv_heads x element_size) or {whole_bytes} (the "
+        f"whole block: all layers, K and V, one rank), or omit it")
+
+
+def build_store(s: ConnectorSettings, whole_block_bytes: int):
+    """Build the configured store with ``kv_block_size`` = the whole-block size."""
+    if s.hydra_config is not None:
+        from ucm.config import build_store as build_from_cfg, load_config
+
+        given = _hydra_block_size(s)
+        overrides = [o for o in s.hydra_overrides if not o.lstrip("+~").startswith("store.kv_block_size=")]
+        cfg = load_config(overrides + [f"store.kv_block_size={whole_block_bytes}"], store=s.hydra_config)
+        return build_from_cfg(cfg), given
+    from ucm.tiers import create_store
+
+    cfg = copy.deepcopy(s.store_config)
+    given = cfg.pop("kv_block_size", None)
+    cfg["kv_block_size"] = whole_block_bytes
+    return create_store(s.store_name, cfg), given
+
+
+def _hydra_block_size(s: ConnectorSettings) -> Optional[int]:
+    for o in s.hydra_overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        if key in ("store.kv_block_size", "kv_block_size"):
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"ucm: kv_block_size override must be an integer, got {value!r}") from None
+    return None
+
+
+def given_block_size(s: ConnectorSettings) -> Optional[int]:
+    """The user's kv_block_size, if any (to validate before building anything)."""
+    if s.hydra_config is not None:
+        return _hydra_block_size(s)
+    return s.store_config.get("kv_block_size")

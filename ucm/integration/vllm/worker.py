@@ -1,0 +1,206 @@
+"""The worker side: copies between vLLM's paged KV cache and the store.
+
+One stored block = one vLLM block of one TP rank: every layer's K and V, layer after layer at
+``layer_index * layer_bytes`` (the pieces of a layer in vLLM's own layout, K before V).
+
+- ``start_load_kv`` submits one asynchronous load per layer (in layer order) before the forward;
+  ``wait_for_layer_load`` waits only for that layer, so later layers copy while earlier ones compute.
+- ``save_kv_layer`` submits the dump of that layer's new full blocks right after its attention;
+  ``wait_for_save`` (end of the step, before vLLM may reuse the blocks) waits for the copies and
+  commits the blocks whose every piece landed, dropping the others.
+- A failed load is reported through ``get_block_ids_with_load_errors``: vLLM recomputes from the
+  first failed block (ucm sets ``kv_load_failure_policy=recompute``). Dumps of a request whose load
+  failed in this step are dropped (their KV was computed on top of the failed blocks).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+import torch
+
+from ucm.integration.vllm import compat
+from ucm.integration.vllm.keys import KeyMaker
+from ucm.integration.vllm.metadata import UcmConnectorMetadata
+from ucm.integration.vllm.stats import UcmConnectorStats
+
+log = logging.getLogger("ucm")
+
+
+def store_counters(stats: Any) -> tuple[int, int]:
+    """(evictions, refusals) summed over a store's tiers."""
+    ev = rf = 0
+    if isinstance(stats, dict):
+        ev += int(stats.get("evictions", 0) or 0)
+        rf += int(stats.get("refused", 0) or 0)
+        for v in stats.values():
+            if isinstance(v, (dict, list)):
+                e, r = store_counters(v)
+                ev, rf = ev + e, rf + r
+    elif isinstance(stats, list):
+        for v in stats:
+            e, r = store_counters(v)
+            ev, rf = ev + e, rf + r
+    return ev, rf
+
+
+class _Layer:
+    __slots__ = ("name", "index", "kv", "offset", "piece_offsets", "contiguous")
+
+    def __init__(self, name: str, index: int, kv: torch.Tensor, offset: int, piece_offsets: list[int],
+                 contiguous: bool):
+        self.name, self.index, self.kv, self.offset = name, index, kv, offset
+        self.piece_offsets, self.contiguous = piece_offsets, contiguous
+
+
+class UcmWorker:
+    def __init__(self, store: Any, keys: KeyMaker, rank: int, num_blocks: Optional[int], block_bytes: int):
+        self.store = store
+        self.keys = keys
+        self.rank = rank
+        self.num_blocks = num_blocks
+        self.block_bytes = block_bytes
+        self.layers: dict[str, _Layer] = {}
+        self.stats = UcmConnectorStats()
+        # loads of this step: layer -> (task, {key: vllm block id}, staging copies)
+        self._loads: dict[str, tuple[Any, dict[bytes, list[int]], list]] = {}
+        self._load_t0 = 0.0
+        self._load_failed_reqs: set[str] = set()
+        self._key_reqs: dict[bytes, set[str]] = {}
+        self._failed_block_ids: set[int] = set()
+        self._dumps: list[Any] = []
+        self._dump_t0 = 0.0
+        self._store_counters = store_counters(self._store_stats())
+
+    # ---- registration -----------------------------------------------------------------------
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        names = sorted(kv_caches, key=compat.layer_index)
+        first = kv_caches[names[0]]
+        if self.num_blocks is None:
+            self.num_blocks = first.shape[0] if first.shape[0] != 2 else first.shape[1]
+        offset = 0
+        for name in names:
+            kv = compat.writable_alias(kv_caches[name])
+            views = compat.block_views(kv, self.num_blocks, 0)
+            piece_offsets, o = [], 0
+            for v in views:
+                piece_offsets.append(o)
+                o += v.numel() * v.element_size()
+            self.layers[name] = _Layer(name, len(self.layers), kv, offset, piece_offsets,
+                                       all(v.is_contiguous() for v in views))
+            offset += o
+        if offset != self.block_bytes:
+            raise ValueError(f"ucm: the KV cache holds {offset} bytes per block over {len(names)} layers, "
+                             f"but the connector computed {self.block_bytes} from vLLM's KV cache spec")
+        log.info("ucm: registered %d KV layers, %d blocks, %d bytes per stored block (rank %d), layout %s",
+                 len(names), self.num_blocks, offset, self.rank, tuple(first.shape))
+
+    # ---- loads ------------------------------------------------------------------------------
+    @torch.inference_mode(False)  # views handed to copy threads must not be inference tensors
+    def start_load_kv(self, meta: Optional[UcmConnectorMetadata]) -> None:
+        if meta is None or not meta.loads or not self.layers:
+            return
+        self._load_t0 = time.perf_counter()
+        self._key_reqs = {}
+        for spec in meta.loads:
+            for h in spec.block_hashes:
+                self._key_reqs.setdefault(self.keys.rank_key(h, self.rank), set()).add(spec.req_id)
+        nblocks = 0
+        for layer in self.layers.values():
+            ids, offs, dsts, staging = [], [], [], []
+            where: dict[bytes, list[int]] = {}
+            for spec in meta.loads:
+                for h, b in zip(spec.block_hashes, spec.block_ids):
+                    key = self.keys.rank_key(h, self.rank)
+                    where.setdefault(key, []).append(b)
+                    for view, po in zip(compat.block_views(layer.kv, self.num_blocks, b), layer.piece_offsets):
+                        dst = view if layer.contiguous else torch.empty_like(view, memory_format=torch.contiguous_format)
+                        if not layer.contiguous:
+                            staging.append((view, dst))
+                        ids.append(key)
+                        offs.append(layer.offset + po)
+                        dsts.append(dst)
+            nblocks = len(where)
+            self._loads[layer.name] = (self.store.load(ids, offs, dsts), where, staging)
+        self.stats.add(loaded_blocks=nblocks, loaded_bytes=nblocks * self.block_bytes)
+
+    @torch.inference_mode(False)
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        entry = self._loads.pop(layer_name, None)
+        if entry is None:
+            return
+        task, where, staging = entry
+        code = self.store.wait(task)
+        if code != 0:
+            failed = set(task.failed_ids) or set(where)  # a failure without ids fails them all
+            for key in failed:
+                self._failed_block_ids.update(where.get(key, ()))
+                self._load_failed_reqs.update(self._key_reqs.get(key, ()))
+            self.stats.add(load_failed_blocks=len(failed))
+        for view, dst in staging:
+            view.copy_(dst)
+        if not self._loads:
+            self.stats.add(load_seconds=time.perf_counter() - self._load_t0)
+
+    def _finish_loads(self) -> None:
+        for name in list(self._loads):
+            self.wait_for_layer_load(name)
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        self._finish_loads()
+        out, self._failed_block_ids = self._failed_block_ids, set()
+        return out
+
+    # ---- dumps ------------------------------------------------------------------------------
+    @torch.inference_mode(False)
+    def save_kv_layer(self, meta: Optional[UcmConnectorMetadata], layer_name: str) -> None:
+        layer = self.layers.get(layer_name)
+        if meta is None or not meta.dumps or layer is None:
+            return
+        if not self._dumps:
+            self._dump_t0 = time.perf_counter()
+        ids, offs, srcs = [], [], []
+        for spec in meta.dumps:
+            for h, b in zip(spec.block_hashes, spec.block_ids):
+                key = self.keys.rank_key(h, self.rank)
+                for view, po in zip(compat.block_views(layer.kv, self.num_blocks, b), layer.piece_offsets):
+                    ids.append(key)
+                    offs.append(layer.offset + po)
+                    srcs.append(view if layer.contiguous else view.contiguous())
+        self._dumps.append(self.store.dump(ids, offs, srcs))
+
+    def wait_for_save(self, meta: Optional[UcmConnectorMetadata]) -> None:
+        self._finish_loads()
+        if meta is None or not meta.dumps:
+            self._dumps = []
+            self._load_failed_reqs = set()
+            return
+        failed: set[bytes] = set()
+        for task in self._dumps:
+            if self.store.wait(task) != 0:
+                failed |= set(task.failed_ids)
+        complete = len(self._dumps) == len(self.layers)
+        self._dumps = []
+        good, bad = [], []
+        for spec in meta.dumps:
+            drop = spec.req_id in self._load_failed_reqs or not complete
+            for h in spec.block_hashes:
+                key = self.keys.rank_key(h, self.rank)
+                (bad if drop or key in failed else good).append(key)
+        if good:
+            self.store.commit(good, True)
+        if bad:
+            self.store.commit(bad, False)
+        self._load_failed_reqs = set()
+        self.stats.add(dumped_blocks=len(good), dumped_bytes=len(good) * self.block_bytes,
+                       dump_seconds=time.perf_counter() - self._dump_t0, dump_failed_blocks=len(bad))
+        ev, rf = store_counters(self._store_stats())
+        ev0, rf0 = self._store_counters
+        self._store_counters = (ev, rf)
+        if ev > ev0 or rf > rf0:
+            self.stats.add(evictions=max(0, ev - ev0), refusals=max(0, rf - rf0))
+
+    def _store_stats(self) -> Any:
+        fn = getattr(self.store, "stats", None)
+        return fn() if fn is not None else {}
