@@ -22,7 +22,8 @@ def run(cfg: DictConfig) -> dict:
     if c.get("trace") in (None, "", "???"):
         raise ValueError("give trace=<path to a Mooncake .jsonl> (or trace=zipf|scan|conversation)")
     trace = load_trace(str(c["trace"]), block_tokens=int(c["block_tokens"]),
-                       limit_requests=c.get("limit_requests"), synthetic=c.get("synthetic") or {})
+                       limit_requests=c.get("limit_requests"),
+                       synthetic=(c.get("synthetic") or {}).get(str(c["trace"])) or {})
     cap = resolve_capacity(trace, c.get("capacity_blocks"), c.get("capacity_bytes"), c.get("capacity_fraction"),
                            int(c["block_bytes"]))
     ev = c["store"]["eviction"]
