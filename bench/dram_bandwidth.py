@@ -1,0 +1,148 @@
+"""Dump and load bandwidth through UcmDramStore, beside a plain 1 GiB pinned copy of the same run.
+
+Layouts (what a vLLM worker hands the store):
+- per-layer: every block is 2 x layers pieces (one layer's K or V), each --piece-kib, taken from
+  per-layer KV tensors at scattered block ids (as vLLM's block table gives them);
+- whole-block: one piece per block (vLLM's cross-layer layout), --whole-kib each, scattered ids.
+
+Prints a table and writes JSON (--out). Runs on a GPU (device tensors, pinned pool) and on the
+CPU (host tensors, plain pool). Example:
+    python bench/dram_bandwidth.py --blocks 2048 --out bench/results/dram_bandwidth.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+from tqdm import tqdm
+
+from ucm.tiers import create_store
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_copy_gbps(device, nbytes: int, reps: int) -> dict:
+    """One large copy each way between a pinned host buffer and the device (host->host on CPU)."""
+    pin = device.type == "cuda"
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    host.fill_(1)
+    out = {}
+    for name, dst, src in (("h2d", dev, host), ("d2h", host, dev)):
+        dst.copy_(src, non_blocking=True)  # warm-up
+        sync(device)
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            dst.copy_(src, non_blocking=True)
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = nbytes / best / 1e9
+    del host, dev
+    return out
+
+
+def run_layout(device, layout: str, blocks: int, piece: int, layers: int, reps: int) -> dict:
+    pieces_per_block = 2 * layers if layout == "per-layer" else 1
+    block_bytes = piece * pieces_per_block
+    total_blocks = blocks * 2  # the "GPU cache" holds twice the blocks we move; ids are scattered
+    if layout == "per-layer":
+        kv = [torch.randint(0, 255, (total_blocks, piece), dtype=torch.uint8, device=device) for _ in range(2 * layers)]
+    else:
+        kv = [torch.randint(0, 255, (total_blocks, piece), dtype=torch.uint8, device=device)]
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randperm(total_blocks, generator=gen)[:blocks].tolist()
+    store = create_store("UcmDramStore", {"kv_block_size": block_bytes, "max_cache_size": block_bytes * blocks})
+    ids, offs, srcs = [], [], []
+    for b, row in enumerate(rows):
+        for p, t in enumerate(kv):
+            ids.append(f"block-{b}")
+            offs.append(p * piece)
+            srcs.append(t[row])
+    nbytes = blocks * block_bytes
+    result = {"layout": layout, "blocks": blocks, "piece_bytes": piece, "pieces": len(ids), "bytes": nbytes}
+
+    def timed(fn):
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    sync(device)
+    # dump: the first pass writes, later passes would be skipped as already stored, so each rep
+    # uses fresh ids and drops them after timing
+    def dump_once(tag=[0]):
+        tag[0] += 1
+        rid = [f"{i}-{tag[0]}" for i in ids]
+        t0 = time.perf_counter()
+        assert store.wait(store.dump(rid, offs, srcs)) == 0
+        dt = time.perf_counter() - t0
+        store.commit(rid, is_success=False)
+        return dt
+
+    dump_once()
+    result["dump_gbps"] = nbytes / min(dump_once() for _ in range(reps)) / 1e9
+    assert store.wait(store.dump(ids, offs, srcs)) == 0
+    store.commit(ids)
+    dsts = [torch.empty_like(s) for s in srcs]
+    load = lambda: store.wait(store.load(ids, offs, dsts))
+    load()
+    result["load_gbps"] = nbytes / timed(load) / 1e9
+    for d, s in zip(dsts[:64], srcs[:64]):
+        assert torch.equal(d, s), "round trip must be byte-exact"
+    store.close()
+    del kv, dsts, srcs
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--blocks", type=int, default=2048)
+    ap.add_argument("--layers", type=int, default=28)
+    ap.add_argument("--piece-kib", type=int, nargs="+", default=[16, 32, 64])
+    ap.add_argument("--whole-kib", type=int, default=1024)
+    ap.add_argument("--plain-mib", type=int, default=1024)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    plain = plain_copy_gbps(device, args.plain_mib << 20, args.reps)
+    runs = [("whole-block", args.whole_kib << 10, args.blocks)]
+    for kib in args.piece_kib:  # keep the moved bytes comparable: fewer blocks for bigger blocks
+        block = (kib << 10) * 2 * args.layers
+        runs.append(("per-layer", kib << 10, max(16, (args.blocks * (args.whole_kib << 10)) // block)))
+    rows = []
+    for layout, piece, blocks in tqdm(runs, desc="layouts"):
+        r = run_layout(device, layout, blocks, piece, args.layers, args.reps)
+        r["dump_ratio"] = r["dump_gbps"] / plain["d2h"]
+        r["load_ratio"] = r["load_gbps"] / plain["h2d"]
+        rows.append(r)
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": str(device),
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "plain_h2d_gbps": plain["h2d"], "plain_d2h_gbps": plain["d2h"],
+            "command": "python bench/dram_bandwidth.py " + " ".join(
+                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in vars(args).items() if v is not None)}
+    print(f"{meta['gpu']} | torch {meta['torch']} | plain {args.plain_mib} MiB copy: "
+          f"h2d {plain['h2d']:.1f} GB/s, d2h {plain['d2h']:.1f} GB/s")
+    print(f"{'layout':12} {'piece':>8} {'blocks':>7} {'MiB':>7} {'dump GB/s':>10} {'x plain':>8} {'load GB/s':>10} {'x plain':>8}")
+    for r in rows:
+        print(f"{r['layout']:12} {r['piece_bytes'] >> 10:>6}Ki {r['blocks']:>7} {r['bytes'] >> 20:>7} "
+              f"{r['dump_gbps']:>10.2f} {r['dump_ratio']:>8.2f} {r['load_gbps']:>10.2f} {r['load_ratio']:>8.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({**meta, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
