@@ -1,0 +1,112 @@
+"""End-to-end on real vLLM (CPU), offline ``LLM``: hits from DRAM, identical outputs, eviction
+under a tiny cap, and recompute after injected load failures."""
+from __future__ import annotations
+
+import pytest
+
+from tests.vllm import engine
+from ucm.integration.vllm import stats
+
+
+def test_shared_prefix_second_pass_loads_from_dram(tiny_model, baseline):
+    texts = engine.prompts("shared")
+    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20, "kv_block_size": 32 * 32 * 2 * 4})) as llm:
+        stats.reset_totals()
+        first = engine.generate(llm, texts)
+        t1 = stats.totals()
+        assert t1["hit_tokens"] == 0 and all(o["cached"] == 0 for o in first)
+        # 4 prompts share 6 full blocks; each has 3 more of its own: 6 + 4 * 3 distinct blocks
+        assert t1["dumped_blocks"] == 6 + 4 * 3
+        engine.assert_same_outputs(first, baseline["shared"])
+
+        second = engine.generate(llm, texts)  # vLLM's prefix cache is off: hits can only be ucm's
+        t2 = stats.totals()
+    want_hit = sum(engine.full_blocks(o["prompt_len"]) * engine.BLOCK for o in second)
+    assert t2["hit_tokens"] == want_hit
+    assert [o["cached"] for o in second] == [engine.full_blocks(o["prompt_len"]) * engine.BLOCK for o in second]
+    assert t2["loaded_blocks"] == 18 and t2["load_failed_blocks"] == 0
+    engine.assert_same_outputs(second, baseline["shared"])
+
+
+def test_earlier_finished_request_hits_in_later_call(tiny_model, baseline):
+    """One prompt at a time: each later call hits what the finished earlier request dumped."""
+    texts = engine.prompts("shared")
+    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20})) as llm:
+        stats.reset_totals()
+        outs = [engine.generate(llm, [t])[0] for t in texts]
+    # the first request hits nothing; each later one hits the 6 shared-prefix blocks
+    assert [o["cached"] for o in outs] == [0] + [6 * engine.BLOCK] * 3
+    engine.assert_same_outputs(outs, baseline["shared"])
+
+
+def _failing_load(store, every: int):
+    """Wrap ``store.load``: every ``every``-th distinct block of each call fails, and its
+    destination is filled with garbage (so outputs would differ if vLLM used it)."""
+    from ucm.tiers.base import NOT_FOUND, Task
+
+    orig = store.load
+    hits = {"failed": 0}
+
+    def load(block_ids, offset, dst_tensor):
+        order = list(dict.fromkeys(bytes(b) for b in block_ids))
+        bad = set(order[every - 1::every])
+        keep = [i for i, b in enumerate(block_ids) if bytes(b) not in bad]
+        task = orig([block_ids[i] for i in keep], [offset[i] for i in keep], [dst_tensor[i] for i in keep])
+        wrapper = Task("load")
+        wrapper.add_task(task)
+        for i, b in enumerate(block_ids):
+            if bytes(b) in bad:
+                dst_tensor[i].view(-1).view(dtype=dst_tensor[i].dtype).fill_(7.0)
+                wrapper.fail(bytes(b), NOT_FOUND)
+        hits["failed"] += len(bad)
+        return wrapper
+
+    store.load = load
+    return hits
+
+
+def test_failed_load_is_recomputed(tiny_model, baseline):
+    texts = engine.prompts("shared")
+    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20})) as llm:
+        engine.generate(llm, texts)  # fill the store
+        injected = _failing_load(engine.live_store(), every=4)
+        stats.reset_totals()
+        second = engine.generate(llm, texts)
+        t = stats.totals()
+    assert injected["failed"] > 0
+    assert t["load_failed_blocks"] > 0
+    engine.assert_same_outputs(second, baseline["shared"])
+
+
+def test_tiny_cap_evicts_and_outputs_stay_identical(tiny_model, baseline):
+    block_bytes = 2 * 2 * engine.BLOCK * 2 * 32 * 4  # 2 layers x (K+V) x 32 tokens x 2 kv heads x 32 dims x fp32
+    cap = 5 * block_bytes
+    texts = engine.prompts("distinct")
+    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": cap})) as llm:
+        store = engine.live_store()
+        stats.reset_totals()
+        outs = []
+        for _ in range(2):
+            outs.append(engine.generate(llm, texts))
+            s = store.stats()
+            assert s["used_slots"] <= s["slots"] == 5
+            assert store.pool.numel() * store.pool.element_size() <= cap
+        t = stats.totals()
+    assert t["evictions"] > 0
+    assert store.stats()["evictions"] > 0
+    for o in outs:
+        engine.assert_same_outputs(o, baseline["distinct"])
+
+
+def test_wrong_kv_block_size_fails_at_start_naming_both_values(tiny_model):
+    piece = engine.BLOCK * 32 * 2 * 4
+    whole = piece * 2 * 2
+    with pytest.raises(Exception) as info:
+        with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20, "kv_block_size": 262144})):
+            pass
+    msg = str(info.value)
+    chain = info.value
+    while chain is not None and (str(piece) not in msg or str(whole) not in msg):
+        chain = chain.__cause__ or chain.__context__
+        msg = str(chain) if chain is not None else msg
+    assert str(piece) in msg and str(whole) in msg, msg
