@@ -5,7 +5,7 @@
   Loads are synchronous within the step (started before the forward, waited layer by layer).
 - ``update_state_after_alloc``: records the vLLM blocks the hit loads into.
 - ``build_connector_meta``: this step's loads, and dumps of every block that becomes full in this
-  step (prompt and generated tokens) and that the store does not hold yet.
+  step (prompt and generated tokens) not planned by another request of the same step (the store skips blocks it holds).
 - ``request_finished``: a request's dumps complete within its last step, so its blocks are freed
   at once and a later request with the same prefix hits.
 """
@@ -28,8 +28,8 @@ class _ReqState:
 
 
 class UcmScheduler:
-    def __init__(self, store: Any, keys: KeyMaker, block_size: int):
-        self.store = store
+    def __init__(self, lookup: Any, keys: KeyMaker, block_size: int):
+        self.lookup = lookup  # lookup_rpc.RankedLookup: every rank's store
         self.keys = keys
         self.block_size = block_size
         self.reqs: dict[str, _ReqState] = {}
@@ -49,12 +49,8 @@ class UcmScheduler:
             return 0, False
         hashes = self.keys.hashes(st.keys, last)[first:]
         hit = 0
-        tp = self.keys.tp_size
-        if tp == 1:
-            present = self.store.lookup([self.keys.rank_key(h, 0) for h in hashes])
-        else:  # the same decision for every rank: a block counts only if all ranks hold it
-            flat = self.store.lookup([k for h in hashes for k in self.keys.all_rank_keys(h)])
-            present = [all(flat[i * tp:(i + 1) * tp]) for i in range(len(hashes))]
+        # the same decision for every rank: a block counts only if all ranks hold it
+        present = self.lookup.lookup([[self.keys.rank_key(h, r) for h in hashes] for r in range(self.keys.tp_size)])
         for p in present:
             if not p:
                 break
@@ -119,10 +115,9 @@ class UcmScheduler:
             return
         start, st.dumped_upto = st.dumped_upto, full
         hashes = self.keys.hashes(st.keys, full)[start:full]
-        present = self.store.lookup([self.keys.rank_key(h, 0) for h in hashes])
         todo_h, todo_b = [], []
-        for h, b, p in zip(hashes, st.block_ids[start:full], present):
-            if not p and h not in planned:
+        for h, b in zip(hashes, st.block_ids[start:full]):  # the store skips blocks it already holds
+            if h not in planned:
                 planned.add(h)
                 todo_h.append(h)
                 todo_b.append(b)

@@ -1,7 +1,7 @@
-"""One store per process and configuration, shared by the connector's scheduler and worker sides.
+"""The stores alive in this process, one per (engine, TP rank), built by the worker side.
 
-With one worker (offline ``LLM``, ``vllm serve`` with TP=1) the scheduler and the worker live in
-the same engine-core process, so the scheduler's ``lookup`` sees exactly what the worker dumped.
+When the scheduler shares the worker's process it finds the store here and looks up directly
+(see ``lookup_rpc``); tests and the demo read the stores' stats from here too.
 """
 from __future__ import annotations
 
@@ -33,6 +33,12 @@ def release(key: str) -> None:
             close = getattr(entry[0], "close", None)
             if close is not None:
                 close()
+
+
+def get(key: str) -> Any:
+    with _lock:
+        entry = _stores.get(key)
+        return entry[0] if entry is not None else None
 
 
 def live_stores() -> list[Any]:

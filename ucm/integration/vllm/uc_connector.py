@@ -4,13 +4,12 @@ hook to the scheduler side (``scheduler.py``) or the worker side (``worker.py``)
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
-from ucm.integration.vllm import compat, keys, settings, stores
+from ucm.integration.vllm import compat, keys, lookup_rpc, settings, stores
 from ucm.integration.vllm.compat import KVConnectorBase_V1, KVConnectorMetadata, KVConnectorRole
 from ucm.integration.vllm.scheduler import UcmScheduler
 from ucm.integration.vllm.stats import UcmConnectorStats, UcmPromMetrics
@@ -40,15 +39,21 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
         rank, tp_size = compat.tp_rank_and_size(vllm_config)
         ns = keys.namespace(vllm_config, spec, tp_size)
         self._keys = keys.KeyMaker(keys.root_hash(ns), spec["block_size"], tp_size)
-        self._store_key = json.dumps(dict(cfg=cfg.__dict__, block=whole, rank=rank), sort_keys=True, default=str)
-        self._store = stores.acquire(self._store_key, lambda: settings.build_store(cfg, whole)[0])
+        engine_id = str(self._kv_transfer_config.engine_id)
+        self._store_key: Optional[str] = None
+        self._server: Optional[lookup_rpc.LookupServer] = None
+        self._lookup: Optional[lookup_rpc.RankedLookup] = None
         self._scheduler: Optional[UcmScheduler] = None
         self._worker: Optional[UcmWorker] = None
         if role == KVConnectorRole.SCHEDULER:
-            self._scheduler = UcmScheduler(self._store, self._keys, spec["block_size"])
+            self._lookup = lookup_rpc.RankedLookup(engine_id, tp_size)
+            self._scheduler = UcmScheduler(self._lookup, self._keys, spec["block_size"])
         else:
+            self._store_key = lookup_rpc.store_key(engine_id, rank)
+            store = stores.acquire(self._store_key, lambda: settings.build_store(cfg, whole)[0])
+            self._server = lookup_rpc.LookupServer(store, lookup_rpc.socket_path(engine_id, rank))
             num_blocks = getattr(kv_cache_config, "num_blocks", None) if kv_cache_config is not None else None
-            self._worker = UcmWorker(self._store, self._keys, rank, num_blocks, whole)
+            self._worker = UcmWorker(store, self._keys, rank, num_blocks, whole)
         log.info("ucm: %s side up: store %s, %d-byte blocks (%d layers), vLLM %s",
                  role.name.lower(), cfg.hydra_config or cfg.store_name, whole, spec["num_layers"],
                  compat.VLLM_VERSION)
@@ -90,9 +95,14 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
         return side.stats.take() if side is not None else None
 
     def shutdown(self):
-        if self._store is not None:
-            self._store = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._lookup is not None:
+            self._lookup.close()
+        if self._store_key is not None:
             stores.release(self._store_key)
+            self._store_key = None
 
     # ---- scheduler side -----------------------------------------------------------------------
     def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[Optional[int], bool]:

@@ -28,21 +28,22 @@ from ucm.integration.vllm.stats import UcmConnectorStats
 log = logging.getLogger("ucm")
 
 
-def store_counters(stats: Any) -> tuple[int, int]:
-    """(evictions, refusals) summed over a store's tiers."""
-    ev = rf = 0
+def store_counters(stats: Any) -> tuple[int, int, int]:
+    """(evictions, refusals, newly dumped blocks) summed over a store's tiers."""
+    out = [0, 0, 0]
     if isinstance(stats, dict):
-        ev += int(stats.get("evictions", 0) or 0)
-        rf += int(stats.get("refused", 0) or 0)
-        for v in stats.values():
-            if isinstance(v, (dict, list)):
-                e, r = store_counters(v)
-                ev, rf = ev + e, rf + r
+        for i, k in enumerate(("evictions", "refused", "dumped_blocks")):
+            v = stats.get(k, 0)
+            out[i] += int(v) if isinstance(v, (int, float)) else 0
+        children = [v for v in stats.values() if isinstance(v, (dict, list))]
     elif isinstance(stats, list):
-        for v in stats:
-            e, r = store_counters(v)
-            ev, rf = ev + e, rf + r
-    return ev, rf
+        children = stats
+    else:
+        children = []
+    for c in children:
+        sub = store_counters(c)
+        out = [a + b for a, b in zip(out, sub)]
+    return out[0], out[1], out[2]
 
 
 class _Layer:
@@ -193,13 +194,13 @@ class UcmWorker:
         if bad:
             self.store.commit(bad, False)
         self._load_failed_reqs = set()
-        self.stats.add(dumped_blocks=len(good), dumped_bytes=len(good) * self.block_bytes,
-                       dump_seconds=time.perf_counter() - self._dump_t0, dump_failed_blocks=len(bad))
-        ev, rf = store_counters(self._store_stats())
-        ev0, rf0 = self._store_counters
-        self._store_counters = (ev, rf)
-        if ev > ev0 or rf > rf0:
-            self.stats.add(evictions=max(0, ev - ev0), refusals=max(0, rf - rf0))
+        ev, rf, dumped = store_counters(self._store_stats())
+        ev0, rf0, dumped0 = self._store_counters
+        self._store_counters = (ev, rf, dumped)
+        new = max(0, dumped - dumped0)  # blocks the store did not hold yet (it skips the others)
+        self.stats.add(dumped_blocks=new, dumped_bytes=new * self.block_bytes,
+                       dump_seconds=time.perf_counter() - self._dump_t0, dump_failed_blocks=len(bad),
+                       evictions=max(0, ev - ev0), refusals=max(0, rf - rf0))
 
     def _store_stats(self) -> Any:
         fn = getattr(self.store, "stats", None)

@@ -1,0 +1,143 @@
+"""Scheduler -> worker lookups when the two sides live in different processes.
+
+The store lives with the worker that fills it (one per TP rank). When the scheduler shares the
+process (offline ``LLM``, GPU ``vllm serve`` with TP=1) it calls the store directly; otherwise
+(vLLM CPU's serving executor, TP > 1) each worker answers lookups on a ZeroMQ IPC socket named
+after the engine id and its rank, and the scheduler asks every rank. Frames: the request is the
+list of keys, the reply one byte per key (1 = held). An unreachable worker answers "miss".
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from typing import Any, Optional
+
+import zmq
+
+log = logging.getLogger("ucm")
+TIMEOUT_MS = 5000
+
+
+def socket_path(engine_id: str, rank: int) -> str:
+    name = f"ucm-{str(engine_id)[:36]}-r{rank}.ipc"
+    return os.path.join(tempfile.gettempdir(), name)
+
+
+class LookupServer:
+    """Answers lookups for one worker's store on a background thread."""
+
+    def __init__(self, store: Any, path: str):
+        self.store = store
+        self.path = path
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.REP)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        if os.path.exists(path):
+            os.unlink(path)
+        self._sock.bind(f"ipc://{path}")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="ucm-lookup", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(200):
+                continue
+            keys = self._sock.recv_multipart()
+            try:
+                found = self.store.lookup(keys) if keys and keys != [b""] else []
+            except Exception as exc:  # noqa: BLE001 - a broken lookup is a miss
+                log.warning("ucm: lookup failed: %s", exc)
+                found = [False] * len(keys)
+            self._sock.send(bytes(bytearray(1 if f else 0 for f in found)))
+        self._sock.close(0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+class LookupClient:
+    """The scheduler's view of one rank's store in another process."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._sock: Optional[zmq.Socket] = None
+        self._warned = False
+
+    def _connect(self) -> zmq.Socket:
+        if self._sock is None:
+            sock = zmq.Context.instance().socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)
+            sock.setsockopt(zmq.SNDTIMEO, TIMEOUT_MS)
+            sock.connect(f"ipc://{self.path}")
+            self._sock = sock
+        return self._sock
+
+    def lookup(self, keys: list[bytes]) -> list[bool]:
+        if not keys:
+            return []
+        try:
+            sock = self._connect()
+            sock.send_multipart(keys)
+            reply = sock.recv()
+            return [b == 1 for b in reply[:len(keys)]] + [False] * (len(keys) - len(reply))
+        except zmq.ZMQError as exc:
+            if not self._warned:
+                log.warning("ucm: no answer from the worker's store at %s (%s): counting misses", self.path, exc)
+                self._warned = True
+            if self._sock is not None:  # a REQ socket that timed out cannot be reused
+                self._sock.close(0)
+                self._sock = None
+            return [False] * len(keys)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+
+class RankedLookup:
+    """Lookups over every TP rank's store: in-process when the worker shares this process,
+    else over IPC. A block counts as held only if every rank holds it."""
+
+    def __init__(self, engine_id: str, tp_size: int):
+        self.engine_id = engine_id
+        self.tp_size = tp_size
+        self._clients: dict[int, LookupClient] = {}
+
+    def _rank_lookup(self, rank: int, keys: list[bytes]) -> list[bool]:
+        from ucm.integration.vllm import stores
+
+        store = stores.get(store_key(self.engine_id, rank))
+        if store is not None:
+            return list(store.lookup(keys))
+        client = self._clients.get(rank)
+        if client is None:
+            client = self._clients[rank] = LookupClient(socket_path(self.engine_id, rank))
+        return client.lookup(keys)
+
+    def lookup(self, per_rank_keys: list[list[bytes]]) -> list[bool]:
+        """``per_rank_keys[r]`` are rank r's keys of the same blocks; True where all ranks hold it."""
+        result: Optional[list[bool]] = None
+        for rank, keys in enumerate(per_rank_keys):
+            found = self._rank_lookup(rank, keys)
+            result = found if result is None else [a and b for a, b in zip(result, found)]
+        return result or []
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.close()
+
+
+def store_key(engine_id: str, rank: int) -> str:
+    return f"{engine_id}/r{rank}"
