@@ -4,6 +4,8 @@ Layouts (what a vLLM worker hands the store):
 - per-layer: every block is 2 x layers pieces (one layer's K or V), each --piece-kib, taken from
   per-layer KV tensors at scattered block ids (as vLLM's block table gives them);
 - whole-block: one piece per block (vLLM's cross-layer layout), --whole-kib each, scattered ids.
+Each through both APIs: the seed's piece API (dump/load with one tensor per piece) and the batched
+row API (dump_blocks/load_blocks with one tensor per plane). The pool uses one plane per piece.
 
 Prints a table and writes JSON (--out). Runs on a GPU (device tensors, pinned pool) and on the
 CPU (host tensors, plain pool). Example:
@@ -48,58 +50,56 @@ def plain_copy_gbps(device, nbytes: int, reps: int) -> dict:
     return out
 
 
-def run_layout(device, layout: str, blocks: int, piece: int, layers: int, reps: int) -> dict:
-    pieces_per_block = 2 * layers if layout == "per-layer" else 1
-    block_bytes = piece * pieces_per_block
-    total_blocks = blocks * 2  # the "GPU cache" holds twice the blocks we move; ids are scattered
-    if layout == "per-layer":
-        kv = [torch.randint(0, 255, (total_blocks, piece), dtype=torch.uint8, device=device) for _ in range(2 * layers)]
-    else:
-        kv = [torch.randint(0, 255, (total_blocks, piece), dtype=torch.uint8, device=device)]
+def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: int, reps: int) -> dict:
+    """Dump ``blocks`` scattered blocks of a vLLM-like cache into the store, then load them into a
+    second cache at other scattered rows; best of ``reps`` for each direction."""
+    n_planes = 2 * layers if layout == "per-layer" else 1
+    block_bytes = piece * n_planes
+    total = blocks * 2  # the "GPU cache" holds twice the blocks we move
+    src = [torch.randint(0, 255, (total, piece), dtype=torch.uint8, device=device) for _ in range(n_planes)]
+    dst = [torch.zeros_like(t) for t in src]
     gen = torch.Generator().manual_seed(0)
-    rows = torch.randperm(total_blocks, generator=gen)[:blocks].tolist()
-    store = create_store("UcmDramStore", {"kv_block_size": block_bytes, "max_cache_size": block_bytes * blocks})
-    ids, offs, srcs = [], [], []
-    for b, row in enumerate(rows):
-        for p, t in enumerate(kv):
-            ids.append(f"block-{b}")
-            offs.append(p * piece)
-            srcs.append(t[row])
+    rows = torch.randperm(total, generator=gen)[:blocks].tolist()
+    dst_rows = torch.randperm(total, generator=gen)[:blocks].tolist()
+    store = create_store("UcmDramStore", {"kv_block_size": block_bytes, "max_cache_size": block_bytes * blocks,
+                                          "planes": n_planes})
+    offs = [p * piece for p in range(n_planes)]
+
+    def dump(ids):
+        if api == "blocks":
+            return store.dump_blocks(ids, src, rows)
+        return store.dump([i for i in ids for _ in src], offs * len(ids), [t[r] for r in rows for t in src])
+
+    def load(ids):
+        if api == "blocks":
+            return store.load_blocks(ids, dst, dst_rows)
+        return store.load([i for i in ids for _ in dst], offs * len(ids), [t[r] for r in dst_rows for t in dst])
+
     nbytes = blocks * block_bytes
-    result = {"layout": layout, "blocks": blocks, "piece_bytes": piece, "pieces": len(ids), "bytes": nbytes}
-
-    def timed(fn):
-        best = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-        return best
-
-    sync(device)
-    # dump: the first pass writes, later passes would be skipped as already stored, so each rep
-    # uses fresh ids and drops them after timing
-    def dump_once(tag=[0]):
-        tag[0] += 1
-        rid = [f"{i}-{tag[0]}" for i in ids]
+    result = {"layout": layout, "api": api, "blocks": blocks, "piece_bytes": piece,
+              "pieces": blocks * n_planes, "bytes": nbytes}
+    dump_times = []
+    for rep in range(reps + 1):  # fresh ids each time (a committed id is skipped), dropped after
+        ids = [f"b{b}-{rep}" for b in range(blocks)]
+        sync(device)
         t0 = time.perf_counter()
-        assert store.wait(store.dump(rid, offs, srcs)) == 0
-        dt = time.perf_counter() - t0
-        store.commit(rid, is_success=False)
-        return dt
-
-    dump_once()
-    result["dump_gbps"] = nbytes / min(dump_once() for _ in range(reps)) / 1e9
-    assert store.wait(store.dump(ids, offs, srcs)) == 0
+        assert store.wait(dump(ids)) == 0
+        dump_times.append(time.perf_counter() - t0)
+        store.commit(ids, is_success=False)
+    result["dump_gbps"] = nbytes / min(dump_times[1:]) / 1e9
+    ids = [f"b{b}" for b in range(blocks)]
+    assert store.wait(dump(ids)) == 0
     store.commit(ids)
-    dsts = [torch.empty_like(s) for s in srcs]
-    load = lambda: store.wait(store.load(ids, offs, dsts))
-    load()
-    result["load_gbps"] = nbytes / timed(load) / 1e9
-    for d, s in zip(dsts[:64], srcs[:64]):
-        assert torch.equal(d, s), "round trip must be byte-exact"
+    load_times = []
+    for rep in range(reps + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        assert store.wait(load(ids)) == 0
+        load_times.append(time.perf_counter() - t0)
+    result["load_gbps"] = nbytes / min(load_times[1:]) / 1e9
+    for s_, d_ in zip(src, dst):
+        assert torch.equal(s_[rows], d_[dst_rows]), "round trip must be byte-exact"
     store.close()
-    del kv, dsts, srcs
     return result
 
 
@@ -122,8 +122,8 @@ def main():
         block = (kib << 10) * 2 * args.layers
         runs.append(("per-layer", kib << 10, max(16, (args.blocks * (args.whole_kib << 10)) // block)))
     rows = []
-    for layout, piece, blocks in tqdm(runs, desc="layouts"):
-        r = run_layout(device, layout, blocks, piece, args.layers, args.reps)
+    for (layout, piece, blocks), api in tqdm([(r, a) for r in runs for a in ("pieces", "blocks")], desc="layouts"):
+        r = run_layout(device, layout, api, blocks, piece, args.layers, args.reps)
         r["dump_ratio"] = r["dump_gbps"] / plain["d2h"]
         r["load_ratio"] = r["load_gbps"] / plain["h2d"]
         rows.append(r)
@@ -135,9 +135,9 @@ def main():
                 for k, v in vars(args).items() if v is not None)}
     print(f"{meta['gpu']} | torch {meta['torch']} | plain {args.plain_mib} MiB copy: "
           f"h2d {plain['h2d']:.1f} GB/s, d2h {plain['d2h']:.1f} GB/s")
-    print(f"{'layout':12} {'piece':>8} {'blocks':>7} {'MiB':>7} {'dump GB/s':>10} {'x plain':>8} {'load GB/s':>10} {'x plain':>8}")
+    print(f"{'layout':12} {'api':7} {'piece':>8} {'blocks':>7} {'MiB':>7} {'dump GB/s':>10} {'x plain':>8} {'load GB/s':>10} {'x plain':>8}")
     for r in rows:
-        print(f"{r['layout']:12} {r['piece_bytes'] >> 10:>6}Ki {r['blocks']:>7} {r['bytes'] >> 20:>7} "
+        print(f"{r['layout']:12} {r['api']:7} {r['piece_bytes'] >> 10:>6}Ki {r['blocks']:>7} {r['bytes'] >> 20:>7} "
               f"{r['dump_gbps']:>10.2f} {r['dump_ratio']:>8.2f} {r['load_gbps']:>10.2f} {r['load_ratio']:>8.2f}")
     if args.out:
         with open(args.out, "w") as f:

@@ -53,3 +53,17 @@ def test_dram_disk_chain_survives_a_restart(tmp_path):
         for i in spilled:
             code, out = get(second, i)
             assert code == OK and torch.equal(out, data[i])
+
+
+def test_load_blocks_mixes_head_and_lower_tiers(chain):
+    planes = [torch.randint(0, 256, (12, BLOCK // 2), dtype=torch.uint8) for _ in range(2)]
+    ids = [f"m{i}" for i in range(8)]  # more than HBM (2) + DRAM (4): some end on disk
+    for i, bid in enumerate(ids):
+        assert chain.wait(chain.dump_blocks([bid], planes, [i])) == OK
+        chain.commit([bid])
+    assert chain.lookup(ids) == [True] * 8
+    out = [torch.zeros_like(t) for t in planes]
+    task = chain.load_blocks(ids, out, list(range(4, 12)))
+    assert chain.wait(task) == OK
+    for src, dst in zip(planes, out):
+        assert torch.equal(dst[4:12], src[0:8])

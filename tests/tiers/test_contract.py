@@ -153,3 +153,15 @@ class TestBadInput:
     def test_not_a_tensor(self, store):
         with pytest.raises(ValueError, match="dst_tensor\\[0\\] must be a torch.Tensor"):
             store.load(["a"], [0], [b"bytes"])
+
+
+def test_block_api_on_every_store(store):
+    """dump_blocks/load_blocks: native on slot pools, through pieces elsewhere; same bytes."""
+    planes = [torch.randint(0, 256, (6, BLOCK // 4), dtype=torch.uint8) for _ in range(4)]
+    assert store.wait(store.dump_blocks(["p", "q"], planes, [1, 4])) == OK
+    store.commit(["p", "q"])
+    out = [torch.zeros_like(t) for t in planes]
+    task = store.load_blocks(["q", "p"], out, [0, 5])
+    assert store.wait(task) == OK and len(task.planes) == 4
+    for src, dst in zip(planes, out):
+        assert torch.equal(dst[0], src[4]) and torch.equal(dst[5], src[1])

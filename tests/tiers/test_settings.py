@@ -43,7 +43,7 @@ def test_dict_overrides_the_chain_file_deeply(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["store.kv_block_size=4096", "store.max_cache_siz=1"], "store.max_cache_siz"),
-    (["store.kv_block_size=4096", "eviction=belady"], "eviction/belady"),
+    (["store.kv_block_size=4096", "eviction=nosuch"], "eviction/nosuch"),
     (["store.kv_block_size=4096", "store.max_cache_size=100"], "'max_cache_size' = 100 is below one block"),
     (["store.kv_block_size=big"], "store.kv_block_size"),
     (["store.kv_block_size=4096", "+store.foo=1"], "foo"),

@@ -76,6 +76,23 @@ def check_pieces(block_ids, offset, tensors, block_size: int, tensor_arg: str) -
     return keys
 
 
+def pieces_of_blocks(block_ids, planes, rows) -> tuple[list, list[int], list[torch.Tensor]]:
+    """The (ids, offsets, tensors) pieces of a block-API call."""
+    if len(rows) != len(block_ids):
+        raise ValueError(f"block_ids and rows must have the same length, got {len(block_ids)} and {len(rows)}")
+    ids, offs, tensors = [], [], []
+    for bid, rs in zip(block_ids, rows):
+        off = 0
+        for t in planes:
+            for r in (rs if isinstance(rs, Sequence) else (rs,)):
+                piece = t[r]
+                ids.append(bid)
+                offs.append(off)
+                tensors.append(piece)
+                off += piece.numel() * piece.element_size()
+    return ids, offs, tensors
+
+
 def as_bytes(t: torch.Tensor) -> torch.Tensor:
     """A flat uint8 view of a contiguous tensor (no copy)."""
     return t.reshape(-1).view(torch.uint8)
@@ -172,6 +189,18 @@ class Store(ABC):
 
     @abstractmethod
     def commit(self, block_ids: Sequence[BlockId], is_success: bool = True) -> None: ...
+
+    def dump_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence) -> Task:
+        """Batched form of dump: block ``block_ids[i]`` = ``planes[0][rows[i]]`` + ``planes[1][rows[i]]``
+        + … in bytes (``rows[i]`` may list k rows per plane). Slot pools copy whole planes at once;
+        other stores fall back to pieces."""
+        return self.dump(*pieces_of_blocks(block_ids, planes, rows))
+
+    def load_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence) -> Task:
+        """Batched form of load; ``task.planes[j]`` lists the completions plane ``j`` waits for."""
+        task = self.load(*pieces_of_blocks(block_ids, planes, rows))
+        task.planes = [[task] for _ in planes]
+        return task
 
     def create(self, block_ids: Sequence[BlockId]) -> list[int]:
         """Optional in the seed API: nothing to reserve here (dump allocates). Returns 0 per id."""

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ucm.tiers.base import IO_ERROR, NOT_FOUND, REFUSED, BlockId, Store, Task, Tier, as_bytes, check_pieces, log, to_keys
+from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, Store, Task, Tier, as_bytes, check_pieces, log,
+                            pieces_of_blocks, to_keys)
 from ucm.tiers.copy import CopyEngine
 
 
@@ -67,6 +68,26 @@ class TierChain(Store):
             moved = refused if lower is not None else set()
             task.add(child)
             task.on_done(lambda c=child, m=moved: [task.fail(k, v) for k, v in c.failed.items() if k not in m])
+        return task
+
+    def load_blocks(self, block_ids, planes, rows) -> Task:
+        """Blocks in the head load plane by plane (layer-wise waits); the rest come up from below."""
+        keys = to_keys(block_ids)
+        in_head = [i for i, k in enumerate(keys) if self.head.has(k)]
+        if len(in_head) == len(keys):
+            return self.head.load_blocks(block_ids, planes, rows)
+        task = Task("load")
+        task.planes = [[] for _ in planes]
+        if in_head:
+            head = self.head.load_blocks([keys[i] for i in in_head], planes, [rows[i] for i in in_head])
+            task.add_task(head)
+            for j, parts in enumerate(head.planes):
+                task.planes[j].extend(parts)
+        rest = [i for i in range(len(keys)) if i not in set(in_head)]
+        lower = self.load(*pieces_of_blocks([keys[i] for i in rest], planes, [rows[i] for i in rest]))
+        task.add_task(lower)
+        for parts in task.planes:
+            parts.append(lower)
         return task
 
     def commit(self, block_ids, is_success: bool = True) -> None:

@@ -80,7 +80,7 @@ class _EventCompletion:
             if time.monotonic() > deadline:
                 return False
             time.sleep(pause)
-            pause = min(pause * 2, 1e-3)
+            pause = min(pause * 2, 2e-4)
         return True
 
 

@@ -5,6 +5,10 @@ and a map from block key to slot. Memory in use never exceeds ``capacity``. A bl
 *written* (dumped, invisible), then *committed* (hittable, known to the eviction policy). Blocks
 being written or read by a copy in flight are never evicted; when nothing else is left, a dump
 is refused (reported in its task, not raised).
+
+Layout: the pool is ``(planes, num_slots, block_size // planes)``. With ``planes=1`` a block is
+one contiguous row; with one plane per layer's K or V, the same layer of many blocks is
+contiguous, so a layer of a whole request moves in a few large DMAs.
 """
 from __future__ import annotations
 
@@ -20,6 +24,13 @@ from ucm.policies import AdmissionPolicy, EvictionPolicy
 from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, Task, Tier, as_bytes, check_pieces,
                             log, to_keys)
 from ucm.tiers.copy import CopyEngine
+from ucm.tiers.planes import CudaPlaneCopier, PlaneCopy, copy_planes_cpu, cuda_view, rows_view
+
+#: a group of at least this many same-shaped pieces is copied as one plane copy, not piece by piece
+MIN_GROUP = 8
+#: calls are planned and launched in chunks, so the first copies run while Python plans the rest
+CHUNK_BLOCKS = 128
+CHUNK_PIECES = 1024
 
 
 @dataclass
@@ -33,18 +44,25 @@ class SlotPoolTier(Tier):
     """Fixed slots in one tensor on ``device`` (pinned host memory when ``pin``)."""
 
     def __init__(self, *, name: str, capacity: int, block_size: int, eviction: EvictionPolicy,
-                 admission: AdmissionPolicy, device: torch.device, pin: bool, timeout_s: float = 60.0):
+                 admission: AdmissionPolicy, device: torch.device, pin: bool, timeout_s: float = 60.0,
+                 planes: int = 1):
         if block_size < 1:
             raise ValueError(f"kv_block_size must be a positive number of bytes, got {block_size}")
+        if planes < 1 or block_size % planes:
+            raise ValueError(f"planes = {planes} must divide kv_block_size = {block_size}")
         self.num_slots = capacity // block_size
         if self.num_slots < 1:
             raise ValueError(f"{name} capacity {capacity} bytes is below one block (kv_block_size "
                              f"{block_size}): raise the capacity or lower kv_block_size")
         self.name = name
         self.block_size = block_size
+        self.planes = planes
+        self.plane_bytes = block_size // planes
         self.timeout_s = timeout_s
         self.device = device
-        self.pool = torch.empty((self.num_slots, block_size), dtype=torch.uint8, device=device, pin_memory=pin)
+        self.pool = torch.empty((planes, self.num_slots, self.plane_bytes), dtype=torch.uint8, device=device,
+                                pin_memory=pin)
+        self.pool_uva = cuda_view(self.pool) if pin else None
         self.eviction = eviction
         self.admission = admission
         self._free = deque(range(self.num_slots))  # in order, so fresh slots are contiguous
@@ -54,6 +72,8 @@ class SlotPoolTier(Tier):
         self._lock = threading.RLock()
         self._dumps = CopyEngine(f"{name}-dump", device)
         self._loads = CopyEngine(f"{name}-load", device)
+        self._cuda = CudaPlaneCopier(torch.device("cuda", torch.cuda.current_device())) \
+            if torch.cuda.is_available() else None
         self.counters = dict(dumped_blocks=0, loaded_blocks=0, evictions=0, refused=0, demoted=0, skipped=0)
 
     # ---- contract -------------------------------------------------------------------------
@@ -66,52 +86,33 @@ class SlotPoolTier(Tier):
     def dump(self, block_ids: Sequence[BlockId], offset: Sequence[int], src_tensor: Sequence[torch.Tensor]) -> Task:
         keys = check_pieces(block_ids, offset, src_tensor, self.block_size, "src_tensor")
         task = Task("dump")
-        pairs, demoted = [], []
-        with self._lock:
-            self._reap()
-            for key, off, src in zip(keys, offset, src_tensor):
-                if key in task.failed:
-                    continue  # refused earlier in this call
-                blk = self._blocks.get(key)
-                if blk is not None and blk.committed:
-                    self.counters["skipped"] += 1
-                    continue  # already stored: ids are content hashes
-                if blk is None:
-                    blk = self._new_block(key, demoted)
-                    if blk is None:
-                        task.fail(key, REFUSED)
-                        self.counters["refused"] += 1
-                        continue
-                    self.counters["dumped_blocks"] += 1
-                if not blk.writers or blk.writers[-1] is not task:
-                    blk.writers.append(task)
-                src = as_bytes(src)
-                pairs.append((self.pool[blk.slot, off:off + src.numel()], src))
-            task.add(self._dumps.submit(pairs, on_error=lambda exc: self._fail_all(task, keys)))
-        self._demote(demoted)
+        for lo in range(0, len(keys), CHUNK_PIECES):  # copies start while later chunks are planned
+            pieces, demoted = [], []
+            with self._lock:
+                self._reap()
+                for i in range(lo, min(lo + CHUNK_PIECES, len(keys))):
+                    blk = self._writable(keys[i], task, demoted)
+                    if blk is not None:
+                        pieces.append((blk.slot, offset[i], src_tensor[i]))
+                self._submit_pieces(task, pieces, to_pool=True, keys=keys)
+            self._demote(demoted)
         return task
 
     def load(self, block_ids: Sequence[BlockId], offset: Sequence[int], dst_tensor: Sequence[torch.Tensor]) -> Task:
         keys = check_pieces(block_ids, offset, dst_tensor, self.block_size, "dst_tensor")
         task = Task("load")
-        pairs, pinned = [], {}
+        pinned = {}
+        for lo in range(0, len(keys), CHUNK_PIECES):
+            pieces = []
+            with self._lock:
+                self._reap()
+                for i in range(lo, min(lo + CHUNK_PIECES, len(keys))):
+                    blk = self._readable(keys[i], task, pinned)
+                    if blk is not None:
+                        pieces.append((blk.slot, offset[i], dst_tensor[i]))
+                self._submit_pieces(task, pieces, to_pool=False, keys=keys)
         with self._lock:
-            self._reap()
-            for key, off, dst in zip(keys, offset, dst_tensor):
-                blk = self._blocks.get(key)
-                if blk is None or not blk.committed:
-                    task.fail(key, NOT_FOUND)
-                    continue
-                if key not in pinned:  # protect it from eviction until the copy is done
-                    pinned[key] = None
-                    self._reading[key] = self._reading.get(key, 0) + 1
-                    self.eviction.touch(key)
-                    self.counters["loaded_blocks"] += 1
-                dst = as_bytes(dst)
-                pairs.append((dst, self.pool[blk.slot, off:off + dst.numel()]))
-            task.add(self._loads.submit(pairs, on_error=lambda exc: self._fail_all(task, keys)))
-            task.on_done(lambda: self._release(list(pinned)))
-            self._inflight.append(task)
+            self._track_read(task, pinned)
         return task
 
     def commit(self, block_ids: Sequence[BlockId], is_success: bool = True) -> None:
@@ -133,6 +134,52 @@ class SlotPoolTier(Tier):
                 else:
                     self._drop(key)
 
+    # ---- whole rows of many blocks at once ---------------------------------------------------
+    def dump_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence[int]) -> Task:
+        """Block ``block_ids[i]`` = ``planes[0][rows[i]]`` + ``planes[1][rows[i]]`` + … (bytes, in order).
+
+        ``planes`` are contiguous tensors whose first dimension indexes rows (e.g. one layer's K cache
+        with one row per vLLM block); their row sizes add up to ``kv_block_size``. Asynchronous.
+        """
+        keys, views, k = self._check_blocks(block_ids, planes, rows)
+        task = Task("dump")
+        for lo in range(0, len(keys), CHUNK_BLOCKS):  # copies start while later chunks are planned
+            slots, sel, demoted = [], [], []
+            with self._lock:
+                self._reap()
+                for i in range(lo, min(lo + CHUNK_BLOCKS, len(keys))):
+                    blk = self._writable(keys[i], task, demoted)
+                    if blk is not None:
+                        slots.append(blk.slot)
+                        sel.append(rows[i])
+                for part in self._submit_planes(views, slots, sel, to_pool=True, k=k):
+                    task.add(part)
+            self._demote(demoted)
+        return task
+
+    def load_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence[int]) -> Task:
+        """The reverse of ``dump_blocks``. ``task.planes[j]`` lists the completions of plane ``j``,
+        so a caller can start on one layer while the next still copies."""
+        keys, views, k = self._check_blocks(block_ids, planes, rows)
+        task = Task("load")
+        task.planes = [[] for _ in views]
+        pinned = {}
+        for lo in range(0, len(keys), CHUNK_BLOCKS):
+            slots, sel = [], []
+            with self._lock:
+                self._reap()
+                for i in range(lo, min(lo + CHUNK_BLOCKS, len(keys))):
+                    blk = self._readable(keys[i], task, pinned)
+                    if blk is not None:
+                        slots.append(blk.slot)
+                        sel.append(rows[i])
+                for j, part in enumerate(self._submit_planes(views, slots, sel, to_pool=False, k=k)):
+                    task.planes[j].append(part)
+                    task.add(part)
+        with self._lock:
+            self._track_read(task, pinned)
+        return task
+
     # ---- whole blocks (chain) ---------------------------------------------------------------
     def read_block(self, key: bytes) -> Optional[torch.Tensor]:
         with self._lock:
@@ -140,8 +187,7 @@ class SlotPoolTier(Tier):
             if blk is None or not blk.committed:
                 return None
             self.eviction.touch(key)
-            data = self.pool[blk.slot].to("cpu", copy=True)
-        return data
+            return self.pool[:, blk.slot].to("cpu", copy=True).reshape(-1)
 
     def write_block(self, key: bytes, data: torch.Tensor) -> bool:
         demoted = []
@@ -154,7 +200,7 @@ class SlotPoolTier(Tier):
             blk = self._new_block(key, demoted)
             if blk is None:
                 return False
-            self.pool[blk.slot].copy_(as_bytes(data))
+            self.pool[:, blk.slot].copy_(as_bytes(data).view(self.planes, self.plane_bytes))
             blk.committed = True
             self.eviction.insert(key)
         self._demote(demoted)
@@ -170,6 +216,42 @@ class SlotPoolTier(Tier):
         self._loads.close()
 
     # ---- internals --------------------------------------------------------------------------
+    def _writable(self, key: bytes, task: Task, demoted: list) -> Optional[_Block]:
+        """The block a dump writes ``key`` into, or None (skipped or refused). Caller holds the lock."""
+        if key in task.failed:
+            return None  # refused earlier in this call
+        blk = self._blocks.get(key)
+        if blk is not None and blk.committed:
+            self.counters["skipped"] += 1
+            return None  # already stored: ids are content hashes
+        if blk is None:
+            blk = self._new_block(key, demoted)
+            if blk is None:
+                task.fail(key, REFUSED)
+                self.counters["refused"] += 1
+                return None
+            self.counters["dumped_blocks"] += 1
+        if not blk.writers or blk.writers[-1] is not task:
+            blk.writers.append(task)
+        return blk
+
+    def _readable(self, key: bytes, task: Task, pinned: dict) -> Optional[_Block]:
+        """The committed block a load reads, pinned against eviction; None fails it. Lock held."""
+        blk = self._blocks.get(key)
+        if blk is None or not blk.committed:
+            task.fail(key, NOT_FOUND)
+            return None
+        if key not in pinned:
+            pinned[key] = None
+            self._reading[key] = self._reading.get(key, 0) + 1
+            self.eviction.touch(key)
+            self.counters["loaded_blocks"] += 1
+        return blk
+
+    def _track_read(self, task: Task, pinned: dict) -> None:
+        task.on_done(lambda: self._release(list(pinned)))
+        self._inflight.append(task)
+
     def _new_block(self, key: bytes, demoted: list) -> Optional[_Block]:
         """Admit ``key`` and give it a slot, evicting if full. Caller holds the lock."""
         if not self.admission.admit(key):
@@ -182,10 +264,101 @@ class SlotPoolTier(Tier):
             vblk = self._blocks.pop(victim)
             self.counters["evictions"] += 1
             if self.demote_to is not None:  # copy out before the slot is reused
-                demoted.append((victim, self.pool[vblk.slot].to("cpu", copy=True)))
+                demoted.append((victim, self.pool[:, vblk.slot].to("cpu", copy=True).reshape(-1)))
             self._free.append(vblk.slot)
-        blk = self._blocks[key] = _Block(self._free.popleft())
-        return blk
+        return self._blocks.setdefault(key, _Block(self._free.popleft()))
+
+    def _plane_view(self, offset: int, width: int) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """(slots, width) views of the pool at byte ``offset`` of every block, or None if it straddles planes."""
+        p, o = divmod(offset, self.plane_bytes)
+        if o + width > self.plane_bytes:
+            return None
+        view = self.pool[p, :, o:o + width]
+        return view, (self.pool_uva[p, :, o:o + width] if self.pool_uva is not None else None)
+
+    def _check_blocks(self, block_ids, planes, rows):
+        """Validate a block-API call; returns keys and one PlaneCopy per plane.
+
+        ``rows[i]`` is one row index, or a list of k row indices when a stored block holds k
+        caller rows per plane (e.g. 16 vLLM blocks of 16 tokens in one 256-token stored block)."""
+        keys = to_keys(block_ids)
+        if len(rows) != len(keys):
+            raise ValueError(f"block_ids and rows must have the same length, got {len(keys)} and {len(rows)}")
+        k = len(rows[0]) if rows and isinstance(rows[0], Sequence) else 1
+        flat = [r for rs in rows for r in rs] if k > 1 else list(rows)
+        if len(flat) != k * len(keys):
+            raise ValueError(f"every rows[i] must hold the same number of rows ({k})")
+        views, offset = [], 0
+        for j, t in enumerate(planes):
+            if not isinstance(t, torch.Tensor) or t.dim() < 1:
+                raise ValueError(f"planes[{j}] must be a tensor whose first dimension indexes rows")
+            user = rows_view(t)
+            width = user.shape[1]
+            pool = self._plane_view(offset, k * width)
+            if pool is None or (k > 1 and not pool[0].is_contiguous()):
+                raise ValueError(f"planes[{j}] (bytes {offset}..{offset + k * width} of a block) does not fit "
+                                 f"one of the pool's {self.planes} planes of {self.plane_bytes} bytes")
+            if k > 1:  # the pool plane as (slots * k, width) rows
+                pool = tuple(v.reshape(-1, width) if v is not None else None for v in pool)
+            views.append(PlaneCopy(user, *pool))
+            offset += k * width
+        if offset != self.block_size:
+            raise ValueError(f"the planes' rows add up to {offset} bytes, not kv_block_size {self.block_size}")
+        limit = min(v.user.shape[0] for v in views)
+        bad = [r for r in flat if not isinstance(r, int) or not 0 <= r < limit]
+        if bad:
+            raise ValueError(f"rows must index the planes' first dimension (< {limit}), got {bad[:3]}")
+        return keys, views, k
+
+    def _submit_planes(self, views: list[PlaneCopy], slots: list[int], rows: list, to_pool: bool, k: int = 1) -> list:
+        if not slots:
+            return []
+        if k > 1:  # slot s holds pool rows s*k .. s*k+k-1
+            slots = [s * k + j for s in slots for j in range(k)]
+            rows = [r for rs in rows for r in rs]
+        if self._cuda is not None and views[0].user.is_cuda:
+            return self._cuda.submit(views, slots, rows, to_pool)
+        engine = self._dumps if to_pool else self._loads  # one job per plane: each completes on its own
+        return [engine.run(copy_planes_cpu, [v], slots, rows, to_pool) for v in views]
+
+    def _submit_pieces(self, task: Task, pieces: list, to_pool: bool, keys: list[bytes]) -> None:
+        """Copy (slot, offset, tensor) pieces: same-shaped pieces of one tensor storage as plane copies,
+        the rest one by one (coalescing neighbours)."""
+        groups: dict[tuple, list] = {}
+        for slot, off, t in pieces:
+            n = t.numel() * t.element_size()
+            soff = t.storage_offset() * t.element_size()
+            if n and soff % n == 0 and off % self.plane_bytes + n <= self.plane_bytes:
+                key = (t.untyped_storage().data_ptr(), t.device, n, off)
+                groups.setdefault(key, []).append((slot, soff // n, t))
+            else:
+                groups.setdefault(id(t), []).append((slot, off, t))
+        pairs = []
+        for key, items in groups.items():
+            if isinstance(key, tuple) and len(items) >= MIN_GROUP:
+                _, device, n, off = key
+                storage = items[0][2].untyped_storage()
+                user = torch.empty(0, dtype=torch.uint8, device=device).set_(storage, 0, (storage.nbytes() // n, n))
+                view = PlaneCopy(user, *self._plane_view(off, n))
+                for part in self._submit_planes([view], [s for s, _, _ in items], [r for _, r, _ in items], to_pool):
+                    task.add(part)
+                continue
+            for slot, off_or_row, t in items:
+                off = key[3] if isinstance(key, tuple) else off_or_row
+                pairs.extend(self._piece_pairs(slot, off, as_bytes(t), to_pool))
+        engine = self._dumps if to_pool else self._loads
+        task.add(engine.submit(pairs, on_error=lambda exc: [task.fail(k, IO_ERROR) for k in keys]))
+
+    def _piece_pairs(self, slot: int, off: int, t: torch.Tensor, to_pool: bool) -> list:
+        """(dst, src) pairs of one piece, split where it crosses planes."""
+        out, done = [], 0
+        while done < t.numel():
+            p, o = divmod(off + done, self.plane_bytes)
+            n = min(self.plane_bytes - o, t.numel() - done)
+            pool, user = self.pool[p, slot, o:o + n], t[done:done + n]
+            out.append((pool, user) if to_pool else (user, pool))
+            done += n
+        return out
 
     def _drop(self, key: bytes) -> None:
         blk = self._blocks.pop(key)
@@ -211,7 +384,3 @@ class SlotPoolTier(Tier):
         """Release the blocks of loads that finished without anyone calling wait/check."""
         if self._inflight:
             self._inflight = [t for t in self._inflight if not t.done()]
-
-    def _fail_all(self, task: Task, keys: list[bytes]) -> None:
-        for key in keys:
-            task.fail(key, IO_ERROR)

@@ -35,6 +35,7 @@ class StoreSettings:
     tiers: list[str] = field(default_factory=lambda: ["dram"])
     kv_block_size: int = 0  # bytes of one stored block; required
     max_cache_size: int = 5 * GiB  # bytes of the pinned DRAM pool
+    planes: int = 1  # pool layout: each block split into this many planes (e.g. one per layer's K/V)
     hbm_size: int = 1 * GiB  # bytes of the device-memory tier, when the chain has one
     device: str = "auto"  # device of the HBM tier: auto (cuda if present, else cpu), cuda, cuda:N, cpu
     disk: Optional[DiskSettings] = None
@@ -116,6 +117,8 @@ def validate(s: StoreSettings) -> StoreSettings:
         if s.disk.max_size < s.kv_block_size:
             raise ValueError(f"config key 'disk.max_size' = {s.disk.max_size} is below one block "
                              f"(kv_block_size = {s.kv_block_size}): give at least {s.kv_block_size} bytes")
+    if s.planes < 1 or s.kv_block_size % s.planes:
+        raise ValueError(f"config key 'planes' = {s.planes} must be >= 1 and divide kv_block_size = {s.kv_block_size}")
     if s.timeout_s <= 0:
         raise ValueError(f"config key 'timeout_s' must be > 0, got {s.timeout_s}")
     return s

@@ -1,0 +1,120 @@
+"""Batched row copies (dump_blocks/load_blocks) and the plane layout of the slot pools."""
+import pytest
+import torch
+
+from ucm.tiers import NOT_FOUND, OK, REFUSED, create_store
+from ucm.tiers.planes import runs
+
+LAYERS, ROW = 4, 512  # 4 layers x (K, V) rows of 512 bytes: a 4 KiB block
+BLOCK = 2 * LAYERS * ROW
+
+
+def kv_cache(blocks=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(-100, 100, (blocks, ROW // 2), dtype=torch.int16, generator=g) for _ in range(2 * LAYERS)]
+
+
+@pytest.fixture(params=[1, 2 * LAYERS, LAYERS], ids=["slot-major", "plane-per-piece", "plane-per-layer"])
+def pool_store(request):
+    with create_store("UcmDramStore", {"kv_block_size": BLOCK, "max_cache_size": 16 * BLOCK,
+                                       "planes": request.param}) as store:
+        yield store
+
+
+def test_dump_blocks_then_load_blocks_round_trip(pool_store):
+    src = kv_cache()
+    rows = [5, 2, 9, 31, 0]
+    ids = [f"b{r}" for r in rows]
+    assert pool_store.wait(pool_store.dump_blocks(ids, src, rows)) == OK
+    pool_store.commit(ids)
+    dst = [torch.zeros_like(t) for t in src]
+    dst_rows = [10, 11, 12, 13, 14]
+    task = pool_store.load_blocks(ids, dst, dst_rows)
+    assert pool_store.wait(task) == OK
+    assert len(task.planes) == 2 * LAYERS
+    for s, d in zip(src, dst):
+        assert torch.equal(d[dst_rows], s[rows])
+        assert not d[:10].any()
+
+
+def test_block_api_and_piece_api_agree(pool_store):
+    src = kv_cache()
+    pool_store.wait(pool_store.dump_blocks(["a"], src, [3]))
+    pool_store.commit(["a"])
+    out = torch.empty(BLOCK, dtype=torch.uint8)
+    assert pool_store.wait(pool_store.load(["a"], [0], [out])) == OK
+    assert torch.equal(out, torch.cat([t[3].view(torch.uint8) for t in src]))
+
+
+def test_many_pieces_of_one_tensor_take_the_grouped_path(pool_store):
+    """vLLM-like per-layer pieces for 16 blocks: grouped into one copy per layer, bytes exact."""
+    src = kv_cache()
+    rows = list(range(3, 19))
+    ids, offs, pieces = [], [], []
+    for r in rows:
+        for j, t in enumerate(src):
+            ids.append(f"r{r}"), offs.append(j * ROW), pieces.append(t[r])
+    assert pool_store.wait(pool_store.dump(ids, offs, pieces)) == OK
+    pool_store.commit(ids)
+    dst = [torch.zeros_like(t) for t in src]
+    outs = [d[r] for r in rows for d in dst]
+    assert pool_store.wait(pool_store.load(ids, offs, outs)) == OK
+    for s, d in zip(src, dst):
+        assert torch.equal(d[rows], s[rows])
+
+
+def test_absent_blocks_fail_and_others_load(pool_store):
+    src = kv_cache()
+    pool_store.wait(pool_store.dump_blocks(["x"], src, [1]))
+    pool_store.commit(["x"])
+    dst = [torch.zeros_like(t) for t in src]
+    task = pool_store.load_blocks(["x", "nope"], dst, [4, 5])
+    assert pool_store.wait(task) == NOT_FOUND and task.failed_ids == {b"nope"}
+    assert all(torch.equal(d[4], s[1]) and not d[5].any() for s, d in zip(src, dst))
+
+
+def test_refusal_when_full_of_writes(pool_store):
+    src = kv_cache(blocks=20)
+    ids = [f"w{i}" for i in range(20)]
+    task = pool_store.dump_blocks(ids, src, list(range(20)))
+    assert pool_store.wait(task) == REFUSED and len(task.failed_ids) == 4
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (lambda s: (["a"], s[:-1], [0]), "add up to"),
+    (lambda s: (["a"], s, [99]), "rows must index"),
+    (lambda s: (["a", "b"], s, [0]), "same length"),
+    (lambda s: ([1], s, [0]), "block_ids"),
+])
+def test_block_api_bad_input(pool_store, bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        pool_store.dump_blocks(*bad(kv_cache()))
+
+
+def test_planes_must_divide_the_block():
+    with pytest.raises(ValueError, match="'planes' = 3"):
+        create_store("UcmDramStore", {"kv_block_size": BLOCK, "max_cache_size": 4 * BLOCK, "planes": 3})
+
+
+def test_runs_of_consecutive_slots():
+    assert runs([1, 2, 3, 7, 8, 10]) == [(1, 0, 3), (7, 3, 2), (10, 5, 1)]
+    assert runs([4]) == [(4, 0, 1)]
+
+
+def test_several_caller_rows_per_stored_block():
+    """A stored block of k=4 vLLM blocks: each plane of the block holds 4 caller rows."""
+    k = 4
+    with create_store("UcmDramStore", {"kv_block_size": k * BLOCK, "max_cache_size": 8 * k * BLOCK,
+                                       "planes": 2 * LAYERS}) as store:
+        src = kv_cache()
+        groups = [[7, 3, 20, 1], [0, 1, 2, 3]]
+        assert store.wait(store.dump_blocks(["c0", "c1"], src, groups)) == OK
+        store.commit(["c0", "c1"])
+        dst = [torch.zeros_like(t) for t in src]
+        back = [[10, 11, 12, 13], [30, 29, 28, 27]]
+        assert store.wait(store.load_blocks(["c0", "c1"], dst, back)) == OK
+        for s, d in zip(src, dst):
+            for g, b in zip(groups, back):
+                assert torch.equal(d[b], s[g])
+        with pytest.raises(ValueError, match="same number of rows"):
+            store.dump_blocks(["c2", "c3"], src, [[1, 2, 3, 4], [1, 2]])

@@ -1,0 +1,149 @@
+"""Batched copies of whole rows between a caller's 2-D tensors and the slot pool.
+
+A *plane copy* moves rows ``user[rows[i]] <-> pool_rows[slots[i]]`` for many blocks at once, where
+``user`` is a caller tensor viewed as (rows, width) bytes (e.g. one layer's K cache, one row per
+vLLM block) and ``pool_rows`` is a (slots, width) view of the pool. Instead of one copy per piece:
+- on the CPU: row copies on a worker thread (one job per plane, so each plane completes on its own);
+- GPU <-> pinned pool, long slot runs: a gather into a device staging buffer and one DMA per run of
+  consecutive slots (the copy engines run at the link rate, no SMs used); loads DMA into staging
+  and scatter on a second stream, so a plane's scatter overlaps the next plane's DMA;
+- GPU <-> pinned pool, fragmented slots: one gather/scatter kernel that reads or writes the pinned
+  pool directly through unified virtual addressing;
+- GPU <-> device pool (HBM tier): one gather/scatter kernel.
+Each plane's completion is its own event, so a caller can wait for one layer while others copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+#: below this many bytes per run of consecutive slots, per-run DMAs lose to one UVA kernel
+MIN_RUN_BYTES = 256 << 10
+
+
+def cuda_view(host: torch.Tensor) -> torch.Tensor:
+    """A CUDA tensor aliasing pinned host memory (UVA). The caller keeps ``host`` alive."""
+    class _Iface:
+        __cuda_array_interface__ = {"shape": tuple(host.shape), "typestr": "|u1", "strides": None,
+                                    "data": (host.data_ptr(), False), "version": 3}
+    return torch.as_tensor(_Iface(), device="cuda")
+
+
+def rows_view(t: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
+    """``t`` as a (rows, width) uint8 tensor: its first dim indexes rows (vLLM's block dim)."""
+    if not t.is_contiguous():
+        raise ValueError("planes must be contiguous tensors (their first dimension indexes blocks)")
+    flat = t.reshape(-1).view(torch.uint8)
+    width = width or flat.numel() // t.shape[0]
+    return flat.view(-1, width)
+
+
+def runs(sorted_slots: list[int]) -> list[tuple[int, int, int]]:
+    """(first slot, first index, length) of each run of consecutive slots."""
+    out = []
+    start = 0
+    for i in range(1, len(sorted_slots) + 1):
+        if i == len(sorted_slots) or sorted_slots[i] != sorted_slots[i - 1] + 1:
+            out.append((sorted_slots[start], start, i - start))
+            start = i
+    return out
+
+
+@dataclass
+class PlaneCopy:
+    user: torch.Tensor                    # (R, w) rows of the caller's tensor
+    pool: torch.Tensor                    # (S, w) rows of the pool (a view; may be strided)
+    pool_uva: Optional[torch.Tensor]      # the same view through UVA, when the pool is pinned host memory
+
+
+class _Events:
+    def __init__(self, events):
+        self.events = events
+
+    def done(self) -> bool:
+        return all(e.query() for e in self.events)
+
+    def wait(self, timeout: float) -> bool:
+        from ucm.tiers.copy import _EventCompletion
+
+        return all(_EventCompletion(e).wait(timeout) for e in self.events)
+
+
+def copy_planes_cpu(planes: list[PlaneCopy], slots: list[int], rows: list[int], to_pool: bool) -> None:
+    """Row by row: a memcpy each, no temporary (index ops would allocate and fault in a gathered copy)."""
+    for pc in planes:
+        pool, user = pc.pool, pc.user
+        if to_pool:
+            for s, r in zip(slots, rows):
+                pool[s].copy_(user[r])
+        else:
+            for s, r in zip(slots, rows):
+                user[r].copy_(pool[s])
+
+
+class CudaPlaneCopier:
+    """Issues plane copies on a copy stream (DMAs, gathers) and a scatter stream (loads)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.copy_stream = torch.cuda.Stream(device)
+        self.scatter_stream = torch.cuda.Stream(device)
+
+    def submit(self, planes: list[PlaneCopy], slots: list[int], rows: list[int], to_pool: bool) -> list[_Events]:
+        order = sorted(range(len(slots)), key=slots.__getitem__)
+        slots_sorted = [slots[i] for i in order]
+        rows_sorted = [rows[i] for i in order]
+        slot_runs = runs(slots_sorted)
+        caller = torch.cuda.current_stream(self.device)
+        self.copy_stream.wait_stream(caller)
+        self.scatter_stream.wait_stream(caller)
+        with torch.cuda.stream(self.copy_stream):
+            r = torch.tensor(rows_sorted, dtype=torch.long).to(self.device, non_blocking=True)
+            s = torch.tensor(slots_sorted, dtype=torch.long).to(self.device, non_blocking=True)
+        done = []
+        for pc in planes:
+            width = pc.user.shape[1]
+            dma = (pc.pool_uva is not None and pc.pool.is_contiguous()
+                   and width * len(slots) >= MIN_RUN_BYTES * len(slot_runs))
+            if to_pool:
+                done.append(self._dump_plane(pc, r, s, slot_runs, dma))
+            else:
+                done.append(self._load_plane(pc, r, s, slot_runs, dma))
+        return done
+
+    def _dump_plane(self, pc, r, s, slot_runs, dma) -> _Events:
+        with torch.cuda.stream(self.copy_stream):
+            staging = pc.user.index_select(0, r)
+            if dma:
+                for slot0, i0, n in slot_runs:
+                    pc.pool[slot0:slot0 + n].copy_(staging[i0:i0 + n], non_blocking=True)
+            else:
+                (pc.pool_uva if pc.pool_uva is not None else pc.pool).index_copy_(0, s, staging)
+            ev = torch.cuda.Event()
+            ev.record(self.copy_stream)
+        return _Events([ev])
+
+    def _load_plane(self, pc, r, s, slot_runs, dma) -> _Events:
+        if not dma:
+            with torch.cuda.stream(self.copy_stream):
+                src = pc.pool_uva if pc.pool_uva is not None else pc.pool
+                pc.user.index_copy_(0, r, src.index_select(0, s))
+                ev = torch.cuda.Event()
+                ev.record(self.copy_stream)
+            return _Events([ev])
+        with torch.cuda.stream(self.copy_stream):
+            staging = torch.empty((len(r), pc.user.shape[1]), dtype=torch.uint8, device=self.device)
+            for slot0, i0, n in slot_runs:
+                staging[i0:i0 + n].copy_(pc.pool[slot0:slot0 + n], non_blocking=True)
+            landed = torch.cuda.Event()
+            landed.record(self.copy_stream)
+        with torch.cuda.stream(self.scatter_stream):
+            self.scatter_stream.wait_event(landed)
+            pc.user.index_copy_(0, r, staging)
+            staging.record_stream(self.scatter_stream)
+            r.record_stream(self.scatter_stream)
+            ev = torch.cuda.Event()
+            ev.record(self.scatter_stream)
+        return _Events([ev])
