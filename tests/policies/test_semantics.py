@@ -142,3 +142,43 @@ def test_contract_model(name, ops, cap):
                 model.discard(v)
         assert len(p) == len(model) <= cap
         assert all(x in p for x in model)
+
+
+def test_chainarc_without_hook_is_arc_and_with_hook_cuts_tails_first():
+    from tests.policies.conftest import ucm_hits, zipf_stream
+    keys = zipf_stream(20_000, 3_000, 0.9, seed=1)
+    assert ucm_hits("chainarc", 400, keys) == ucm_hits("arc", 400, keys)   # never hooked: plain ARC
+    p = make_eviction("chainarc", 6, cold_last=False)
+    p.begin_sequence()
+    fill(p, ["a", "b", "c"])
+    p.begin_sequence()                   # request done: its tail becomes the least recent
+    fill(p, ["x", "y", "z"])
+    p.begin_sequence()
+    assert [p.evict() for _ in range(3)] == ["c", "b", "a"]
+    q = make_eviction("chainarc", 6)     # cold_last: the last block of a request goes first
+    q.begin_sequence()
+    fill(q, ["a", "b", "c"])
+    q.begin_sequence()
+    assert q.evict() == "c"
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=ops, cap=st.integers(1, 12))
+def test_chainarc_contract_with_sequences(ops, cap):
+    p = make_eviction("chainarc", cap, max_sequence=3)
+    model: set = set()
+    for n, (op, k) in enumerate(ops):
+        if n % 4 == 0:
+            p.begin_sequence()
+        if op == "get" or op == "evict_protected":
+            if k in p:
+                p.touch(k)
+            else:
+                while len(p) >= cap:
+                    model.discard(p.evict(incoming=k))
+                p.insert(k)
+                model.add(k)
+        else:
+            p.remove(k)
+            model.discard(k)
+        assert len(p) == len(model) <= cap and all(x in p for x in model)

@@ -67,14 +67,28 @@ def test_belady_beats_every_policy(mode):
             assert r["hits"] <= opt["hits"], (name, cap)
 
 
+def protocol_flags(ev, t) -> bytearray:
+    """The tier protocol, spelled out: begin_sequence (if any) per request, touch or evict+insert."""
+    flags = bytearray(t.n_accesses)
+    begin = getattr(ev, "begin_sequence", None)
+    for r in range(t.n_requests):
+        if begin is not None:
+            begin()
+        _raw_generic(ev, t.keys, flags, t.starts[r], t.starts[r + 1])
+    return flags
+
+
 @pytest.mark.parametrize("name", POLICIES)
-def test_fast_paths_equal_the_tier_protocol(name):
+@pytest.mark.parametrize("trace", ["zipf", "conversation"])
+def test_fast_paths_equal_the_tier_protocol(name, trace):
     """replay_raw may take a policy's fast kernel; it must count what the plain protocol counts."""
-    t = synth.zipf(n_accesses=30_000, n_objects=5_000, alpha=0.9, seed=3)
-    fast = replay_raw(t, Chain.build(name, "always", [700]))
-    slow_flags = bytearray(t.n_accesses)
-    _raw_generic(Chain.build(name, "always", [700]).ev[0], t.keys, slow_flags, 0, t.n_accesses)
-    assert fast.flags == slow_flags
+    if trace == "zipf":
+        t = synth.zipf(n_accesses=30_000, n_objects=5_000, alpha=0.9, seed=3)
+    else:
+        t = load_trace(str(DATA / "conversation_head400.jsonl"))
+    for cap in (300, 2000):
+        fast = replay_raw(t, Chain.build(name, "always", [cap]))
+        assert fast.flags == protocol_flags(Chain.build(name, "always", [cap]).ev[0], t), cap
 
 
 def test_infinite_lower_tier_catches_every_reuse():

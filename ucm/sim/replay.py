@@ -113,8 +113,22 @@ def replay_raw(trace: Trace, chain: Chain, progress: Optional[Callable[[int], No
     n = len(keys)
     flags = bytearray(n)
     head = chain.ev[0]
-    simple = len(chain.ev) == 1 and isinstance(chain.ad[0], AlwaysAdmit) and not _begin(chain.ev)
-    for lo in range(0, n, CHUNK):
+    hooks = _begin(chain.ev)
+    simple = len(chain.ev) == 1 and isinstance(chain.ad[0], AlwaysAdmit) and not hooks
+    hooked = len(chain.ev) == 1 and isinstance(chain.ad[0], AlwaysAdmit) and len(hooks) == 1
+    fast_requests = getattr(head, "replay_requests", None) if hooked else None
+    if fast_requests is not None and max((trace.starts[r + 1] - trace.starts[r] for r in range(trace.n_requests)),
+                                         default=0) <= getattr(head, "max_sequence", 1 << 62):
+        starts = trace.starts
+        for r0 in range(0, trace.n_requests, 4096):
+            r1 = min(trace.n_requests, r0 + 4096)
+            fast_requests(keys, starts, flags, r0, r1)
+            if progress:
+                progress(starts[r1] - starts[r0])
+        n_done = n
+    else:
+        n_done = 0
+    for lo in range(n_done, n, CHUNK):
         hi = min(n, lo + CHUNK)
         if simple and type(head) is LRUPolicy and isinstance(getattr(head, "_order", None), OrderedDict):
             _raw_lru(head._order, head.capacity, keys, flags, lo, hi)
@@ -122,6 +136,8 @@ def replay_raw(trace: Trace, chain: Chain, progress: Optional[Callable[[int], No
             head.replay_raw(keys, flags, lo, hi)
         elif simple:
             _raw_generic(head, keys, flags, lo, hi)
+        elif hooked:
+            _raw_hooked(head, hooks[0], trace, flags, lo, hi)
         else:
             _raw_chain(chain, trace, flags, lo, hi)
         if progress:
@@ -130,7 +146,7 @@ def replay_raw(trace: Trace, chain: Chain, progress: Optional[Callable[[int], No
     res.tier_hits = [flags.count(i + 1) for i in range(len(chain.ev))]
     res.hits = sum(res.tier_hits)
     res.prefix_blocks = _prefix_runs(trace, flags)
-    res.inserted = list(chain.inserted) if not simple else [n - res.hits] + [0] * (len(chain.ev) - 1)
+    res.inserted = list(chain.inserted) if not (simple or hooked) else [n - res.hits]
     res.promoted, res.demoted, res.rejected = chain.promoted, chain.demoted, chain.rejected
     return res
 
@@ -164,6 +180,34 @@ def _raw_generic(ev, keys, flags, lo: int, hi: int) -> None:
                 if evict(incoming=k) is None:
                     break
             insert(k)
+
+
+def _raw_hooked(ev, begin, trace: Trace, flags, lo: int, hi: int) -> None:
+    """One tier, admission always, a policy with ``begin_sequence``: called at each request start."""
+    import bisect
+    keys, starts = trace.keys, trace.starts
+    cap = ev.capacity
+    touch, insert, evict = ev.touch, ev.insert, ev.evict
+    contains = ev.__contains__
+    length = ev.__len__
+    r = bisect.bisect_right(starts, lo) - 1  # the request holding lo
+    while lo < hi:
+        s, e = starts[r], starts[r + 1]
+        if s == lo:
+            begin()
+        end = e if e < hi else hi
+        for i in range(lo, end):
+            k = keys[i]
+            if contains(k):
+                touch(k)
+                flags[i] = 1
+            else:
+                while length() >= cap:
+                    if evict(incoming=k) is None:
+                        break
+                insert(k)
+        lo = end
+        r += 1
 
 
 def _raw_chain(chain: Chain, trace: Trace, flags, lo: int, hi: int) -> None:
