@@ -119,13 +119,14 @@ class TierChain(Store):
         return task
 
     def _load_lower(self, task: Task, lower: dict, offset, dst_tensor) -> None:
-        for key, (tier, idx) in lower.items():
-            data = tier.read_block(key) if tier is not None else None
+        for key, (_, idx) in lower.items():
+            # read from whichever tier holds it now: promotions of earlier keys may have pushed it down
+            tier, data = next(((t, d) for t in self.tiers if (d := t.read_block(key)) is not None), (None, None))
             if data is None:
                 task.fail(key, NOT_FOUND)
                 continue
-            self.counters["lower_hits"] += 1
-            if self.head.write_block(key, data):  # promote; the head's admission may refuse
+            self.counters["lower_hits"] += tier is not self.head
+            if tier is not self.head and self.head.write_block(key, data):  # promote, subject to admission
                 self.counters["promoted"] += 1
             try:
                 for i in idx:
