@@ -64,8 +64,11 @@ class UcmWorker:
         self.block_bytes = block_bytes
         self.layers: dict[str, _Layer] = {}
         self.stats = UcmConnectorStats()
-        # loads of this step: layer -> (task, {key: vllm block id}, staging copies)
-        self._loads: dict[str, tuple[Any, dict[bytes, list[int]], list]] = {}
+        # loads of this step: submitted layer -> (task, staging copies); layers not yet submitted
+        self._loads: dict[str, tuple[Any, list]] = {}
+        self._pending: list = []
+        self._where: dict[bytes, list[int]] = {}  # key -> vLLM block ids it loads into
+        self._load_failed_keys: set[bytes] = set()
         self._load_t0 = 0.0
         self._load_failed_reqs: set[str] = set()
         self._key_reqs: dict[bytes, set[str]] = {}
@@ -98,54 +101,68 @@ class UcmWorker:
                  len(names), self.num_blocks, offset, self.rank, tuple(first.shape))
 
     # ---- loads ------------------------------------------------------------------------------
+    # One load call per layer, submitted one layer ahead: layer i+1 copies while layer i computes.
+    # Submitting lazily (not all layers at once) also lets the first layer's read promote blocks
+    # from a lower tier (disk) into DRAM, so later layers read them from DRAM, not disk again.
     @torch.inference_mode(False)  # views handed to copy threads must not be inference tensors
     def start_load_kv(self, meta: Optional[UcmConnectorMetadata]) -> None:
         if meta is None or not meta.loads or not self.layers:
             return
         self._load_t0 = time.perf_counter()
         self._key_reqs = {}
+        self._where = {}
         for spec in meta.loads:
-            for h in spec.block_hashes:
-                self._key_reqs.setdefault(self.keys.rank_key(h, self.rank), set()).add(spec.req_id)
-        nblocks = 0
-        for layer in self.layers.values():
-            ids, offs, dsts, staging = [], [], [], []
-            where: dict[bytes, list[int]] = {}
-            for spec in meta.loads:
-                for h, b in zip(spec.block_hashes, spec.block_ids):
-                    key = self.keys.rank_key(h, self.rank)
-                    where.setdefault(key, []).append(b)
-                    for view, po in zip(compat.block_views(layer.kv, self.num_blocks, b), layer.piece_offsets):
-                        dst = view if layer.contiguous else torch.empty_like(view, memory_format=torch.contiguous_format)
-                        if not layer.contiguous:
-                            staging.append((view, dst))
-                        ids.append(key)
-                        offs.append(layer.offset + po)
-                        dsts.append(dst)
-            nblocks = len(where)
-            self._loads[layer.name] = (self.store.load(ids, offs, dsts), where, staging)
-        self.stats.add(loaded_blocks=nblocks, loaded_bytes=nblocks * self.block_bytes)
+            for h, b in zip(spec.block_hashes, spec.block_ids):
+                key = self.keys.rank_key(h, self.rank)
+                self._key_reqs.setdefault(key, set()).add(spec.req_id)
+                self._where.setdefault(key, []).append(b)
+        self._load_failed_keys = set()
+        self._pending = [(layer, meta) for layer in self.layers.values()]
+        self._submit_next()
+        self.stats.add(loaded_blocks=len(self._where), loaded_bytes=len(self._where) * self.block_bytes)
+
+    def _submit_next(self) -> None:
+        if not self._pending:
+            return
+        layer, meta = self._pending.pop(0)
+        ids, offs, dsts, staging = [], [], [], []
+        for spec in meta.loads:
+            for h, b in zip(spec.block_hashes, spec.block_ids):
+                key = self.keys.rank_key(h, self.rank)
+                for view, po in zip(compat.block_views(layer.kv, self.num_blocks, b), layer.piece_offsets):
+                    dst = view if layer.contiguous else torch.empty_like(view, memory_format=torch.contiguous_format)
+                    if not layer.contiguous:
+                        staging.append((view, dst))
+                    ids.append(key)
+                    offs.append(layer.offset + po)
+                    dsts.append(dst)
+        self._loads[layer.name] = (self.store.load(ids, offs, dsts), staging)
 
     @torch.inference_mode(False)
     def wait_for_layer_load(self, layer_name: str) -> None:
+        while layer_name not in self._loads and any(l.name == layer_name for l, _ in self._pending):
+            self._submit_next()  # a layer asked for out of order: submit up to it
         entry = self._loads.pop(layer_name, None)
         if entry is None:
             return
-        task, where, staging = entry
+        task, staging = entry
         code = self.store.wait(task)
+        self._submit_next()
         if code != 0:
-            failed = set(task.failed_ids) or set(where)  # a failure without ids fails them all
-            for key in failed:
-                self._failed_block_ids.update(where.get(key, ()))
+            failed = set(task.failed_ids) or set(self._where)  # a failure without ids fails them all
+            for key in failed - self._load_failed_keys:
+                self._failed_block_ids.update(self._where.get(key, ()))
                 self._load_failed_reqs.update(self._key_reqs.get(key, ()))
-            self.stats.add(load_failed_blocks=len(failed))
+            self.stats.add(load_failed_blocks=len(failed - self._load_failed_keys))
+            self._load_failed_keys |= failed
         for view, dst in staging:
             view.copy_(dst)
-        if not self._loads:
+        if not self._loads and not self._pending:
             self.stats.add(load_seconds=time.perf_counter() - self._load_t0)
 
     def _finish_loads(self) -> None:
-        for name in list(self._loads):
+        while self._loads or self._pending:
+            name = next(iter(self._loads)) if self._loads else self._pending[0][0].name
             self.wait_for_layer_load(name)
 
     def get_block_ids_with_load_errors(self) -> set[int]:
