@@ -50,7 +50,8 @@ def plain_copy_gbps(device, nbytes: int, reps: int) -> dict:
     return out
 
 
-def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: int, reps: int) -> dict:
+def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: int, reps: int,
+               fragmented: bool = False) -> dict:
     """Dump ``blocks`` scattered blocks of a vLLM-like cache into the store, then load them into a
     second cache at other scattered rows; best of ``reps`` for each direction."""
     n_planes = 2 * layers if layout == "per-layer" else 1
@@ -64,6 +65,13 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
     store = create_store("UcmDramStore", {"kv_block_size": block_bytes, "max_cache_size": block_bytes * blocks,
                                           "planes": n_planes})
     offs = [p * piece for p in range(n_planes)]
+    if fragmented:  # worst case for runs: free slots in random order, as after long random eviction
+        import collections
+        import random
+
+        free = list(store._free)
+        random.Random(0).shuffle(free)
+        store._free = collections.deque(free)
 
     def dump(ids):
         if api == "blocks":
@@ -76,7 +84,7 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
         return store.load([i for i in ids for _ in dst], offs * len(ids), [t[r] for r in dst_rows for t in dst])
 
     nbytes = blocks * block_bytes
-    result = {"layout": layout, "api": api, "blocks": blocks, "piece_bytes": piece,
+    result = {"layout": layout + ("/frag" if fragmented else ""), "api": api, "blocks": blocks, "piece_bytes": piece,
               "pieces": blocks * n_planes, "bytes": nbytes}
     dump_times = []
     for rep in range(reps + 1):  # fresh ids each time (a committed id is skipped), dropped after
@@ -112,6 +120,7 @@ def main():
     ap.add_argument("--whole-kib", type=int, default=1024)
     ap.add_argument("--plain-mib", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--fragmented", action="store_true", help="also run the blocks API with shuffled free slots")
     ap.add_argument("--out")
     args = ap.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -122,8 +131,10 @@ def main():
         block = (kib << 10) * 2 * args.layers
         runs.append(("per-layer", kib << 10, max(16, (args.blocks * (args.whole_kib << 10)) // block)))
     rows = []
-    for (layout, piece, blocks), api in tqdm([(r, a) for r in runs for a in ("pieces", "blocks")], desc="layouts"):
-        r = run_layout(device, layout, api, blocks, piece, args.layers, args.reps)
+    plan = [(r, a, False) for r in runs for a in ("pieces", "blocks")]
+    plan += [(r, "blocks", True) for r in runs] if args.fragmented else []
+    for (layout, piece, blocks), api, frag in tqdm(plan, desc="layouts"):
+        r = run_layout(device, layout, api, blocks, piece, args.layers, args.reps, frag)
         r["dump_ratio"] = r["dump_gbps"] / plain["d2h"]
         r["load_ratio"] = r["load_gbps"] / plain["h2d"]
         rows.append(r)
@@ -135,9 +146,9 @@ def main():
                 for k, v in vars(args).items() if v is not None)}
     print(f"{meta['gpu']} | torch {meta['torch']} | plain {args.plain_mib} MiB copy: "
           f"h2d {plain['h2d']:.1f} GB/s, d2h {plain['d2h']:.1f} GB/s")
-    print(f"{'layout':12} {'api':7} {'piece':>8} {'blocks':>7} {'MiB':>7} {'dump GB/s':>10} {'x plain':>8} {'load GB/s':>10} {'x plain':>8}")
+    print(f"{'layout':17} {'api':7} {'piece':>8} {'blocks':>7} {'MiB':>7} {'dump GB/s':>10} {'x plain':>8} {'load GB/s':>10} {'x plain':>8}")
     for r in rows:
-        print(f"{r['layout']:12} {r['api']:7} {r['piece_bytes'] >> 10:>6}Ki {r['blocks']:>7} {r['bytes'] >> 20:>7} "
+        print(f"{r['layout']:17} {r['api']:7} {r['piece_bytes'] >> 10:>6}Ki {r['blocks']:>7} {r['bytes'] >> 20:>7} "
               f"{r['dump_gbps']:>10.2f} {r['dump_ratio']:>8.2f} {r['load_gbps']:>10.2f} {r['load_ratio']:>8.2f}")
     if args.out:
         with open(args.out, "w") as f:

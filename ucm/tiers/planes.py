@@ -5,8 +5,8 @@ A *plane copy* moves rows ``user[rows[i]] <-> pool_rows[slots[i]]`` for many blo
 vLLM block) and ``pool_rows`` is a (slots, width) view of the pool. Instead of one copy per piece:
 - on the CPU: row copies on a worker thread (one job per plane, so each plane completes on its own);
 - GPU <-> pinned pool, long slot runs: a gather into a device staging buffer and one DMA per run of
-  consecutive slots (the copy engines run at the link rate, no SMs used); loads DMA into staging
-  and scatter on a second stream, so a plane's scatter overlaps the next plane's DMA;
+  consecutive slots (the copy engines run at the link rate, no SMs used); loads DMA runs into
+  staging and scatter it with one kernel;
 - GPU <-> pinned pool, fragmented slots: one gather/scatter kernel that reads or writes the pinned
   pool directly through unified virtual addressing;
 - GPU <-> device pool (HBM tier): one gather/scatter kernel.
@@ -84,12 +84,11 @@ def copy_planes_cpu(planes: list[PlaneCopy], slots: list[int], rows: list[int], 
 
 
 class CudaPlaneCopier:
-    """Issues plane copies on a copy stream (DMAs, gathers) and a scatter stream (loads)."""
+    """Issues plane copies on one copy stream: gathers, DMAs and scatters, in order."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.copy_stream = torch.cuda.Stream(device)
-        self.scatter_stream = torch.cuda.Stream(device)
 
     def submit(self, planes: list[PlaneCopy], slots: list[int], rows: list[int], to_pool: bool) -> list[_Events]:
         order = sorted(range(len(slots)), key=slots.__getitem__)
@@ -98,7 +97,6 @@ class CudaPlaneCopier:
         slot_runs = runs(slots_sorted)
         caller = torch.cuda.current_stream(self.device)
         self.copy_stream.wait_stream(caller)
-        self.scatter_stream.wait_stream(caller)
         with torch.cuda.stream(self.copy_stream):
             r = torch.tensor(rows_sorted, dtype=torch.long).to(self.device, non_blocking=True)
             s = torch.tensor(slots_sorted, dtype=torch.long).to(self.device, non_blocking=True)
@@ -126,24 +124,15 @@ class CudaPlaneCopier:
         return _Events([ev])
 
     def _load_plane(self, pc, r, s, slot_runs, dma) -> _Events:
-        if not dma:
-            with torch.cuda.stream(self.copy_stream):
+        with torch.cuda.stream(self.copy_stream):
+            if dma:  # DMA the runs into staging, then one scatter kernel (HBM speed, a few µs)
+                staging = torch.empty((len(r), pc.user.shape[1]), dtype=torch.uint8, device=self.device)
+                for slot0, i0, n in slot_runs:
+                    staging[i0:i0 + n].copy_(pc.pool[slot0:slot0 + n], non_blocking=True)
+                pc.user.index_copy_(0, r, staging)
+            else:
                 src = pc.pool_uva if pc.pool_uva is not None else pc.pool
                 pc.user.index_copy_(0, r, src.index_select(0, s))
-                ev = torch.cuda.Event()
-                ev.record(self.copy_stream)
-            return _Events([ev])
-        with torch.cuda.stream(self.copy_stream):
-            staging = torch.empty((len(r), pc.user.shape[1]), dtype=torch.uint8, device=self.device)
-            for slot0, i0, n in slot_runs:
-                staging[i0:i0 + n].copy_(pc.pool[slot0:slot0 + n], non_blocking=True)
-            landed = torch.cuda.Event()
-            landed.record(self.copy_stream)
-        with torch.cuda.stream(self.scatter_stream):
-            self.scatter_stream.wait_event(landed)
-            pc.user.index_copy_(0, r, staging)
-            staging.record_stream(self.scatter_stream)
-            r.record_stream(self.scatter_stream)
             ev = torch.cuda.Event()
-            ev.record(self.scatter_stream)
+            ev.record(self.copy_stream)
         return _Events([ev])

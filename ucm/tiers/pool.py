@@ -28,9 +28,9 @@ from ucm.tiers.planes import CudaPlaneCopier, PlaneCopy, copy_planes_cpu, cuda_v
 
 #: a group of at least this many same-shaped pieces is copied as one plane copy, not piece by piece
 MIN_GROUP = 8
-#: calls are planned and launched in chunks, so the first copies run while Python plans the rest
-CHUNK_BLOCKS = 128
-CHUNK_PIECES = 1024
+#: calls are planned and launched in chunks of about this many bytes, so the first copies run
+#: while Python plans the rest (smaller chunks would spend more on launches than they overlap)
+CHUNK_BYTES = 256 << 20
 
 
 @dataclass
@@ -86,11 +86,12 @@ class SlotPoolTier(Tier):
     def dump(self, block_ids: Sequence[BlockId], offset: Sequence[int], src_tensor: Sequence[torch.Tensor]) -> Task:
         keys = check_pieces(block_ids, offset, src_tensor, self.block_size, "src_tensor")
         task = Task("dump")
-        for lo in range(0, len(keys), CHUNK_PIECES):  # copies start while later chunks are planned
+        chunk = self._chunk(src_tensor)
+        for lo in range(0, len(keys), chunk):  # copies start while later chunks are planned
             pieces, demoted = [], []
             with self._lock:
                 self._reap()
-                for i in range(lo, min(lo + CHUNK_PIECES, len(keys))):
+                for i in range(lo, min(lo + chunk, len(keys))):
                     blk = self._writable(keys[i], task, demoted)
                     if blk is not None:
                         pieces.append((blk.slot, offset[i], src_tensor[i]))
@@ -102,11 +103,12 @@ class SlotPoolTier(Tier):
         keys = check_pieces(block_ids, offset, dst_tensor, self.block_size, "dst_tensor")
         task = Task("load")
         pinned = {}
-        for lo in range(0, len(keys), CHUNK_PIECES):
+        chunk = self._chunk(dst_tensor)
+        for lo in range(0, len(keys), chunk):
             pieces = []
             with self._lock:
                 self._reap()
-                for i in range(lo, min(lo + CHUNK_PIECES, len(keys))):
+                for i in range(lo, min(lo + chunk, len(keys))):
                     blk = self._readable(keys[i], task, pinned)
                     if blk is not None:
                         pieces.append((blk.slot, offset[i], dst_tensor[i]))
@@ -143,11 +145,12 @@ class SlotPoolTier(Tier):
         """
         keys, views, k = self._check_blocks(block_ids, planes, rows)
         task = Task("dump")
-        for lo in range(0, len(keys), CHUNK_BLOCKS):  # copies start while later chunks are planned
+        chunk = max(16, CHUNK_BYTES // self.block_size)
+        for lo in range(0, len(keys), chunk):  # copies start while later chunks are planned
             slots, sel, demoted = [], [], []
             with self._lock:
                 self._reap()
-                for i in range(lo, min(lo + CHUNK_BLOCKS, len(keys))):
+                for i in range(lo, min(lo + chunk, len(keys))):
                     blk = self._writable(keys[i], task, demoted)
                     if blk is not None:
                         slots.append(blk.slot)
@@ -164,11 +167,12 @@ class SlotPoolTier(Tier):
         task = Task("load")
         task.planes = [[] for _ in views]
         pinned = {}
-        for lo in range(0, len(keys), CHUNK_BLOCKS):
+        chunk = max(16, CHUNK_BYTES // self.block_size)
+        for lo in range(0, len(keys), chunk):
             slots, sel = [], []
             with self._lock:
                 self._reap()
-                for i in range(lo, min(lo + CHUNK_BLOCKS, len(keys))):
+                for i in range(lo, min(lo + chunk, len(keys))):
                     blk = self._readable(keys[i], task, pinned)
                     if blk is not None:
                         slots.append(blk.slot)
@@ -247,6 +251,12 @@ class SlotPoolTier(Tier):
             self.eviction.touch(key)
             self.counters["loaded_blocks"] += 1
         return blk
+
+    @staticmethod
+    def _chunk(tensors: Sequence[torch.Tensor]) -> int:
+        """Pieces per chunk: about CHUNK_BYTES, judged by the first piece."""
+        first = tensors[0].numel() * tensors[0].element_size() if tensors else 1
+        return max(256, CHUNK_BYTES // max(1, first))
 
     def _track_read(self, task: Task, pinned: dict) -> None:
         task.on_done(lambda: self._release(list(pinned)))
