@@ -12,7 +12,8 @@ is estimated to be more popular than the block it would displace.
   ``bytes.translate`` per row) and the doorkeeper is cleared: amortised O(1).
 - ``admit(key, victim)``: with a victim, ``estimate(key) > estimate(victim)``; without one (the
   cache has room, or its policy cannot name a victim) ``estimate(key) >= min_count``
-  (default 1: admit).
+  (default 2: a key seen before in the current aging window; the tiers call ``admit(key)``
+  without a victim).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ _MUL = 0x9E3779B97F4A7C15
 class TinyLFUAdmission(AdmissionPolicy):
     name = "tinylfu"
 
-    def __init__(self, width: int = 1 << 16, depth: int = 4, sample_factor: int = 10, min_count: int = 1):
+    def __init__(self, width: int = 1 << 16, depth: int = 4, sample_factor: int = 10, min_count: int = 2):
         if width < 16 or depth < 1 or depth > 4 or sample_factor < 1:
             raise ValueError("tinylfu: need width >= 16, 1 <= depth <= 4, sample_factor >= 1")
         w = 1
