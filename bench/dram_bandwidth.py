@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 
 import torch
@@ -141,9 +142,7 @@ def main():
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": str(device),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "plain_h2d_gbps": plain["h2d"], "plain_d2h_gbps": plain["d2h"],
-            "command": "python bench/dram_bandwidth.py " + " ".join(
-                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                for k, v in vars(args).items() if v is not None)}
+            "command": "python bench/dram_bandwidth.py " + " ".join(sys.argv[1:])}
     print(f"{meta['gpu']} | torch {meta['torch']} | plain {args.plain_mib} MiB copy: "
           f"h2d {plain['h2d']:.1f} GB/s, d2h {plain['d2h']:.1f} GB/s")
     print(f"{'layout':17} {'api':7} {'piece':>8} {'blocks':>7} {'MiB':>7} {'dump GB/s':>10} {'x plain':>8} {'load GB/s':>10} {'x plain':>8}")
