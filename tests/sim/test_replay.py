@@ -125,3 +125,11 @@ def test_generators_are_seeded():
     assert c.n_requests >= 50 and c.keys == synth.conversation(n_sessions=50, seed=2).keys
     s = synth.scan(n_accesses=5000, n_objects=100, scan_prob=0.01, scan_len=50, seed=0)
     assert s.n_accesses >= 5000 and len(set(s.keys)) > 100
+
+
+def test_chainarc_fast_path_with_requests_longer_than_its_buffer():
+    t = load_trace(str(DATA / "conversation_head400.jsonl"))
+    for most in (1, 2, 5, 7):
+        fast = replay_raw(t, Chain.build("chainarc", "always", [500], {"max_sequence": most}))
+        slow = protocol_flags(Chain.build("chainarc", "always", [500], {"max_sequence": most}).ev[0], t)
+        assert fast.flags == slow, most

@@ -89,9 +89,10 @@ class ChainARCPolicy(ARCPolicy):
         cap = self.capacity
         evict = self.evict
         arc_insert = ARCPolicy.insert
-        tail_first, cold_last = self.tail_first, self.cold_last
+        tail_first, cold_last, most = self.tail_first, self.cold_last, self.max_sequence
         for r in range(r0, r1):
             s, e = starts[r], starts[r + 1]
+            seg = s  # first key of the part not yet re-ordered (flushed every ``most`` keys)
             for i in range(s, e):
                 k = keys[i]
                 if k in t1:
@@ -106,17 +107,24 @@ class ChainARCPolicy(ARCPolicy):
                         if evict(incoming=k) is None:
                             break
                     arc_insert(self, k)
-            if e - s > 1 and tail_first:
-                if e - s > self.max_sequence:
-                    raise NotImplementedError  # not reached by the simulator's callers (see replay)
-                for i in range(e - 1, s - 1, -1):
-                    k = keys[i]
-                    if k in t2:
-                        t2.move_to_end(k)
-                    elif k in t1:
-                        t1.move_to_end(k)
-            if cold_last and e > s:
-                k = keys[e - 1]
-                if k in t1:
-                    t1.move_to_end(k, last=False)
+                if i + 1 - seg >= most:
+                    self._reorder(keys, seg, i + 1, tail_first)
+                    seg = i + 1
+            if seg < e:
+                self._reorder(keys, seg, e, tail_first)
+                if cold_last:
+                    k = keys[e - 1]
+                    if k in t1:
+                        t1.move_to_end(k, last=False)
         self._seq = []
+
+    def _reorder(self, keys, s: int, e: int, tail_first: bool) -> None:
+        if not tail_first or e - s <= 1:
+            return
+        t1, t2 = self.t1, self.t2
+        for i in range(e - 1, s - 1, -1):
+            k = keys[i]
+            if k in t2:
+                t2.move_to_end(k)
+            elif k in t1:
+                t1.move_to_end(k)
