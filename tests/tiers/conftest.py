@@ -42,6 +42,15 @@ def chain(disk_dir):
         yield store
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def dev(request):
+    """Where the caller's tensors live: the CPU, and the GPU when there is one (same code paths)."""
+    return torch.device(request.param)
+
+
 @pytest.fixture(params=["hbm_tier", "dram_tier", "disk_tier", "chain"])
 def store(request):
     return request.getfixturevalue(request.param)

@@ -9,9 +9,9 @@ from tests.tiers.conftest import BLOCK, get, put, rand_block
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.int64])
-def test_round_trip_is_byte_exact(store, dtype):
+def test_round_trip_is_byte_exact(store, dtype, dev):
     n = BLOCK // torch.tensor([], dtype=dtype).element_size()
-    src = rand_block().view(dtype).clone()
+    src = rand_block().view(dtype).clone().to(dev)
     assert src.numel() == n
     assert store.wait(store.dump(["blk"], [0], [src])) == OK
     store.commit(["blk"])
@@ -20,14 +20,14 @@ def test_round_trip_is_byte_exact(store, dtype):
     assert torch.equal(dst.view(torch.uint8), src.view(torch.uint8))
 
 
-def test_pieces_at_offsets_round_trip(store):
+def test_pieces_at_offsets_round_trip(store, dev):
     """One block written as 4 pieces (like per-layer K/V), read back in other pieces."""
-    whole = rand_block(seed=7)
+    whole = rand_block(seed=7).to(dev)
     q = BLOCK // 4
     pieces = [whole[i * q:(i + 1) * q].clone().view(torch.float16) for i in range(4)]
     assert store.wait(store.dump(["b"] * 4, [i * q for i in range(4)], pieces)) == OK
     store.commit(["b"])
-    halves = [torch.empty(BLOCK // 2, dtype=torch.uint8) for _ in range(2)]
+    halves = [torch.empty(BLOCK // 2, dtype=torch.uint8, device=dev) for _ in range(2)]
     assert store.wait(store.load(["b", "b"], [0, BLOCK // 2], halves)) == OK
     assert torch.equal(torch.cat(halves), whole)
 
@@ -155,9 +155,9 @@ class TestBadInput:
             store.load(["a"], [0], [b"bytes"])
 
 
-def test_block_api_on_every_store(store):
+def test_block_api_on_every_store(store, dev):
     """dump_blocks/load_blocks: native on slot pools, through pieces elsewhere; same bytes."""
-    planes = [torch.randint(0, 256, (6, BLOCK // 4), dtype=torch.uint8) for _ in range(4)]
+    planes = [torch.randint(0, 256, (6, BLOCK // 4), dtype=torch.uint8, device=dev) for _ in range(4)]
     assert store.wait(store.dump_blocks(["p", "q"], planes, [1, 4])) == OK
     store.commit(["p", "q"])
     out = [torch.zeros_like(t) for t in planes]

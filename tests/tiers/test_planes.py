@@ -9,9 +9,10 @@ LAYERS, ROW = 4, 512  # 4 layers x (K, V) rows of 512 bytes: a 4 KiB block
 BLOCK = 2 * LAYERS * ROW
 
 
-def kv_cache(blocks=32, seed=0):
+def kv_cache(blocks=32, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(-100, 100, (blocks, ROW // 2), dtype=torch.int16, generator=g) for _ in range(2 * LAYERS)]
+    return [torch.randint(-100, 100, (blocks, ROW // 2), dtype=torch.int16, generator=g).to(device)
+            for _ in range(2 * LAYERS)]
 
 
 @pytest.fixture(params=[1, 2 * LAYERS, LAYERS], ids=["slot-major", "plane-per-piece", "plane-per-layer"])
@@ -21,8 +22,8 @@ def pool_store(request):
         yield store
 
 
-def test_dump_blocks_then_load_blocks_round_trip(pool_store):
-    src = kv_cache()
+def test_dump_blocks_then_load_blocks_round_trip(pool_store, dev):
+    src = kv_cache(device=dev)
     rows = [5, 2, 9, 31, 0]
     ids = [f"b{r}" for r in rows]
     assert pool_store.wait(pool_store.dump_blocks(ids, src, rows)) == OK
@@ -46,9 +47,9 @@ def test_block_api_and_piece_api_agree(pool_store):
     assert torch.equal(out, torch.cat([t[3].view(torch.uint8) for t in src]))
 
 
-def test_many_pieces_of_one_tensor_take_the_grouped_path(pool_store):
+def test_many_pieces_of_one_tensor_take_the_grouped_path(pool_store, dev):
     """vLLM-like per-layer pieces for 16 blocks: grouped into one copy per layer, bytes exact."""
-    src = kv_cache()
+    src = kv_cache(device=dev)
     rows = list(range(3, 19))
     ids, offs, pieces = [], [], []
     for r in rows:
@@ -63,8 +64,8 @@ def test_many_pieces_of_one_tensor_take_the_grouped_path(pool_store):
         assert torch.equal(d[rows], s[rows])
 
 
-def test_absent_blocks_fail_and_others_load(pool_store):
-    src = kv_cache()
+def test_absent_blocks_fail_and_others_load(pool_store, dev):
+    src = kv_cache(device=dev)
     pool_store.wait(pool_store.dump_blocks(["x"], src, [1]))
     pool_store.commit(["x"])
     dst = [torch.zeros_like(t) for t in src]
@@ -101,12 +102,12 @@ def test_runs_of_consecutive_slots():
     assert runs([4]) == [(4, 0, 1)]
 
 
-def test_several_caller_rows_per_stored_block():
+def test_several_caller_rows_per_stored_block(dev):
     """A stored block of k=4 vLLM blocks: each plane of the block holds 4 caller rows."""
     k = 4
     with create_store("UcmDramStore", {"kv_block_size": k * BLOCK, "max_cache_size": 8 * k * BLOCK,
                                        "planes": 2 * LAYERS}) as store:
-        src = kv_cache()
+        src = kv_cache(device=dev)
         groups = [[7, 3, 20, 1], [0, 1, 2, 3]]
         assert store.wait(store.dump_blocks(["c0", "c1"], src, groups)) == OK
         store.commit(["c0", "c1"])
