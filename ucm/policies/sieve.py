@@ -75,12 +75,17 @@ class SievePolicy(EvictionPolicy):
             return key
         return None
 
-    def peek_victim(self, protected: Container = _NOTHING) -> Optional[Key]:
-        """The key ``evict`` would take if no bit changed (scans without clearing bits)."""
-        for part in (self._ahead, self._passed, self._ahead):
+    def peek_victim(self, protected: Container = _NOTHING, limit: int = 64) -> Optional[Key]:
+        """The key ``evict`` would take if no bit changed: the first unvisited key from the hand
+        on. Looks at ``limit`` keys at most (``None`` past that), so it stays O(1)."""
+        seen = 0
+        for part in (self._ahead, self._passed):
             for key in part:
                 if not self._visited[key] and key not in protected:
                     return key
+                seen += 1
+                if seen >= limit:
+                    return None
         return None
 
     def __contains__(self, key: object) -> bool:

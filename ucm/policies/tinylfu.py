@@ -44,20 +44,21 @@ class TinyLFUAdmission(AdmissionPolicy):
         self._added = 0
         self.min_count = min_count
         self.resets = 0
+        self._shifts = tuple(16 * i for i in range(depth))
 
-    def _indexes(self, key: Key):
+    def _indexes(self, key: Key) -> list:
         h = (hash(key) * _MUL) & _M64
         h ^= h >> 29
         h = (h * 0xBF58476D1CE4E5B9) & _M64
         h ^= h >> 32
         m = self._mask
-        # four 16-bit lanes (rotated) give the row indexes
-        return [((h >> (16 * i)) ^ (h >> (16 * i + 7))) & m for i in range(self.depth)]
+        # four 16-bit lanes (each mixed with a shifted copy) give the row indexes
+        return [((h >> s) ^ (h >> (s + 7))) & m for s in self._shifts]
 
     def estimate(self, key: Key) -> int:
         rows = self._rows
-        est = min(rows[i][j] for i, j in enumerate(self._indexes(key)))
-        return est + (1 if key in self._door else 0)
+        est = min([rows[i][j] for i, j in enumerate(self._indexes(key))])
+        return est + 1 if key in self._door else est
 
     def record(self, key: Key) -> None:
         door = self._door
@@ -65,10 +66,12 @@ class TinyLFUAdmission(AdmissionPolicy):
             door.add(key)
         else:
             rows = self._rows
-            for i, j in enumerate(self._indexes(key)):
+            i = 0
+            for j in self._indexes(key):
                 row = rows[i]
                 if row[j] < 15:
                     row[j] += 1
+                i += 1
         self._added += 1
         if self._added >= self._sample:
             self._age()
