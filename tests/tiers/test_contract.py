@@ -165,3 +165,12 @@ def test_block_api_on_every_store(store, dev):
     assert store.wait(task) == OK and len(task.planes) == 4
     for src, dst in zip(planes, out):
         assert torch.equal(dst[0], src[4]) and torch.equal(dst[5], src[1])
+
+
+def test_block_api_at_an_offset_on_every_store(store):
+    planes = [torch.randint(0, 256, (3, BLOCK // 4), dtype=torch.uint8) for _ in range(2)]
+    store.wait(store.dump_blocks(["h"], planes, [2], offset=BLOCK // 2))
+    store.wait(store.dump_blocks(["h"], planes, [0], offset=0))
+    store.commit(["h"])
+    code, out = get(store, "h")
+    assert code == OK and torch.equal(out, torch.cat([planes[0][0], planes[1][0], planes[0][2], planes[1][2]]))

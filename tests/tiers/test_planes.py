@@ -82,7 +82,7 @@ def test_refusal_when_full_of_writes(pool_store):
 
 
 @pytest.mark.parametrize("bad, msg", [
-    (lambda s: (["a"], s[:-1], [0]), "add up to"),
+    (lambda s: (["a"], s + s[:1], [0]), "exceeds kv_block_size"),
     (lambda s: (["a"], s, [99]), "rows must index"),
     (lambda s: (["a", "b"], s, [0]), "same length"),
     (lambda s: ([1], s, [0]), "block_ids"),
@@ -119,3 +119,16 @@ def test_several_caller_rows_per_stored_block(dev):
                 assert torch.equal(d[b], s[g])
         with pytest.raises(ValueError, match="same number of rows"):
             store.dump_blocks(["c2", "c3"], src, [[1, 2, 3, 4], [1, 2]])
+
+
+def test_layer_by_layer_with_offsets(pool_store, dev):
+    """A caller may dump and load one layer's planes at a time, at that layer's byte offset."""
+    src = kv_cache(device=dev)
+    for layer in range(LAYERS):
+        planes = src[2 * layer:2 * layer + 2]
+        assert pool_store.wait(pool_store.dump_blocks(["L"], planes, [6], offset=2 * layer * ROW)) == OK
+    pool_store.commit(["L"])
+    dst = [torch.zeros_like(t) for t in src]
+    tasks = [pool_store.load_blocks(["L"], dst[2 * l:2 * l + 2], [9], offset=2 * l * ROW) for l in range(LAYERS)]
+    assert all(pool_store.wait(t) == OK for t in tasks)
+    assert all(torch.equal(d[9], s[6]) for s, d in zip(src, dst))

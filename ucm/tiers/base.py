@@ -76,13 +76,13 @@ def check_pieces(block_ids, offset, tensors, block_size: int, tensor_arg: str) -
     return keys
 
 
-def pieces_of_blocks(block_ids, planes, rows) -> tuple[list, list[int], list[torch.Tensor]]:
+def pieces_of_blocks(block_ids, planes, rows, offset: int = 0) -> tuple[list, list[int], list[torch.Tensor]]:
     """The (ids, offsets, tensors) pieces of a block-API call."""
     if len(rows) != len(block_ids):
         raise ValueError(f"block_ids and rows must have the same length, got {len(block_ids)} and {len(rows)}")
     ids, offs, tensors = [], [], []
     for bid, rs in zip(block_ids, rows):
-        off = 0
+        off = offset
         for t in planes:
             for r in (rs if isinstance(rs, Sequence) else (rs,)):
                 piece = t[r]
@@ -190,15 +190,17 @@ class Store(ABC):
     @abstractmethod
     def commit(self, block_ids: Sequence[BlockId], is_success: bool = True) -> None: ...
 
-    def dump_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence) -> Task:
-        """Batched form of dump: block ``block_ids[i]`` = ``planes[0][rows[i]]`` + ``planes[1][rows[i]]``
-        + … in bytes (``rows[i]`` may list k rows per plane). Slot pools copy whole planes at once;
-        other stores fall back to pieces."""
-        return self.dump(*pieces_of_blocks(block_ids, planes, rows))
+    def dump_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence,
+                    offset: int = 0) -> Task:
+        """Batched form of dump: bytes ``offset…`` of block ``block_ids[i]`` = ``planes[0][rows[i]]`` +
+        ``planes[1][rows[i]]`` + … (``rows[i]`` may list k rows per plane). Slot pools copy whole
+        planes at once; other stores fall back to pieces."""
+        return self.dump(*pieces_of_blocks(block_ids, planes, rows, offset))
 
-    def load_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence) -> Task:
+    def load_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence,
+                    offset: int = 0) -> Task:
         """Batched form of load; ``task.planes[j]`` lists the completions plane ``j`` waits for."""
-        task = self.load(*pieces_of_blocks(block_ids, planes, rows))
+        task = self.load(*pieces_of_blocks(block_ids, planes, rows, offset))
         task.planes = [[task] for _ in planes]
         return task
 

@@ -70,21 +70,21 @@ class TierChain(Store):
             task.on_done(lambda c=child, m=moved: [task.fail(k, v) for k, v in c.failed.items() if k not in m])
         return task
 
-    def load_blocks(self, block_ids, planes, rows) -> Task:
+    def load_blocks(self, block_ids, planes, rows, offset: int = 0) -> Task:
         """Blocks in the head load plane by plane (layer-wise waits); the rest come up from below."""
         keys = to_keys(block_ids)
         in_head = [i for i, k in enumerate(keys) if self.head.has(k)]
         if len(in_head) == len(keys):
-            return self.head.load_blocks(block_ids, planes, rows)
+            return self.head.load_blocks(block_ids, planes, rows, offset)
         task = Task("load")
         task.planes = [[] for _ in planes]
         if in_head:
-            head = self.head.load_blocks([keys[i] for i in in_head], planes, [rows[i] for i in in_head])
+            head = self.head.load_blocks([keys[i] for i in in_head], planes, [rows[i] for i in in_head], offset)
             task.add_task(head)
             for j, parts in enumerate(head.planes):
                 task.planes[j].extend(parts)
         rest = [i for i in range(len(keys)) if i not in set(in_head)]
-        lower = self.load(*pieces_of_blocks([keys[i] for i in rest], planes, [rows[i] for i in rest]))
+        lower = self.load(*pieces_of_blocks([keys[i] for i in rest], planes, [rows[i] for i in rest], offset))
         task.add_task(lower)
         for parts in task.planes:
             parts.append(lower)

@@ -137,13 +137,15 @@ class SlotPoolTier(Tier):
                     self._drop(key)
 
     # ---- whole rows of many blocks at once ---------------------------------------------------
-    def dump_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence[int]) -> Task:
-        """Block ``block_ids[i]`` = ``planes[0][rows[i]]`` + ``planes[1][rows[i]]`` + … (bytes, in order).
+    def dump_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence,
+                    offset: int = 0) -> Task:
+        """Bytes ``offset…`` of block ``block_ids[i]`` = ``planes[0][rows[i]]`` + ``planes[1][rows[i]]`` + ….
 
         ``planes`` are contiguous tensors whose first dimension indexes rows (e.g. one layer's K cache
-        with one row per vLLM block); their row sizes add up to ``kv_block_size``. Asynchronous.
+        with one row per vLLM block); ``offset`` + their row sizes fit in ``kv_block_size`` (a caller
+        may write one layer's planes at a time). Asynchronous.
         """
-        keys, views, k = self._check_blocks(block_ids, planes, rows)
+        keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
         task = Task("dump")
         chunk = max(16, CHUNK_BYTES // self.block_size)
         for lo in range(0, len(keys), chunk):  # copies start while later chunks are planned
@@ -160,10 +162,11 @@ class SlotPoolTier(Tier):
             self._demote(demoted)
         return task
 
-    def load_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence[int]) -> Task:
+    def load_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence,
+                    offset: int = 0) -> Task:
         """The reverse of ``dump_blocks``. ``task.planes[j]`` lists the completions of plane ``j``,
         so a caller can start on one layer while the next still copies."""
-        keys, views, k = self._check_blocks(block_ids, planes, rows)
+        keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
         task = Task("load")
         task.planes = [[] for _ in views]
         pinned = {}
@@ -286,7 +289,7 @@ class SlotPoolTier(Tier):
         view = self.pool[p, :, o:o + width]
         return view, (self.pool_uva[p, :, o:o + width] if self.pool_uva is not None else None)
 
-    def _check_blocks(self, block_ids, planes, rows):
+    def _check_blocks(self, block_ids, planes, rows, offset: int = 0):
         """Validate a block-API call; returns keys and one PlaneCopy per plane.
 
         ``rows[i]`` is one row index, or a list of k row indices when a stored block holds k
@@ -298,10 +301,16 @@ class SlotPoolTier(Tier):
         flat = [r for rs in rows for r in rs] if k > 1 else list(rows)
         if len(flat) != k * len(keys):
             raise ValueError(f"every rows[i] must hold the same number of rows ({k})")
-        views, offset = [], 0
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be a non-negative int, got {offset!r}")
         for j, t in enumerate(planes):
-            if not isinstance(t, torch.Tensor) or t.dim() < 1:
+            if not isinstance(t, torch.Tensor) or t.dim() < 1 or t.shape[0] == 0:
                 raise ValueError(f"planes[{j}] must be a tensor whose first dimension indexes rows")
+        end = offset + k * sum(t.numel() * t.element_size() // t.shape[0] for t in planes)
+        if end > self.block_size:
+            raise ValueError(f"offset + the planes' rows = {end} bytes exceeds kv_block_size {self.block_size}")
+        views = []
+        for j, t in enumerate(planes):
             user = rows_view(t)
             width = user.shape[1]
             pool = self._plane_view(offset, k * width)
@@ -312,8 +321,6 @@ class SlotPoolTier(Tier):
                 pool = tuple(v.reshape(-1, width) if v is not None else None for v in pool)
             views.append(PlaneCopy(user, *pool))
             offset += k * width
-        if offset != self.block_size:
-            raise ValueError(f"the planes' rows add up to {offset} bytes, not kv_block_size {self.block_size}")
         limit = min(v.user.shape[0] for v in views)
         bad = [r for r in flat if not isinstance(r, int) or not 0 <= r < limit]
         if bad:
