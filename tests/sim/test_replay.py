@@ -133,3 +133,13 @@ def test_chainarc_fast_path_with_requests_longer_than_its_buffer():
         fast = replay_raw(t, Chain.build("chainarc", "always", [500], {"max_sequence": most}))
         slow = protocol_flags(Chain.build("chainarc", "always", [500], {"max_sequence": most}).ev[0], t)
         assert fast.flags == slow, most
+
+
+@pytest.mark.parametrize("mode", ["raw", "prefix"])
+@pytest.mark.parametrize("eviction", ["lru", "belady"])
+def test_per_tier_prefix_ratios_add_up(mode, eviction):
+    t = load_trace(str(DATA / "conversation_head400.jsonl"))
+    lower = [] if eviction == "belady" else [{"name": "disk", "capacity_blocks": 3000}]
+    r = simulate(t, mode=mode, eviction=eviction, capacity_blocks=300, lower_tiers=lower)
+    assert sum(v["prefix_hit_ratio"] for v in r["tiers"].values()) == pytest.approx(r["prefix_hit_ratio"])
+    assert sum(v["prefix_hit_blocks"] for v in r["tiers"].values()) == r["prefix_hit_blocks"]

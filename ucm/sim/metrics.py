@@ -6,6 +6,9 @@
   input_length)`` / sum of ``input_length`` (token-weighted: the share of prompt tokens whose KV
   is reused instead of recomputed). In raw mode the prefix of a request is the leading run of
   its raw hits.
+- Per tier: ``hits``/``hit_ratio`` (blocks served by the tier) and ``prefix_hit_ratio``: the
+  token-weighted prefix hit ratio split over the tiers in proportion to the prefix-hit blocks
+  each one served.
 - Bytes: ``bytes_loaded`` (hits, per tier), ``bytes_stored`` (blocks written per tier,
   demotions included), ``bytes_promoted``.
 - ``prefill_s_saved`` = hit tokens / ``prefill_tokens_per_s`` minus the time to load the hit
@@ -46,7 +49,10 @@ def summarize(trace: Trace, res: ReplayResult, *, block_tokens: int, block_bytes
         gbps = tier_gb_per_s[i] if i < len(tier_gb_per_s) else tier_gb_per_s[-1]
         loaded = h * block_bytes
         load_s += loaded / (gbps * 1e9) if gbps else 0.0
+        tpb = res.tier_prefix_blocks[i] if i < len(res.tier_prefix_blocks) else 0
+        share = tpb / prefix_blocks if prefix_blocks else 0.0
         tiers[name] = {"hits": h, "hit_ratio": h / accesses if accesses else 0.0,
+                       "prefix_hit_blocks": tpb, "prefix_hit_ratio": out["prefix_hit_ratio"] * share,
                        "bytes_loaded": loaded, "bytes_stored": ins * block_bytes, "blocks_stored": ins}
     out["tiers"] = tiers
     out["bytes_loaded"] = res.hits * block_bytes

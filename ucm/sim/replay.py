@@ -37,6 +37,7 @@ CHUNK = 1 << 16
 class ReplayResult:
     hits: int = 0
     tier_hits: list = field(default_factory=list)
+    tier_prefix_blocks: list = field(default_factory=list)  # per tier: prefix-hit blocks it served
     flags: Optional[bytearray] = None  # per access: 0 miss, i+1 hit in tier i
     prefix_blocks: list = field(default_factory=list)  # per request: leading hit blocks
     inserted: list = field(default_factory=list)      # per tier: blocks written
@@ -145,6 +146,17 @@ def replay_raw(trace: Trace, chain: Chain, progress: Optional[Callable[[int], No
     res.tier_hits = [flags.count(i + 1) for i in range(len(chain.ev))]
     res.hits = sum(res.tier_hits)
     res.prefix_blocks = _prefix_runs(trace, flags)
+    if len(chain.ev) == 1:
+        res.tier_prefix_blocks = [sum(res.prefix_blocks)]
+    else:
+        per = [0] * len(chain.ev)
+        starts = trace.starts
+        for r, pb in enumerate(res.prefix_blocks):
+            if pb:
+                seg = flags[starts[r]:starts[r] + pb]
+                for level in range(len(per)):
+                    per[level] += seg.count(level + 1)
+        res.tier_prefix_blocks = per
     res.inserted = list(chain.inserted) if not (simple or hooked) else [n - res.hits]
     res.promoted, res.demoted, res.rejected = chain.promoted, chain.demoted, chain.rejected
     return res
@@ -297,7 +309,8 @@ def replay_prefix(trace: Trace, chain: Chain, progress: Optional[Callable[[int],
             done = e
     if progress:
         progress(len(keys) - done)
-    res = ReplayResult(hits=sum(tier_hits), tier_hits=tier_hits, prefix_blocks=prefix_blocks)
+    res = ReplayResult(hits=sum(tier_hits), tier_hits=tier_hits, prefix_blocks=prefix_blocks,
+                       tier_prefix_blocks=list(tier_hits))
     res.inserted = list(chain.inserted)
     res.promoted, res.demoted, res.rejected = chain.promoted, chain.demoted, chain.rejected
     return res
@@ -368,6 +381,7 @@ def replay_belady(trace: Trace, capacity: int, mode: str = "raw",
         res.hits = flags.count(1)
         res.tier_hits = [res.hits]
         res.prefix_blocks = _prefix_runs(trace, flags)
+        res.tier_prefix_blocks = [sum(res.prefix_blocks)]
         res.inserted = [inserted]
         return res
     hits = 0
@@ -399,5 +413,6 @@ def replay_belady(trace: Trace, capacity: int, mode: str = "raw",
             done = e
     if progress:
         progress(n - done)
-    res = ReplayResult(hits=hits, tier_hits=[hits], prefix_blocks=prefix_blocks, inserted=[inserted])
+    res = ReplayResult(hits=hits, tier_hits=[hits], prefix_blocks=prefix_blocks, inserted=[inserted],
+                       tier_prefix_blocks=[hits])
     return res
