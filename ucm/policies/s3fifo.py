@@ -14,6 +14,10 @@ Each cached key has a small counter, set to 0 on insert and raised by 1 on every
 - Evicting from ``main`` (a CLOCK with a 2-bit counter): the oldest key with counter ``>= 1`` is
   reinserted at the tail with ``min(counter, 3) - 1``; the first with counter 0 is evicted.
 Every operation is O(1) amortised (each reinsertion spends a hit).
+
+One known difference: below 10 blocks of capacity the small queue has size 0 (or 1), and
+libCacheSim then refuses to insert a block that would fill it; we insert anyway (a cache must
+take blocks). The equality tests use capacities of 50 blocks and more.
 """
 from __future__ import annotations
 
