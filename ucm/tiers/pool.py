@@ -86,35 +86,20 @@ class SlotPoolTier(Tier):
     def dump(self, block_ids: Sequence[BlockId], offset: Sequence[int], src_tensor: Sequence[torch.Tensor]) -> Task:
         keys = check_pieces(block_ids, offset, src_tensor, self.block_size, "src_tensor")
         task = Task("dump")
-        chunk = self._chunk(src_tensor)
-        for lo in range(0, len(keys), chunk):  # copies start while later chunks are planned
-            pieces, demoted = [], []
-            with self._lock:
-                self._reap()
-                for i in range(lo, min(lo + chunk, len(keys))):
-                    blk = self._writable(keys[i], task, demoted)
-                    if blk is not None:
-                        pieces.append((blk.slot, offset[i], src_tensor[i]))
-                self._submit_pieces(task, pieces, to_pool=True, keys=keys)
-            self._demote(demoted)
+        for idx, demoted in self._chunks(len(keys), self._chunk(src_tensor)):
+            pieces = [(blk.slot, offset[i], src_tensor[i]) for i in idx
+                      if (blk := self._writable(keys[i], task, demoted)) is not None]
+            self._submit_pieces(task, pieces, to_pool=True, keys=keys)
         return task
 
     def load(self, block_ids: Sequence[BlockId], offset: Sequence[int], dst_tensor: Sequence[torch.Tensor]) -> Task:
         keys = check_pieces(block_ids, offset, dst_tensor, self.block_size, "dst_tensor")
-        task = Task("load")
-        pinned = {}
-        chunk = self._chunk(dst_tensor)
-        for lo in range(0, len(keys), chunk):
-            pieces = []
-            with self._lock:
-                self._reap()
-                for i in range(lo, min(lo + chunk, len(keys))):
-                    blk = self._readable(keys[i], task, pinned)
-                    if blk is not None:
-                        pieces.append((blk.slot, offset[i], dst_tensor[i]))
-                self._submit_pieces(task, pieces, to_pool=False, keys=keys)
-        with self._lock:
-            self._track_read(task, pinned)
+        task, pinned = Task("load"), {}
+        for idx, _ in self._chunks(len(keys), self._chunk(dst_tensor)):
+            pieces = [(blk.slot, offset[i], dst_tensor[i]) for i in idx
+                      if (blk := self._readable(keys[i], task, pinned)) is not None]
+            self._submit_pieces(task, pieces, to_pool=False, keys=keys)
+        self._track_read(task, pinned)
         return task
 
     def commit(self, block_ids: Sequence[BlockId], is_success: bool = True) -> None:
@@ -147,19 +132,10 @@ class SlotPoolTier(Tier):
         """
         keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
         task = Task("dump")
-        chunk = max(16, CHUNK_BYTES // self.block_size)
-        for lo in range(0, len(keys), chunk):  # copies start while later chunks are planned
-            slots, sel, demoted = [], [], []
-            with self._lock:
-                self._reap()
-                for i in range(lo, min(lo + chunk, len(keys))):
-                    blk = self._writable(keys[i], task, demoted)
-                    if blk is not None:
-                        slots.append(blk.slot)
-                        sel.append(rows[i])
-                for part in self._submit_planes(views, slots, sel, to_pool=True, k=k):
-                    task.add(part)
-            self._demote(demoted)
+        for idx, demoted in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
+            picked = [(blk.slot, rows[i]) for i in idx if (blk := self._writable(keys[i], task, demoted)) is not None]
+            for part in self._submit_planes(views, [s for s, _ in picked], [r for _, r in picked], True, k):
+                task.add(part)
         return task
 
     def load_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence,
@@ -167,24 +143,14 @@ class SlotPoolTier(Tier):
         """The reverse of ``dump_blocks``. ``task.planes[j]`` lists the completions of plane ``j``,
         so a caller can start on one layer while the next still copies."""
         keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
-        task = Task("load")
+        task, pinned = Task("load"), {}
         task.planes = [[] for _ in views]
-        pinned = {}
-        chunk = max(16, CHUNK_BYTES // self.block_size)
-        for lo in range(0, len(keys), chunk):
-            slots, sel = [], []
-            with self._lock:
-                self._reap()
-                for i in range(lo, min(lo + chunk, len(keys))):
-                    blk = self._readable(keys[i], task, pinned)
-                    if blk is not None:
-                        slots.append(blk.slot)
-                        sel.append(rows[i])
-                for j, part in enumerate(self._submit_planes(views, slots, sel, to_pool=False, k=k)):
-                    task.planes[j].append(part)
-                    task.add(part)
-        with self._lock:
-            self._track_read(task, pinned)
+        for idx, _ in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
+            picked = [(blk.slot, rows[i]) for i in idx if (blk := self._readable(keys[i], task, pinned)) is not None]
+            for j, part in enumerate(self._submit_planes(views, [s for s, _ in picked], [r for _, r in picked], False, k)):
+                task.planes[j].append(part)
+                task.add(part)
+        self._track_read(task, pinned)
         return task
 
     # ---- whole blocks (chain) ---------------------------------------------------------------
@@ -255,6 +221,16 @@ class SlotPoolTier(Tier):
             self.counters["loaded_blocks"] += 1
         return blk
 
+    def _chunks(self, n: int, size: int):
+        """Ranges of at most ``size`` entries, each planned under the lock; what a chunk evicts is
+        demoted after the lock is released. Copies of a chunk start while the next one is planned."""
+        for lo in range(0, n, size):
+            demoted = []
+            with self._lock:
+                self._reap()
+                yield range(lo, min(lo + size, n)), demoted
+            self._demote(demoted)
+
     @staticmethod
     def _chunk(tensors: Sequence[torch.Tensor]) -> int:
         """Pieces per chunk: about CHUNK_BYTES, judged by the first piece."""
@@ -263,7 +239,8 @@ class SlotPoolTier(Tier):
 
     def _track_read(self, task: Task, pinned: dict) -> None:
         task.on_done(lambda: self._release(list(pinned)))
-        self._inflight.append(task)
+        with self._lock:
+            self._inflight.append(task)
 
     def _new_block(self, key: bytes, demoted: list) -> Optional[_Block]:
         """Admit ``key`` and give it a slot, evicting if full. Caller holds the lock."""
