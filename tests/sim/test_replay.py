@@ -143,3 +143,21 @@ def test_per_tier_prefix_ratios_add_up(mode, eviction):
     r = simulate(t, mode=mode, eviction=eviction, capacity_blocks=300, lower_tiers=lower)
     assert sum(v["prefix_hit_ratio"] for v in r["tiers"].values()) == pytest.approx(r["prefix_hit_ratio"])
     assert sum(v["prefix_hit_blocks"] for v in r["tiers"].values()) == r["prefix_hit_blocks"]
+
+
+def test_skip_partial_never_stores_a_partial_last_block():
+    # block_tokens 10: r0 has 25 tokens (3rd block partial), r1 30 tokens (all full)
+    t = from_requests("t", [[1, 2, 3], [1, 2, 3], [4, 5, 6], [4, 5, 6]], block_tokens=10, tokens=[25, 25, 30, 30])
+    for ev in ("lru", "chainarc", "belady"):
+        r = simulate(t, mode="prefix", eviction=ev, capacity_blocks=10, block_tokens=10, skip_partial=True)
+        assert r["hits"] == 2 + 3, ev          # block 3 is never stored; 4, 5, 6 all hit
+        assert r["accesses"] == 12 and r["skip_partial"]
+        assert simulate(t, mode="prefix", eviction=ev, capacity_blocks=10, block_tokens=10)["hits"] == 6
+    assert not simulate(t, mode="raw", eviction="lru", capacity_blocks=10, skip_partial=True)["skip_partial"]
+
+
+def test_belady_beats_every_policy_with_skip_partial():
+    t = load_trace(str(DATA / "conversation_head400.jsonl"))
+    opt = simulate(t, mode="prefix", eviction="belady", capacity_blocks=500, skip_partial=True)
+    for name in POLICIES:
+        assert simulate(t, mode="prefix", eviction=name, capacity_blocks=500, skip_partial=True)["hits"] <= opt["hits"]

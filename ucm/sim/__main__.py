@@ -34,7 +34,8 @@ def run(cfg: DictConfig) -> dict:
         lower_tiers=c.get("lower_tiers") or [], tier_name=str(c.get("tier_name", "dram")),
         block_tokens=int(c["block_tokens"]), block_bytes=int(c["block_bytes"]),
         prefill_tokens_per_s=float(c["prefill_tokens_per_s"]), tier_gb_per_s=[float(c["pcie_gb_per_s"])],
-        progress=bool(c.get("progress", True)), with_belady=bool(c.get("with_belady", False)))
+        progress=bool(c.get("progress", True)), with_belady=bool(c.get("with_belady", False)),
+        skip_partial=bool(c.get("skip_partial", False)))
     result["trace"] = str(c["trace"])
     result["trace_name"] = trace.name
     try:

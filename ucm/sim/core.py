@@ -61,7 +61,8 @@ def simulate(trace: Trace, *, mode: str = "raw", eviction: str = "lru", admissio
              admission_params: Optional[dict] = None, lower_tiers: Optional[list] = None,
              tier_name: str = "dram", block_tokens: int = 512, block_bytes: int = 2 << 20,
              prefill_tokens_per_s: float = 8000.0, tier_gb_per_s: Optional[list] = None,
-             progress: bool = False, with_belady: bool = False) -> dict:
+             progress: bool = False, with_belady: bool = False, skip_partial: bool = False) -> dict:
+    skip_partial = bool(skip_partial) and mode == "prefix"  # raw mode replays every id
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     lower_tiers = list(lower_tiers or [])
@@ -79,10 +80,13 @@ def simulate(trace: Trace, *, mode: str = "raw", eviction: str = "lru", admissio
     if eviction == BELADY:
         if lower_tiers or admission != "always":
             raise ValueError("eviction=belady is the offline optimum of one tier: no lower_tiers, admission=always")
-        res = replay_belady(trace, caps[0], mode, tick)
+        res = replay_belady(trace, caps[0], mode, tick, skip_partial, block_tokens)
     else:
         chain = Chain.build(eviction, admission, caps, eviction_params, admission_params)
-        res = (replay_raw if mode == "raw" else replay_prefix)(trace, chain, tick)
+        if mode == "raw":
+            res = replay_raw(trace, chain, tick)
+        else:
+            res = replay_prefix(trace, chain, tick, skip_partial, block_tokens)
     elapsed = time.perf_counter() - t0
     if bar is not None:
         bar.close()
@@ -93,10 +97,11 @@ def simulate(trace: Trace, *, mode: str = "raw", eviction: str = "lru", admissio
     out["distinct_blocks"] = trace.distinct()
     out["capacity_fraction"] = caps[0] / out["distinct_blocks"] if out["distinct_blocks"] else 0.0
     out["lower_tiers"] = [{"name": n, "capacity_blocks": c} for n, c in zip(names[1:], caps[1:])]
+    out["skip_partial"] = bool(skip_partial) and mode == "prefix"
     out["elapsed_s"] = round(elapsed, 4)
     out["accesses_per_s"] = round(trace.n_accesses / elapsed) if elapsed > 0 else None
     if with_belady and eviction != BELADY:
-        b = replay_belady(trace, caps[0], mode)
+        b = replay_belady(trace, caps[0], mode, None, skip_partial, block_tokens)
         bs = summarize(trace, b, block_tokens=block_tokens, block_bytes=block_bytes, tier_names=names[:1],
                        tier_gb_per_s=speeds, prefill_tokens_per_s=prefill_tokens_per_s)
         out["belady_hit_ratio"] = bs["hit_ratio"]

@@ -261,7 +261,17 @@ def _prefix_runs(trace: Trace, flags: bytearray) -> list:
     return out
 
 
-def replay_prefix(trace: Trace, chain: Chain, progress: Optional[Callable[[int], None]] = None) -> ReplayResult:
+def _cacheable_end(trace: Trace, r: int, skip_partial: bool, block_tokens: int) -> int:
+    """End of the blocks of request ``r`` a KV cache may hold: with ``skip_partial`` a last block
+    that is not full (``input_length`` not a multiple of ``block_tokens``) is never stored."""
+    e = trace.starts[r + 1]
+    if skip_partial and e > trace.starts[r] and trace.tokens[r] % block_tokens:
+        return e - 1
+    return e
+
+
+def replay_prefix(trace: Trace, chain: Chain, progress: Optional[Callable[[int], None]] = None,
+                  skip_partial: bool = False, block_tokens: int = 512) -> ReplayResult:
     keys, starts = trace.keys, trace.starts
     evs, ads = chain.ev, chain.ad
     head = evs[0]
@@ -279,7 +289,8 @@ def replay_prefix(trace: Trace, chain: Chain, progress: Optional[Callable[[int],
             for i in range(s, e):
                 rec(keys[i])
         i = s
-        while i < e:  # lookup: longest cached prefix
+        ec = _cacheable_end(trace, r, skip_partial, block_tokens)
+        while i < ec:  # lookup: longest cached prefix
             k = keys[i]
             if k in head:
                 head.touch(k)
@@ -297,7 +308,7 @@ def replay_prefix(trace: Trace, chain: Chain, progress: Optional[Callable[[int],
                     break
             i += 1
         prefix_blocks.append(i - s)
-        while i < e:  # recompute and store the rest
+        while i < ec:  # recompute and store the rest
             k = keys[i]
             if k in head:
                 head.touch(k)
@@ -332,7 +343,8 @@ def next_uses(keys) -> list:
 
 
 def replay_belady(trace: Trace, capacity: int, mode: str = "raw",
-                  progress: Optional[Callable[[int], None]] = None) -> ReplayResult:
+                  progress: Optional[Callable[[int], None]] = None, skip_partial: bool = False,
+                  block_tokens: int = 512) -> ReplayResult:
     keys, starts = trace.keys, trace.starts
     n = len(keys)
     nxt = next_uses(keys)
@@ -390,14 +402,15 @@ def replay_belady(trace: Trace, capacity: int, mode: str = "raw",
     for r in range(len(starts) - 1):
         s, e = starts[r], starts[r + 1]
         i = s
-        while i < e and keys[i] in cached:
+        ec = _cacheable_end(trace, r, skip_partial, block_tokens)
+        while i < ec and keys[i] in cached:
             k = keys[i]
             cached[k] = nxt[i]
             push(heap, (-nxt[i], k))
             i += 1
         prefix_blocks.append(i - s)
         hits += i - s
-        while i < e:
+        while i < ec:
             k = keys[i]
             if k in cached:
                 cached[k] = nxt[i]
