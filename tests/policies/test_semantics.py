@@ -155,7 +155,7 @@ def test_chainarc_without_hook_is_arc_and_with_hook_cuts_tails_first():
     fill(p, ["x", "y", "z"])
     p.begin_sequence()
     assert [p.evict() for _ in range(3)] == ["c", "b", "a"]
-    q = make_eviction("chainarc", 6)     # cold_last: the last block of a request goes first
+    q = make_eviction("chainarc", 6, cold_last=True)  # the last block of a request goes first
     q.begin_sequence()
     fill(q, ["a", "b", "c"])
     q.begin_sequence()

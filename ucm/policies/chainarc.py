@@ -9,9 +9,11 @@ and changes only the order inside them, once per request:
 - tail first: at the end of a request its blocks are re-ordered so that the first block is the
   most recent and the last the least recent (in ``T1`` and ``T2`` alike); under pressure a chain
   is cut from its tail, and what stays is still a usable prefix;
-- cold last block: the request's last block goes to the LRU end of ``T1`` when it is there. It is
-  the block that is least often reused (in the Mooncake traces < 1 %: the next turn of a
-  conversation re-hashes a partial last block differently).
+- cold last block (``cold_last``, off by default): the request's last block goes to the LRU end
+  of ``T1``. This helps only where partial last blocks are stored, as in a plain replay of the
+  Mooncake traces (their partial last blocks are reused < 1 % of the time). vLLM hashes only
+  full blocks, and with partial blocks skipped (``skip_partial=true`` in the simulator) it hurts,
+  so it is off.
 
 Request boundaries come from ``begin_sequence()``, which a caller (the simulator; a tier's
 lookup) calls before each request's lookups. A caller that never calls it gets plain ARC: the
@@ -31,7 +33,7 @@ from ucm.policies.base import _NOTHING, Key
 class ChainARCPolicy(ARCPolicy):
     name = "chainarc"
 
-    def __init__(self, capacity: int, tail_first: bool = True, cold_last: bool = True, max_sequence: int = 4096):
+    def __init__(self, capacity: int, tail_first: bool = True, cold_last: bool = False, max_sequence: int = 4096):
         super().__init__(capacity)
         if max_sequence < 1:
             raise ValueError("chainarc: max_sequence must be >= 1")
