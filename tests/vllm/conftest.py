@@ -23,6 +23,8 @@ try:
     _VLLM_ERROR = None
 except Exception as exc:  # noqa: BLE001 - any import failure means: no usable vLLM here
     _VLLM_ERROR = f"{type(exc).__name__}: {exc}"
+    if os.environ.get("UCM_REQUIRE_VLLM") == "1":  # CI / `make test`: a missing vLLM is a failure
+        raise RuntimeError(f"UCM_REQUIRE_VLLM=1 but vllm is not importable: {_VLLM_ERROR}") from exc
 
 
 def pytest_collection_modifyitems(config, items):
