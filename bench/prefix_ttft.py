@@ -1,0 +1,536 @@
+#!/usr/bin/env python3
+"""Prefix-hit TTFT of real vLLM: GPU prefix cache, vLLM's native CPU offloading and ucm (issue 5).
+
+Usage:
+  python3 bench/prefix_ttft.py --model DIR [--modes full,native,native_best,ucm,ucm_disk]
+        [--lengths 4000,8000,16000] [--concurrency 1,2,4] [--reps 3] [--hit 0.8] [--out DIR] ...
+  python3 bench/prefix_ttft.py --mode table --out DIR [--from DIR2,DIR3]     (merge parts, table, plot)
+
+Every request has max_tokens=1, so its latency (finish - submit) is its time to first token. A cell
+is (input length L, concurrency c): c distinct prompts of L random token ids, all queued before the
+engine's first step (the engine core runs in this process, VLLM_ENABLE_V1_MULTIPROCESSING=0, and the
+engine is stepped by hand: `--no-inproc-engine` gives vLLM's own engine-core process instead, where
+the first step may start before all prompts arrive). A pass's value is the mean over its c requests;
+a cell's value is the median over --reps repetitions with fresh prompts (every repetition is kept).
+
+Each mode runs in its own engine, in its own subprocess (GPU memory is freed between them), and
+writes --out/prefix_ttft_part_<mode>.json after every cell (a mode cut off keeps its finished cells):
+  full         no connector, vLLM prefix caching on: full compute (fresh prompts), HBM 100 % (the
+               same prompts again), HBM 80 % (their first 80 % + 20 % new tokens).
+  native       vLLM's OffloadingConnector {"cpu_bytes_to_use": --cpu-gib}, what
+               kv_offloading_size/kv_offloading_backend="native" builds.
+  native_best  the same + {"block_size": 256} and VLLM_USE_V2_MODEL_RUNNER=0 (the V1 runner's
+               cross-layer KV layout: RESULTS-native-best.md in shared/gpu).
+  ucm          UnifiedCacheConnectorV1, the seed's config: UcmDramStore, max_cache_size --cpu-gib.
+  ucm_disk     UnifiedCacheConnectorV1 with the dram_disk chain; its DRAM holds one batch's hit but
+               not the stored prefixes: after the store pass, fresh prompts fill DRAM so the stored
+               blocks are demoted to disk (and their page cache dropped) before the timed 80 % pass.
+Connector modes, per repetition: fresh prompts with the connector on (full compute); a store pass
+(prompts A and B, untimed); GPU prefix cache reset, so every hit must come from the connector;
+100 % = A again; reset; 80 % = B[:80 %] + 20 % new tokens; reset. The connector store is never
+reset (prompts are fresh; vLLM 0.26 asserts on two connector resets with no step between them).
+
+Then (also `--mode table`): prefix_ttft_<gpu>_<date>.json / .md / .png in --out (see bench/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODES = ("full", "native", "native_best", "ucm", "ucm_disk")
+UCM_MODULE = "ucm.integration.vllm.uc_connector"
+GiB = 1 << 30
+
+# the passes each mode times, and the result column each one fills
+MODE_COLUMNS = {
+    "full": {"full": "full_s", "hbm80": "hbm80_s", "hbm100": "hbm100_s"},
+    "native": {"hit80": "native80_s", "hit100": "native100_s"},
+    "native_best": {"hit80": "native_best80_s", "hit100": "native_best100_s"},
+    "ucm": {"hit80": "ucm80_s", "hit100": "ucm100_s"},
+    "ucm_disk": {"hit80": "ucm_disk80_s"},
+}
+ROW_KEYS = ("input_tokens", "concurrency", "full_s", "hbm80_s", "hbm100_s", "native80_s", "native100_s",
+            "native_best80_s", "native_best100_s", "ucm80_s", "ucm100_s", "ucm_disk80_s", "ucm100_bytes")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", default="run", choices=["run", "table"],
+                    help="run: measure --modes, then merge; table: only merge the parts in --out (and --from)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    ap.add_argument("--model", help="model folder (on the GPU: .gpu/make_model.py --preset qwen2.5-7b)")
+    ap.add_argument("--lengths", default="4000,8000,16000")
+    ap.add_argument("--concurrency", default="1,2,4")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per cell (median reported, all kept)")
+    ap.add_argument("--hit", type=float, default=0.8, help="shared-prefix fraction of the partial-hit pass")
+    ap.add_argument("--gpu-util", type=float, default=0.8)
+    ap.add_argument("--max-model-len", type=int, default=20000)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: vLLM's")
+    ap.add_argument("--block-size", type=int, default=None, help="vLLM block size; default 16 on GPU (vLLM's), "
+                    "32 on CPU (the CPU backend wants a multiple of 32)")
+    ap.add_argument("--dtype", default=None, help="default bfloat16 on GPU, the model's own on CPU")
+    ap.add_argument("--inproc-engine", action=argparse.BooleanOptionalAction, default=True,
+                    help="engine core in this process: all prompts queued before the first step (default on)")
+    ap.add_argument("--model-runner", default="auto", choices=["auto", "v1", "v2"],
+                    help="VLLM_USE_V2_MODEL_RUNNER for every mode but native_best (always v1)")
+    ap.add_argument("--cpu-gib", type=float, default=16.0, help="DRAM of native offloading and of ucm")
+    ap.add_argument("--disk-path", default=os.environ.get("UCM_BENCH_DISK", "/tmp/ucm_bench_disk"),
+                    help="ucm_disk spills into a fresh subfolder of this, removed at the end")
+    ap.add_argument("--disk-gib", type=float, default=20.0, help="ucm_disk: byte cap of the disk tier")
+    ap.add_argument("--disk-dram-gib", type=float, default=None,
+                    help="ucm_disk: DRAM cap; default 1.25 x the largest batch's 80%% hit")
+    ap.add_argument("--disk-cold", action=argparse.BooleanOptionalAction, default=True,
+                    help="ucm_disk: sync and drop the spill files from the page cache before each timed pass")
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="run: stop a mode that would end after this many seconds from the start (its finished "
+                         "cells are kept)")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/prefix_ttft")
+    ap.add_argument("--from", dest="from_dirs", default="",
+                    help="table: more folders with prefix_ttft_part_*.json (later ones win)")
+    ap.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)  # internal: one mode's engine
+    a = ap.parse_args(argv)
+    a.lengths = [int(x) for x in a.lengths.split(",")]
+    a.concurrency = [int(x) for x in a.concurrency.split(",")]
+    a.modes = [m for m in a.modes.split(",") if m]
+    bad = [m for m in a.modes if m not in MODES]
+    if bad:
+        ap.error(f"unknown modes {bad}; choose from {MODES}")
+    if (a.mode == "run" or a.worker) and not a.model:
+        ap.error("--model is required")
+    return a
+
+
+def part_path(out: str, mode: str) -> str:
+    return os.path.join(out, f"prefix_ttft_part_{mode}.json")
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---- environment of one mode's process (read by vLLM at import, so set before importing it) ----------
+def mode_env(a, mode: str, cuda: bool) -> None:
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    # a separate engine-core process imports the connector too: it needs the checkout on its path
+    os.environ["PYTHONPATH"] = ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+    if a.inproc_engine:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    runner = "v1" if mode == "native_best" else a.model_runner
+    if runner != "auto":
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if runner == "v2" else "0"
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # the GPU bundle has no flashinfer
+    for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("VLLM_NO_USAGE_STATS", "1")):
+        os.environ.setdefault(k, v)
+    if not cuda:  # vLLM CPU: a small KV space and one thread per op keep the engine light
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def kv_bytes_per_token(model_dir: str, dtype_bytes: int) -> int:
+    """K and V of every layer for one token, read from config.json (needed before the engine starts)."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        hf = json.load(f)
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    kv_heads = hf.get("num_key_value_heads", hf["num_attention_heads"])
+    return 2 * hf["num_hidden_layers"] * kv_heads * head_dim * dtype_bytes
+
+
+def dtype_bytes(dtype: str, model_dir: str) -> int:
+    if dtype == "auto":
+        with open(os.path.join(model_dir, "config.json")) as f:
+            hf = json.load(f)
+        dtype = hf.get("torch_dtype") or hf.get("dtype") or "float32"
+    return {"float32": 4, "float": 4}.get(str(dtype), 2)
+
+
+def kv_transfer_config(a, mode: str, bpt: int, disk_dir: str):
+    """The connector config of a mode (a dict of KVTransferConfig fields), or None for 'full'."""
+    if mode == "full":
+        return None
+    if mode in ("native", "native_best"):
+        extra = {"cpu_bytes_to_use": int(a.cpu_gib * GiB)}
+        if mode == "native_best":
+            extra["block_size"] = 256  # 256-token offload chunks (the V1 runner gives the cross-layer layout)
+        return dict(kv_connector="OffloadingConnector", kv_role="kv_both", kv_connector_extra_config=extra)
+    if mode == "ucm":
+        extra = {"ucm_connector_name": "UcmDramStore",
+                 "ucm_connector_config": {"max_cache_size": int(a.cpu_gib * GiB)}}
+    else:  # ucm_disk: the seed's form naming the dram_disk chain (ucm/integration/vllm/settings.py)
+        extra = {"ucm_connector_name": "dram_disk",
+                 "ucm_connector_config": {"max_cache_size": disk_dram_bytes(a, bpt),
+                                          "disk": {"path": disk_dir, "max_size": int(a.disk_gib * GiB)}}}
+    return dict(kv_connector="UnifiedCacheConnectorV1", kv_connector_module_path=UCM_MODULE,
+                kv_role="kv_both", kv_connector_extra_config=extra)
+
+
+def disk_dram_bytes(a, bpt: int) -> int:
+    """DRAM of ucm_disk: room for the largest batch's 80 % hit (so promotions from disk during one
+    load do not push each other back down) but, after the flush pass, none of the stored prefixes."""
+    if a.disk_dram_gib is not None:
+        return int(a.disk_dram_gib * GiB)
+    return int(1.25 * a.hit * max(a.lengths) * max(a.concurrency) * bpt)
+
+
+# ---- one mode's engine -------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, a, mode: str, cuda: bool):
+        import numpy as np
+        import torch
+        import vllm
+        from vllm import LLM, SamplingParams
+
+        self.a, self.mode, self.cuda = a, mode, cuda
+        # float32 on CPU as in tests/vllm (vLLM CPU would turn "auto" float32 weights into bfloat16)
+        self.dtype = a.dtype or ("bfloat16" if cuda else "float32")
+        self.bpt = kv_bytes_per_token(a.model, dtype_bytes(self.dtype, a.model))
+        self.dram_cap = disk_dram_bytes(a, self.bpt)
+        self.disk_dir = os.path.join(a.disk_path, f"prefix_ttft_{os.getpid()}") if mode == "ucm_disk" else ""
+        ktc = kv_transfer_config(a, mode, self.bpt, self.disk_dir)
+        kw = dict(model=a.model, dtype=self.dtype, max_model_len=a.max_model_len, enable_prefix_caching=True,
+                  enforce_eager=True, seed=0)
+        if cuda:
+            kw["gpu_memory_utilization"] = a.gpu_util
+        if a.block_size or not cuda:
+            kw["block_size"] = a.block_size or 32
+        if a.max_num_batched_tokens:
+            kw["max_num_batched_tokens"] = a.max_num_batched_tokens
+        if ktc is not None:
+            from vllm.config.kv_transfer import KVTransferConfig
+
+            kw["kv_transfer_config"] = KVTransferConfig(**ktc)
+        t0 = time.time()
+        self.llm = LLM(**kw)
+        init_s = time.time() - t0
+        vc = self.llm.llm_engine.vllm_config
+        self.core = self._inproc_core()
+        self.native_xfer = {"load_bytes": 0.0, "load_time": 0.0}
+        hooked = self._hook_native_stats() if mode.startswith("native") else False
+        hf = vc.model_config.hf_config
+        actual = kv_bytes_per_token(a.model, vc.model_config.dtype.itemsize)
+        if actual != self.bpt:
+            print(f"WARNING: KV bytes/token {actual} (engine dtype), not {self.bpt} as assumed", flush=True)
+            self.bpt = actual
+        self.info = dict(
+            mode=mode, started=utc_now(), command=" ".join([sys.executable] + sys.argv),
+            run_command=os.environ.get("PREFIX_TTFT_COMMAND"),
+            vllm=vllm.__version__, torch=torch.__version__,
+            gpu=torch.cuda.get_device_name(0) if cuda else "cpu", engine_init_s=round(init_s, 1),
+            model=dict(path=a.model, architecture=(hf.architectures or [None])[0], layers=hf.num_hidden_layers,
+                       hidden=hf.hidden_size, heads=hf.num_attention_heads,
+                       kv_heads=getattr(hf, "num_key_value_heads", None),
+                       head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
+                       dtype=str(vc.model_config.dtype), kv_bytes_per_token=self.bpt),
+            block_size=vc.cache_config.block_size, num_gpu_blocks=vc.cache_config.num_gpu_blocks,
+            max_num_batched_tokens=vc.scheduler_config.max_num_batched_tokens,
+            use_v2_model_runner=getattr(vc, "use_v2_model_runner", None),
+            env_VLLM_USE_V2_MODEL_RUNNER=os.environ.get("VLLM_USE_V2_MODEL_RUNNER"),
+            cross_layer_kv_cache=self._cross_layer_shape(), engine_in_process=self.core is not None,
+            kv_transfer_config=ktc, native_stats_recorded=hooked, enforce_eager=True,
+            lengths=a.lengths, concurrency=a.concurrency, reps=a.reps, hit=a.hit,
+        )
+        if mode == "ucm_disk":
+            self.info.update(disk_dram_bytes=self.dram_cap, disk_cold=a.disk_cold,
+                             disk_fs=fs_type(self.disk_dir))
+        vocab = vc.model_config.get_vocab_size()
+        self.lo, self.hi = (500, min(vocab - 8, 150000)) if vocab > 4000 else (10, vocab - 8)
+        self.rng = np.random.default_rng(a.seed + MODES.index(mode))
+        self.sp = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, detokenize=False)
+        print(json.dumps(self.info, default=str), flush=True)
+
+    # ---- engine helpers ----
+    def _inproc_core(self):
+        core = getattr(self.llm.llm_engine.engine_core, "engine_core", None)
+        return core if core is not None and hasattr(core, "scheduler") else None
+
+    def _hook_native_stats(self) -> bool:
+        """Sum the OffloadingConnector's own transfer stats (bytes, CUDA-event s) that the scheduler
+        pulls every step; in-process engine only (as bench_prefix.py does)."""
+        conn = getattr(getattr(self.core, "scheduler", None), "connector", None)
+        if conn is None or not hasattr(conn, "get_kv_connector_stats"):
+            return False
+        orig = conn.get_kv_connector_stats
+
+        def wrapped():
+            st = orig()
+            try:
+                if st is not None and not st.is_empty():
+                    for k, v in st.reduce().items():
+                        for key in self.native_xfer:
+                            if k == "vllm:kv_offload_" + key:
+                                self.native_xfer[key] += float(v)
+            except Exception as e:  # bookkeeping must never break the engine
+                print(f"WARNING: native stats hook: {e!r}", flush=True)
+            return st
+
+        conn.get_kv_connector_stats = wrapped
+        return True
+
+    def _cross_layer_shape(self):
+        try:
+            mr = self.core.model_executor.driver_worker.worker.model_runner
+            t = getattr(mr, "cross_layers_kv_cache", None)
+            return None if t is None else list(t.shape)
+        except Exception:
+            return None
+
+    def drain(self, timeout=30.0) -> int:
+        """Step the in-process engine until its scheduler holds no work (deferred stores, delayed frees)."""
+        if self.core is None:
+            return 0
+        n, t0 = 0, time.perf_counter()
+        while self.core.scheduler.has_requests() or getattr(self.core, "batch_queue", None):
+            self.llm.llm_engine.step()
+            n += 1
+            if time.perf_counter() - t0 > timeout:
+                print(f"WARNING: drain() gave up after {timeout} s ({n} steps)", flush=True)
+                return -1
+        return n
+
+    def reset_gpu(self) -> bool:
+        """Empty vLLM's GPU prefix cache only (never the connector's store)."""
+        for _ in range(50):
+            stuck = self.drain() < 0
+            if self.llm.reset_prefix_cache():
+                return True
+            if stuck:
+                break
+            time.sleep(0.1)
+        print("WARNING: reset_prefix_cache() kept failing", flush=True)
+        return False
+
+    def fresh(self, n: int, L: int) -> list:
+        return [self.rng.integers(self.lo, self.hi, size=L).tolist() for _ in range(n)]
+
+    def partial(self, prompts: list, L: int) -> list:
+        k = int(self.a.hit * L)
+        return [p[:k] + self.fresh(1, L - k)[0] for p in prompts]
+
+    # ---- one timed pass ----
+    def timed(self, prompts: list) -> dict:
+        """Queue all prompts, then step until all finish; per-request latency = finish - submit."""
+        eng = self.llm.llm_engine
+        c0, x0 = self._counters(), dict(self.native_xfer)
+        t0 = time.perf_counter()
+        self.llm.enqueue([{"prompt_token_ids": p} for p in prompts], self.sp, use_tqdm=False)
+        lat, cached = [], []
+        while eng.has_unfinished_requests():
+            for o in eng.step():
+                if o.finished:
+                    lat.append(time.perf_counter() - t0)
+                    cached.append(o.num_cached_tokens or 0)
+        assert len(lat) == len(prompts), (len(lat), len(prompts))
+        r = dict(mean_s=statistics.mean(lat), max_s=max(lat), cached_tokens=cached)
+        c1 = self._counters()
+        if c1:
+            r["ucm"] = {k: c1[k] - c0.get(k, 0) for k in c1}
+        if self.mode.startswith("native"):
+            r["native"] = {k: self.native_xfer[k] - x0[k] for k in x0}
+        return r
+
+    def _counters(self) -> dict:
+        """ucm's process-wide counters (the worker runs in this process with the in-process engine),
+        plus, for the disk chain, how many block reads came from below DRAM."""
+        if not self.mode.startswith("ucm"):
+            return {}
+        from ucm.integration.vllm import stats, stores
+
+        out = {k: float(v) for k, v in stats.totals().items()}
+        for s in stores.live_stores():
+            st = s.stats()
+            if isinstance(st, dict) and "lower_hits" in st:
+                out["chain_lower_hits"] = out.get("chain_lower_hits", 0) + st["lower_hits"]
+        return out
+
+    # ---- the cells ----
+    def warmup(self) -> None:
+        """Compile/JIT once: the longest prefill, a GPU hit, a batch, a connector store + loads."""
+        t0 = time.time()
+        Lmax, Lmin, cmax = max(self.a.lengths), min(self.a.lengths), max(self.a.concurrency)
+        P = self.fresh(1, Lmax)
+        self.timed(P)
+        self.drain()
+        self.timed(P)  # the first GPU hit was slow in the anchor runs
+        self.timed(self.fresh(cmax, Lmin))
+        if self.mode != "full":
+            self.connector_cell(Lmin, 1)
+        self.reset_gpu()
+        print(f"warm-up done in {time.time() - t0:.1f} s", flush=True)
+
+    def full_cell(self, L: int, c: int) -> dict:
+        F = self.fresh(c, L)
+        r = {"full": self.timed(F)}
+        self.drain()
+        r["hbm100"] = self.timed(F)
+        self.drain()
+        r["hbm80"] = self.timed(self.partial(F, L))
+        self.reset_gpu()
+        return r
+
+    def connector_cell(self, L: int, c: int) -> dict:
+        self.reset_gpu()
+        r = {"full_connector_on": self.timed(self.fresh(c, L))}
+        A, B = self.fresh(c, L), self.fresh(c, L)
+        self.timed(B if self.mode == "ucm_disk" else A + B)  # store pass (untimed)
+        self.drain()  # deferred stores land
+        if self.mode == "ucm_disk":
+            self.push_to_disk()
+        else:
+            self.reset_gpu()
+            r["hit100"] = self.timed(A)
+        self.reset_gpu()
+        r["hit80"] = self.timed(self.partial(B, L))
+        self.reset_gpu()
+        return r
+
+    def push_to_disk(self) -> None:
+        """Fill ucm's DRAM with fresh prompts so the stored ones are demoted to disk (LRU), then drop
+        the spill files from the page cache so the timed loads read the disk, not RAM."""
+        need = self.dram_cap // self.bpt + 4 * self.info["block_size"]
+        Lf = min(max(self.a.lengths), self.a.max_model_len - 8)
+        n = -(-need // Lf)
+        for i in range(0, n, 8):  # 8 prompts per batch keeps the GPU KV cache from filling up
+            self.timed(self.fresh(min(8, n - i), Lf))
+            self.drain()
+        if self.a.disk_cold:
+            drop_page_cache(self.disk_dir)
+
+    def run(self) -> dict:
+        self.warmup()
+        res = dict(info=self.info, cells=[])
+        for L in self.a.lengths:
+            for c in self.a.concurrency:
+                cell = self.full_cell if self.mode == "full" else self.connector_cell
+                reps = [cell(L, c) for _ in range(self.a.reps)]
+                res["cells"].append(dict(L=L, c=c, reps=reps))
+                print(f"{self.mode} L={L} c={c}: " + "  ".join(
+                    f"{k}={statistics.median(x[k]['mean_s'] for x in reps):.4f}s"
+                    f"(cached {statistics.mean(statistics.mean(x[k]['cached_tokens']) for x in reps):.0f})"
+                    for k in reps[0]), flush=True)
+                write_json(part_path(self.a.out, self.mode), res)  # partial results survive a cut-off
+        return res
+
+
+def fs_type(path: str) -> str:
+    """The filesystem type holding `path` (tmpfs would make 'disk' reads RAM reads)."""
+    best, fstype = "", "unknown"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                dev, mnt, typ = line.split()[:3]
+                if os.path.abspath(path).startswith(mnt) and len(mnt) > len(best):
+                    best, fstype = mnt, typ
+    except OSError:
+        pass
+    return fstype
+
+
+def drop_page_cache(path: str) -> None:
+    os.sync()  # dirty pages cannot be dropped
+    for f in glob.glob(os.path.join(path, "**", "*"), recursive=True):
+        if os.path.isfile(f):
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def pinned_h2d_gbps(nbytes: int = GiB):
+    """A plain pinned host->device copy of 1 GiB (and back), best of 5, in this process."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None, None
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    res = []
+    for src, dst in ((host, dev), (dev, host)):
+        best = None
+        for i in range(7):
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            dst.copy_(src, non_blocking=True)
+            e1.record()
+            e1.synchronize()
+            t = e0.elapsed_time(e1) / 1e3
+            if i >= 2:  # the first copies warm the path up
+                best = t if best is None else min(best, t)
+        res.append(round(nbytes / best / 1e9, 2))
+    del host, dev
+    torch.cuda.empty_cache()
+    return res[0], res[1]
+
+
+def write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def run_worker(a, mode: str) -> None:
+    import importlib
+
+    cuda = importlib.import_module("torch").cuda.is_available()
+    mode_env(a, mode, cuda)
+    b = Bench(a, mode, cuda)
+    try:
+        res = b.run()
+        res["info"]["finished"] = utc_now()
+        # measured after the engine ran, in the same process, so the 1 GiB buffers never shrink vLLM's KV
+        res["info"]["pinned_h2d_gbps"], res["info"]["pinned_d2h_gbps"] = pinned_h2d_gbps()
+        write_json(part_path(a.out, mode), res)
+    finally:
+        if b.disk_dir:
+            shutil.rmtree(b.disk_dir, ignore_errors=True)
+
+
+def run_modes(a) -> None:
+    """One subprocess per mode (fresh GPU memory each), then the merged table."""
+    t_start = time.time()
+    os.environ["PREFIX_TTFT_COMMAND"] = " ".join(["python3"] + sys.argv)  # recorded by each mode
+    for mode in a.modes:
+        left = None if a.deadline_s is None else a.deadline_s - (time.time() - t_start)
+        if left is not None and left < 30:
+            print(f"== {mode}: skipped, only {left:.0f} s left", flush=True)
+            continue
+        argv = [sys.executable, os.path.abspath(__file__)] + sys.argv[1:] + ["--worker", mode]
+        print(f"== {utc_now()} mode {mode}", flush=True)
+        t0 = time.time()
+        try:
+            rc = subprocess.run(argv, timeout=left).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout (finished cells kept)"
+        print(f"== mode {mode}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
+    from prefix_ttft_report import report  # bench/ is this script's folder
+
+    report(a.out, [])
+
+
+def main() -> None:
+    a = parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    if a.worker:
+        run_worker(a, a.worker)
+    elif a.mode == "table":
+        from prefix_ttft_report import report
+
+        report(a.out, [d for d in a.from_dirs.split(",") if d])
+    else:
+        run_modes(a)
+
+
+if __name__ == "__main__":
+    main()

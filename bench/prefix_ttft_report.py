@@ -1,0 +1,215 @@
+"""Merge the per-mode parts of bench/prefix_ttft.py into prefix_ttft_<gpu>_<date>.json / .md / .png.
+
+Imports no vLLM and no torch, so the merge runs anywhere (e.g. back on the CPU machine):
+    python3 bench/prefix_ttft.py --mode table --out DIR [--from DIR2,DIR3]
+A value is the median over repetitions of a pass's mean TTFT over its c requests.
+"""
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+import re
+import statistics
+
+from prefix_ttft import MODE_COLUMNS, MODES, ROW_KEYS, write_json
+
+SEED_SPEEDUP = 3.3  # the seed's headline speed-up at 80 % hits
+
+
+def load_parts(dirs: list[str]) -> dict:
+    """mode -> part; a later folder wins over an earlier one."""
+    parts = {}
+    for d in dirs:
+        for p in sorted(glob.glob(os.path.join(d, "prefix_ttft_part_*.json"))):
+            mode = re.match(r"prefix_ttft_part_(\w+)\.json", os.path.basename(p)).group(1)
+            if mode in parts:
+                print(f"note: {p} replaces the {mode} part read before")
+            with open(p) as f:
+                parts[mode] = json.load(f)
+    return parts
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def cell_passes(cell: dict) -> dict:
+    """pass -> summary over the repetitions of one cell of one mode."""
+    out = {}
+    for key in cell["reps"][0]:
+        reps = [r[key] for r in cell["reps"] if key in r]
+        s = dict(median_s=med([r["mean_s"] for r in reps]), reps_mean_s=[round(r["mean_s"], 5) for r in reps],
+                 reps_max_s=[round(r["max_s"], 5) for r in reps],
+                 cached_tokens=med([statistics.mean(r["cached_tokens"]) for r in reps]))
+        for src in ("ucm", "native"):
+            if src in reps[0]:
+                s[src] = {k: med([r[src].get(k) for r in reps]) for k in reps[0][src]}
+        out[key] = s
+    return out
+
+
+def merge(parts: dict) -> tuple[list, list]:
+    """The rows of the issue's JSON and the per-cell details behind them."""
+    grid = {}
+    for mode in MODES:
+        for cell in (parts.get(mode) or {}).get("cells", []):
+            grid.setdefault((cell["L"], cell["c"]), {})[mode] = cell_passes(cell)
+    rows, details = [], []
+    for (L, c), modes in sorted(grid.items()):
+        row = dict.fromkeys(ROW_KEYS)
+        row.update(input_tokens=L, concurrency=c)
+        for mode, passes in modes.items():
+            for key, col in MODE_COLUMNS[mode].items():
+                if key in passes:
+                    row[col] = round(passes[key]["median_s"], 5)
+        ucm100 = modes.get("ucm", {}).get("hit100", {}).get("ucm")
+        if ucm100:
+            row["ucm100_bytes"] = int(ucm100["loaded_bytes"])
+        rows.append(row)
+        details.append(dict(input_tokens=L, concurrency=c, modes=modes))
+    return rows, details
+
+
+def targets(row: dict, pinned_gbps) -> dict:
+    """The issue's targets for one row: True / False, or None where a needed column is missing."""
+    L, g = row["input_tokens"], row.get
+    t = {}
+    factor = 1.05 if L >= 8000 else 1.10
+    t["ucm80_vs_hbm80"] = dict(limit_s=g("hbm80_s") and factor * g("hbm80_s"), factor=factor)
+    t["ucm80_vs_hbm80"]["ok"] = le(g("ucm80_s"), t["ucm80_vs_hbm80"]["limit_s"])
+    bound = None
+    if g("hbm100_s") is not None and g("ucm100_bytes") is not None and pinned_gbps:
+        bound = g("hbm100_s") + 1.1 * g("ucm100_bytes") / (pinned_gbps * 1e9)
+    t["ucm100_vs_bound"] = dict(limit_s=bound, ok=le(g("ucm100_s"), bound))
+    ok80, ok100 = le(g("ucm80_s"), g("native_best80_s")), le(g("ucm100_s"), g("native_best100_s"))
+    t["ucm_vs_native_best"] = dict(ok80=ok80, ok100=ok100, ok=None if None in (ok80, ok100) else ok80 and ok100)
+    s_ucm, s_hbm = ratio(g("full_s"), g("ucm80_s")), ratio(g("full_s"), g("hbm80_s"))
+    applies = s_hbm is not None and s_hbm >= SEED_SPEEDUP
+    t["speedup80"] = dict(ucm=s_ucm, hbm=s_hbm, applies=applies,
+                          ok=(s_ucm >= SEED_SPEEDUP if (applies and s_ucm is not None) else None))
+    return t
+
+
+def le(x, limit):
+    return None if x is None or limit is None else x <= limit
+
+
+def ratio(a, b):
+    return None if a is None or not b else round(a / b, 3)
+
+
+def gpu_slug(name: str) -> str:
+    m = re.search(r"\b([A-Z]\d{2,4}[A-Z]?)\b", name or "")
+    return m.group(1).lower() if m else re.sub(r"[^a-z0-9]+", "-", (name or "unknown").lower()).strip("-")
+
+
+# ---- Markdown ---------------------------------------------------------------------------------------
+def f(x, nd=3):
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def mark(ok):
+    return "n/a" if ok is None else ("yes" if ok else "NO")
+
+
+def markdown(res: dict) -> str:
+    pct = int(round(100 * res["hit"]))
+    L = [f"# Prefix-hit TTFT: {res['gpu']}, vLLM {res['vllm']}, {res['date']}", "",
+         f"- torch {res['torch']}; pinned host->device copy (1 GiB, same process): "
+         f"{f(res['pinned_h2d_gbps'], 1)} GB/s (device->host {f(res.get('pinned_d2h_gbps'), 1)} GB/s)",
+         f"- model: {json.dumps(res['model'])}",
+         f"- {res['reps']} repetitions per cell, median of the per-pass mean TTFT over the c requests; "
+         f"max_tokens 1; hit fraction {res['hit']}",
+         "- all c prompts queued before the first engine step (engine core in this process, stepped by hand)"
+         if all(m.get("engine_in_process") for m in res["modes"].values())
+         else "- WARNING: some engines ran their engine core in its own process (prompts may be split over steps)",
+         f"- command: `{res['command']}`", ""]
+    L += ["| mode | V2 model runner | block size | max batched tokens | cross-layer KV | connector config | in-process |",
+          "|---|---|---:|---:|---|---|---|"]
+    for mode, m in res["modes"].items():
+        ktc = m.get("kv_transfer_config")
+        L.append(f"| {mode} | {m.get('use_v2_model_runner')} | {m.get('block_size')} | "
+                 f"{m.get('max_num_batched_tokens')} | {m.get('cross_layer_kv_cache')} | "
+                 f"{'-' if not ktc else '`' + json.dumps(ktc['kv_connector_extra_config']) + '`'} | "
+                 f"{m.get('engine_in_process')} |")
+    cols = [k for k in ROW_KEYS if k.endswith("_s")]
+    L += ["", "## TTFT (s)", "", "| input | c | " + " | ".join(c[:-2] for c in cols)
+          + f" | ucm{pct} speed-up | ucm100 KV (GB) |", "|---:|---:|" + "---:|" * (len(cols) + 2)]
+    for r in res["rows"]:
+        sp = r["targets"]["speedup80"]["ucm"]
+        L.append(f"| {r['input_tokens']} | {r['concurrency']} | " + " | ".join(f(r[c]) for c in cols)
+                 + f" | {'n/a' if sp is None else f'{sp:.2f}x'} | {f(r['ucm100_bytes'] and r['ucm100_bytes'] / 1e9, 2)} |")
+    L += ["", "## Targets of issue 5", "",
+          f"| input | c | ucm{pct} <= k x hbm{pct} (limit s) | ucm100 <= hbm100 + 1.1 x bytes / pinned (limit s) "
+          f"| ucm <= native_best ({pct} / 100) | full / ucm{pct} (full / hbm{pct}) >= {SEED_SPEEDUP} where the HBM hit reaches it |",
+          "|---:|---:|---|---|---|---|"]
+    for r in res["rows"]:
+        t = r["targets"]
+        a, b, n, s = t["ucm80_vs_hbm80"], t["ucm100_vs_bound"], t["ucm_vs_native_best"], t["speedup80"]
+        L.append(f"| {r['input_tokens']} | {r['concurrency']} | {mark(a['ok'])} ({a['factor']}x: {f(a['limit_s'])}) "
+                 f"| {mark(b['ok'])} ({f(b['limit_s'])}) | {mark(n['ok80'])} / {mark(n['ok100'])} "
+                 f"| {mark(s['ok'])} ({f(s['ucm'], 2)} ({f(s['hbm'], 2)})) |")
+    L += hits_table(res)
+    return "\n".join(L) + "\n"
+
+
+def hits_table(res: dict) -> list:
+    """Cached tokens per request (mean) per pass: the proof that the hits happened, and where from."""
+    L = ["", "## Cached tokens per request (vLLM's num_cached_tokens, median over reps) and connector loads (MB)", "",
+         "| input | c | mode: pass = cached tokens [loaded MB; blocks read from disk / blocks loaded] |", "|---:|---:|---|"]
+    for d in res["cells"]:
+        parts = []
+        for mode, passes in d["modes"].items():
+            for key, p in passes.items():
+                s = f"{mode}:{key}={f(p['cached_tokens'], 0)}"
+                u, n = p.get("ucm"), p.get("native")
+                if u and u.get("loaded_bytes"):
+                    s += f" [{u['loaded_bytes'] / 1e6:.1f} MB"
+                    if "chain_lower_hits" in u:
+                        s += f"; {u['chain_lower_hits']:.0f}/{u['loaded_blocks']:.0f}"
+                    s += "]"
+                if n and n.get("load_bytes"):
+                    s += f" [{n['load_bytes'] / 1e6:.1f} MB]"
+                parts.append(s)
+        L.append(f"| {d['input_tokens']} | {d['concurrency']} | {'; '.join(parts)} |")
+    return L
+
+
+# ---- the whole result -------------------------------------------------------------------------------
+def report(out: str, from_dirs: list[str]) -> dict:
+    parts = load_parts(list(from_dirs) + [out])
+    if not parts:
+        raise SystemExit(f"no prefix_ttft_part_*.json in {[out] + list(from_dirs)}")
+    infos = {m: parts[m]["info"] for m in MODES if m in parts}
+    first = next(iter(infos.values()))
+    pinned = next((i.get("pinned_h2d_gbps") for m, i in sorted(infos.items(), key=lambda kv: kv[0] != "ucm")
+                   if i.get("pinned_h2d_gbps")), None)
+    d2h = next((i.get("pinned_d2h_gbps") for i in infos.values() if i.get("pinned_d2h_gbps")), None)
+    rows, details = merge(parts)
+    for r in rows:
+        r["targets"] = targets(r, pinned)
+    date = min(i["started"] for i in infos.values())[:10]
+    cmds = sorted({i.get("run_command") or i["command"] for i in infos.values()})
+    res = dict(gpu=first["gpu"], vllm=first["vllm"], torch=first["torch"], date=date,
+               command=" && ".join(cmds),
+               pinned_h2d_gbps=pinned, pinned_d2h_gbps=d2h, model=first["model"], hit=first["hit"],
+               reps=first["reps"], modes=infos, rows=rows, cells=details,
+               generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    stem = os.path.join(out, f"prefix_ttft_{gpu_slug(res['gpu'])}_{date}")
+    write_json(stem + ".json", res)
+    with open(stem + ".md", "w") as fh:
+        fh.write(markdown(res))
+    ext = "json, md"
+    try:
+        from plot_prefix_ttft import plot
+
+        plot(res, stem + ".png")
+        ext += ", png"
+    except ImportError as e:  # no matplotlib here: run --mode table where it is
+        print(f"no plot ({e}): run --mode table with a Python that has matplotlib")
+    print(markdown(res))
+    print(f"wrote {stem}.{{{ext}}}", flush=True)
+    return res
