@@ -182,3 +182,64 @@ def test_chainarc_contract_with_sequences(ops, cap):
             p.remove(k)
             model.discard(k)
         assert len(p) == len(model) <= cap and all(x in p for x in model)
+
+
+class _LFUDAModel:
+    """Reference for chainlfu without the hook: O(n) scans, same rules."""
+
+    def __init__(self, cap, history):
+        self.cap, self.L, self.t = cap, 0, 0
+        self.prio, self.count, self.stamp = {}, {}, {}
+        self.hist, self.hmax = {}, max(1, int(history * cap))  # dict kept in LRU order
+
+    def _set(self, k, n):
+        self.t += 1
+        self.count[k], self.prio[k], self.stamp[k] = n, self.L + n, self.t
+
+    def access(self, k):
+        if k in self.prio:
+            self._set(k, self.count[k] + 1)
+            return None
+        victim = None
+        if len(self.prio) >= self.cap:
+            victim = min(self.prio, key=lambda x: (self.prio[x], self.stamp[x]))
+            self.L = max(self.L, self.prio.pop(victim))
+            self.hist.pop(victim, None)
+            self.hist[victim] = self.count.pop(victim)
+            if len(self.hist) > self.hmax:
+                del self.hist[next(iter(self.hist))]
+            del self.stamp[victim]
+        self._set(k, 1 + self.hist.pop(k, 0))
+        return victim
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys=st.lists(st.integers(0, 25), max_size=300), cap=st.integers(1, 8),
+       history=st.sampled_from([0.5, 1.0, 4.0]))
+def test_chainlfu_matches_an_lfu_da_model(keys, cap, history):
+    p = make_eviction("chainlfu", cap, history=history)
+    m = _LFUDAModel(cap, history)
+    for k in keys:
+        want = m.access(k)
+        if k in p:
+            p.touch(k)
+        else:
+            got = p.evict(incoming=k) if len(p) >= cap else None
+            assert got == want
+            p.insert(k)
+        assert p.priority(k) == m.prio[k]
+
+
+def test_chainlfu_history_aging_and_tail_first():
+    p = make_eviction("chainlfu", 3, history=4.0)
+    fill(p, ["a", "a", "a", "b", "c"])     # a: 3, b: 1, c: 1
+    assert p.evict() == "b" and p.L == 1    # lowest priority, oldest first; L rises to 1
+    fill(p, ["d"])                          # d: L + 1 = 2 > c's 1
+    assert p.evict() == "c"
+    fill(p, ["c"])                          # c comes back with its remembered count: L + 2
+    assert p.priority("c") == p.L + 2
+    q = make_eviction("chainlfu", 6)
+    q.begin_sequence()
+    fill(q, ["x", "y", "z"])                # one request, all count 1
+    q.begin_sequence()                      # tail first: z is now the oldest of equal priority
+    assert [q.evict() for _ in range(3)] == ["z", "y", "x"]

@@ -11,6 +11,7 @@ from ucm.policies.always import AlwaysAdmit
 from ucm.policies.arc import ARCPolicy
 from ucm.policies.base import AdmissionPolicy, EvictionPolicy
 from ucm.policies.chainarc import ChainARCPolicy
+from ucm.policies.chainlfu import ChainLFUPolicy
 from ucm.policies.lfu import LFUPolicy
 from ucm.policies.lru import LRUPolicy
 from ucm.policies.reuse import ReuseAdmission
@@ -25,6 +26,7 @@ EVICTION_POLICIES: dict[str, type[EvictionPolicy]] = {
     "s3fifo": S3FIFOPolicy,
     "sieve": SievePolicy,
     "chainarc": ChainARCPolicy,
+    "chainlfu": ChainLFUPolicy,
 }
 ADMISSION_POLICIES: dict[str, type[AdmissionPolicy]] = {
     "always": AlwaysAdmit,
@@ -55,5 +57,5 @@ def make_admission(name: str, **params) -> AdmissionPolicy:
 __all__ = [
     "AdmissionPolicy", "EvictionPolicy", "EVICTION_POLICIES", "ADMISSION_POLICIES",
     "make_eviction", "make_admission", "LRUPolicy", "AlwaysAdmit",
-    "LFUPolicy", "ARCPolicy", "S3FIFOPolicy", "SievePolicy", "ChainARCPolicy", "ReuseAdmission", "TinyLFUAdmission",
+    "LFUPolicy", "ARCPolicy", "S3FIFOPolicy", "SievePolicy", "ChainARCPolicy", "ChainLFUPolicy", "ReuseAdmission", "TinyLFUAdmission",
 ]
