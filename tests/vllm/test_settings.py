@@ -1,0 +1,63 @@
+"""The connector's extra config: both forms, kv_block_size rules, errors that name the fix."""
+from __future__ import annotations
+
+import pytest
+
+from ucm.integration.vllm import settings
+
+PIECE, WHOLE = 8192, 32768
+
+
+def test_seed_form_defaults():
+    s = settings.parse_extra_config({"ucm_connector_name": "UcmDramStore",
+                                     "ucm_connector_config": {"max_cache_size": 5368709120, "kv_block_size": 262144}})
+    assert s.store_name == "UcmDramStore" and s.store_config["max_cache_size"] == 5368709120
+    assert s.hydra_config is None and s.load_failure_policy == "recompute"
+    assert settings.given_block_size(s) == 262144
+
+
+def test_hydra_form():
+    s = settings.parse_extra_config({"ucm_config": "hbm_dram_disk", "ucm_overrides": ["eviction=arc",
+                                                                                       "store.kv_block_size=8192"]})
+    assert s.hydra_config == "hbm_dram_disk" and s.hydra_overrides[0] == "eviction=arc"
+    assert settings.given_block_size(s) == 8192
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"ucm_bogus": 1}, "ucm_bogus"),
+    ({"ucm_config": "dram", "ucm_connector_name": "UcmDramStore"}, "not both"),
+    ({"ucm_overrides": ["eviction=arc"]}, "needs ucm_config"),
+    ({"ucm_config": "dram", "ucm_overrides": "eviction=arc"}, "list"),
+    ({"ucm_connector_config": 5}, "mapping"),
+    ({"ucm_load_failure_policy": "retry"}, "recompute"),
+])
+def test_bad_extra_config_names_the_key(extra, words):
+    with pytest.raises(ValueError, match=words):
+        settings.parse_extra_config(extra)
+
+
+def test_block_size_accepts_piece_whole_or_none():
+    assert settings.resolve_block_size(None, PIECE, WHOLE) == WHOLE
+    assert settings.resolve_block_size(PIECE, PIECE, WHOLE) == WHOLE
+    assert settings.resolve_block_size(WHOLE, PIECE, WHOLE) == WHOLE
+
+
+@pytest.mark.parametrize("given", [262144, PIECE * 2 + 1, "8192", True])
+def test_block_size_other_values_name_both_right_values(given):
+    with pytest.raises(ValueError) as info:
+        settings.resolve_block_size(given, PIECE, WHOLE)
+    if not isinstance(given, (str, bool)):
+        assert str(PIECE) in str(info.value) and str(WHOLE) in str(info.value)
+
+
+def test_build_store_uses_the_whole_block_size(tmp_path):
+    s = settings.parse_extra_config({"ucm_connector_name": "UcmDramStore",
+                                     "ucm_connector_config": {"max_cache_size": 4 * WHOLE, "kv_block_size": PIECE}})
+    store, given = settings.build_store(s, WHOLE)
+    assert given == PIECE and store.block_size == WHOLE
+    store.close()
+    h = settings.parse_extra_config({"ucm_config": "dram_disk", "ucm_overrides": [
+        f"store.max_cache_size={4 * WHOLE}", f"store.disk.path={tmp_path}", f"store.disk.max_size={8 * WHOLE}"]})
+    chain, _ = settings.build_store(h, WHOLE)
+    assert chain.block_size == WHOLE and [t.name for t in chain.tiers] == ["dram", "disk"]
+    chain.close()
