@@ -497,14 +497,15 @@ def run_worker(a, mode: str) -> None:
             shutil.rmtree(b.disk_dir, ignore_errors=True)
 
 
-def run_modes(a) -> None:
-    """One subprocess per mode (fresh GPU memory each), then the merged table."""
-    t_start = time.time()
+def run_modes(a) -> int:
+    """One subprocess per mode (fresh GPU memory each), then the merged table; 1 if a mode failed."""
+    t_start, failed = time.time(), []
     os.environ["PREFIX_TTFT_COMMAND"] = " ".join(["python3"] + sys.argv)  # recorded by each mode
     for mode in a.modes:
         left = None if a.deadline_s is None else a.deadline_s - (time.time() - t_start)
         if left is not None and left < 30:
             print(f"== {mode}: skipped, only {left:.0f} s left", flush=True)
+            failed.append(mode)
             continue
         argv = [sys.executable, os.path.abspath(__file__)] + sys.argv[1:] + ["--worker", mode]
         print(f"== {utc_now()} mode {mode}", flush=True)
@@ -514,9 +515,14 @@ def run_modes(a) -> None:
         except subprocess.TimeoutExpired:
             rc = "timeout (finished cells kept)"
         print(f"== mode {mode}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
+        if rc != 0:
+            failed.append(mode)
     from prefix_ttft_report import report  # bench/ is this script's folder
 
     report(a.out, [])
+    if failed:
+        print(f"== modes not completed: {failed}", flush=True)
+    return 1 if failed else 0
 
 
 def main() -> None:
@@ -529,7 +535,7 @@ def main() -> None:
 
         report(a.out, [d for d in a.from_dirs.split(",") if d])
     else:
-        run_modes(a)
+        sys.exit(run_modes(a))
 
 
 if __name__ == "__main__":

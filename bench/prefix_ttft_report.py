@@ -138,22 +138,37 @@ def markdown(res: dict) -> str:
     cols = [k for k in ROW_KEYS if k.endswith("_s")]
     L += ["", "## TTFT (s)", "", "| input | c | " + " | ".join(c[:-2] for c in cols)
           + f" | ucm{pct} speed-up | ucm100 KV (GB) |", "|---:|---:|" + "---:|" * (len(cols) + 2)]
-    for r in res["rows"]:
-        sp = r["targets"]["speedup80"]["ucm"]
+    for r, t in zip(res["rows"], res["targets"]):
+        sp = t["speedup80"]["ucm"]
         L.append(f"| {r['input_tokens']} | {r['concurrency']} | " + " | ".join(f(r[c]) for c in cols)
-                 + f" | {'n/a' if sp is None else f'{sp:.2f}x'} | {f(r['ucm100_bytes'] and r['ucm100_bytes'] / 1e9, 2)} |")
+                 + f" | {'n/a' if sp is None else f'{sp:.2f}x'} | {f(r['ucm100_bytes'] and r['ucm100_bytes'] / 1e9)} |")
     L += ["", "## Targets of issue 5", "",
           f"| input | c | ucm{pct} <= k x hbm{pct} (limit s) | ucm100 <= hbm100 + 1.1 x bytes / pinned (limit s) "
           f"| ucm <= native_best ({pct} / 100) | full / ucm{pct} (full / hbm{pct}) >= {SEED_SPEEDUP} where the HBM hit reaches it |",
           "|---:|---:|---|---|---|---|"]
-    for r in res["rows"]:
-        t = r["targets"]
+    for r, t in zip(res["rows"], res["targets"]):
         a, b, n, s = t["ucm80_vs_hbm80"], t["ucm100_vs_bound"], t["ucm_vs_native_best"], t["speedup80"]
         L.append(f"| {r['input_tokens']} | {r['concurrency']} | {mark(a['ok'])} ({a['factor']}x: {f(a['limit_s'])}) "
                  f"| {mark(b['ok'])} ({f(b['limit_s'])}) | {mark(n['ok80'])} / {mark(n['ok100'])} "
                  f"| {mark(s['ok'])} ({f(s['ucm'], 2)} ({f(s['hbm'], 2)})) |")
+    L += connector_on_table(res)
     L += hits_table(res)
     return "\n".join(L) + "\n"
+
+
+def connector_on_table(res: dict) -> list:
+    """Full compute (fresh prompts) on each engine: the cost of storing to the connector while computing."""
+    modes = [m for m in MODES if m != "full" and m in res["modes"]]
+    if not modes:
+        return []
+    L = ["", "## Full compute with each connector on (s; fresh prompts, stores running)", "",
+         "| input | c | no connector | " + " | ".join(modes) + " |", "|---:|---:|---:|" + "---:|" * len(modes)]
+    for d in res["cells"]:
+        m = d["modes"]
+        vals = [m.get(x, {}).get("full_connector_on", {}).get("median_s") for x in modes]
+        L.append(f"| {d['input_tokens']} | {d['concurrency']} | {f(m.get('full', {}).get('full', {}).get('median_s'))} | "
+                 + " | ".join(f(v) for v in vals) + " |")
+    return L
 
 
 def hits_table(res: dict) -> list:
@@ -189,14 +204,13 @@ def report(out: str, from_dirs: list[str]) -> dict:
                    if i.get("pinned_h2d_gbps")), None)
     d2h = next((i.get("pinned_d2h_gbps") for i in infos.values() if i.get("pinned_d2h_gbps")), None)
     rows, details = merge(parts)
-    for r in rows:
-        r["targets"] = targets(r, pinned)
+    checks = [dict(input_tokens=r["input_tokens"], concurrency=r["concurrency"], **targets(r, pinned)) for r in rows]
     date = min(i["started"] for i in infos.values())[:10]
     cmds = sorted({i.get("run_command") or i["command"] for i in infos.values()})
     res = dict(gpu=first["gpu"], vllm=first["vllm"], torch=first["torch"], date=date,
                command=" && ".join(cmds),
                pinned_h2d_gbps=pinned, pinned_d2h_gbps=d2h, model=first["model"], hit=first["hit"],
-               reps=first["reps"], modes=infos, rows=rows, cells=details,
+               reps=first["reps"], modes=infos, rows=rows, targets=checks, cells=details,
                generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     stem = os.path.join(out, f"prefix_ttft_{gpu_slug(res['gpu'])}_{date}")
     write_json(stem + ".json", res)
