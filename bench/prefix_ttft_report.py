@@ -19,15 +19,24 @@ SEED_SPEEDUP = 3.3  # the seed's headline speed-up at 80 % hits
 
 
 def load_parts(dirs: list[str]) -> dict:
-    """mode -> part; a later folder wins over an earlier one."""
+    """mode -> {"info", "cells"}, cells merged over the folders by (L, c): a later folder's cell wins,
+    so a mode split over several runs (e.g. by --lengths) comes back together."""
     parts = {}
     for d in dirs:
         for p in sorted(glob.glob(os.path.join(d, "prefix_ttft_part_*.json"))):
             mode = re.match(r"prefix_ttft_part_(\w+)\.json", os.path.basename(p)).group(1)
-            if mode in parts:
-                print(f"note: {p} replaces the {mode} part read before")
             with open(p) as f:
-                parts[mode] = json.load(f)
+                part = json.load(f)
+            merged = parts.setdefault(mode, {"info": part["info"], "cells": {}, "sources": []})
+            merged["sources"].append(p)
+            for cell in part["cells"]:
+                if (cell["L"], cell["c"]) in merged["cells"]:
+                    print(f"note: {p} replaces {mode} cell L={cell['L']} c={cell['c']} read before")
+                merged["cells"][(cell["L"], cell["c"])] = cell
+                merged["info"] = part["info"]  # engine settings of the run that gave the last cell
+    for merged in parts.values():
+        merged["cells"] = list(merged["cells"].values())
+        merged["info"] = dict(merged["info"], sources=merged.pop("sources"))
     return parts
 
 

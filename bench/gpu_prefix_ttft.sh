@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Usage (on the GPU machine, from the repo root, after the two `stash` calls of bench/README.md):
+#   bash bench/gpu_prefix_ttft.sh [prefix_ttft.py options, e.g. --modes full,ucm --deadline-s 480]
+# Sets up what the GPU image lacks, then runs bench/prefix_ttft.py on a random-weight Qwen2.5-7B:
+#   vLLM 0.26.0 from the stashed bundle (.gpu/device_setup.sh, unpacked once per machine),
+#   the pure-Python wheels of .whl/ (omegaconf, hydra-core, antlr4, cachetools) unzipped to /tmp/ucm_site,
+#   this checkout on PYTHONPATH (no pip install), the model made once in /tmp/models/q7.
+# Writes into $OUT (default /tmp/prefix_ttft): the per-mode parts, the merged result, and log.txt.
+set -o pipefail
+OUT=${OUT:-/tmp/prefix_ttft}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.max,pcie.link.width.max --format=csv,noheader
+  echo "cpus $(nproc); $(free -g | awk '/Mem:/{print "RAM " $2 " GiB"}'); /tmp on $(df -T /tmp | awk 'NR==2{print $2}')"
+  source .gpu/device_setup.sh || exit 1
+  for w in .whl/*.whl; do python3 -m zipfile -e "$w" /tmp/ucm_site || exit 1; done
+  export PYTHONPATH="/tmp/ucm_site:$PWD:$PYTHONPATH"
+  python3 -c 'import omegaconf, hydra, cachetools, ucm.integration.vllm.uc_connector as c; print("ucm connector importable:", c.__file__)' || exit 1
+  [ -f /tmp/models/q7/config.json ] || python3 .gpu/make_model.py --preset qwen2.5-7b --out /tmp/models/q7 || exit 1
+  echo "== setup done after $SECONDS s"
+  python3 bench/prefix_ttft.py --model /tmp/models/q7 --out "$OUT" "$@"
+  echo "== exit $? after $SECONDS s"
+} 2>&1 | tee -a "$OUT/log.txt"
