@@ -480,21 +480,47 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+NATIVE_SHM_GLOB = "/dev/shm/vllm_offload_*"  # vLLM 0.26's native CPU buffer, left behind by a killed run
+
+
+def cleanup_native_shm() -> None:
+    for f in glob.glob(NATIVE_SHM_GLOB):
+        try:
+            os.unlink(f)
+        except OSError:
+            pass
+
+
 def run_worker(a, mode: str) -> None:
     import importlib
 
     cuda = importlib.import_module("torch").cuda.is_available()
     mode_env(a, mode, cuda)
-    b = Bench(a, mode, cuda)
+    if mode.startswith("native"):
+        cleanup_native_shm()
+    disk_dir = ""
     try:
+        b = Bench(a, mode, cuda)
+        disk_dir = b.disk_dir
         res = b.run()
         res["info"]["finished"] = utc_now()
         # measured after the engine ran, in the same process, so the 1 GiB buffers never shrink vLLM's KV
         res["info"]["pinned_h2d_gbps"], res["info"]["pinned_d2h_gbps"] = pinned_h2d_gbps()
         write_json(part_path(a.out, mode), res)
-    finally:
-        if b.disk_dir:
-            shutil.rmtree(b.disk_dir, ignore_errors=True)
+        rc = 0
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        rc = 1
+    if disk_dir:
+        shutil.rmtree(disk_dir, ignore_errors=True)
+    if mode.startswith("native"):
+        cleanup_native_shm()
+    # results are written: leave at once, so no engine or copy thread can hold the interpreter at exit
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 def run_modes(a) -> int:
