@@ -11,7 +11,7 @@ from tests.sim.conftest import DATA
 from ucm.policies import EVICTION_POLICIES
 from ucm.sim import synth
 from ucm.sim.core import load_trace, resolve_capacity, simulate
-from ucm.sim.replay import Chain, _raw_generic, replay_belady, replay_prefix, replay_raw
+from ucm.sim.replay import Chain, _raw_generic, replay_belady, replay_raw
 from ucm.sim.trace import from_requests
 
 POLICIES = sorted(EVICTION_POLICIES)
