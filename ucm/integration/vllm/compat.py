@@ -105,16 +105,28 @@ def writable_alias(t: torch.Tensor) -> torch.Tensor:
     return alias
 
 
+def _physical(view: torch.Tensor) -> torch.Tensor:
+    """``view`` with its dims in memory order: contiguous when the block is one dense region laid
+    out in a permuted order (e.g. vLLM 0.26's FlashAttention NHD layout behind a (B, H, N, 2D)
+    logical shape). The stored bytes are then the block's memory as is."""
+    if view.is_contiguous():
+        return view
+    order = sorted(range(view.dim()), key=lambda d: (-view.stride(d), d))
+    p = view.permute(order)
+    return p if p.is_contiguous() else view
+
+
 def block_views(kv_layer: torch.Tensor, num_blocks: int, block_id: int) -> list[torch.Tensor]:
     """The pieces of one block in one layer's KV tensor, K before V.
 
-    CPU (0.32): ``(num_blocks, kv_heads, block_size, 2*head_dim)`` -> one piece ``kv[b]``.
-    FlashAttention-style GPU layouts: ``(2, num_blocks, ...)`` -> ``kv[0, b]``, ``kv[1, b]``.
+    CPU (0.32) and FlashAttention (0.26): logical ``(num_blocks, kv_heads, block_size, 2*head_dim)``
+    (K and V packed; on the GPU stored in NHD order) -> one piece, the block's memory.
+    Older split layouts ``(2, num_blocks, ...)`` -> ``kv[0, b]``, ``kv[1, b]``.
     """
     if kv_layer.shape[0] == num_blocks:
-        return [kv_layer[block_id]]
+        return [_physical(kv_layer[block_id])]
     if kv_layer.dim() > 1 and kv_layer.shape[0] == 2 and kv_layer.shape[1] == num_blocks:
-        return [kv_layer[0, block_id], kv_layer[1, block_id]]
+        return [_physical(kv_layer[0, block_id]), _physical(kv_layer[1, block_id])]
     raise ValueError(f"ucm: unsupported KV cache layout {tuple(kv_layer.shape)} "
                      f"(num_blocks={num_blocks}); expected (num_blocks, ...) or (2, num_blocks, ...)")
 

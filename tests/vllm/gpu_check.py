@@ -1,0 +1,73 @@
+"""The connector on a GPU with vLLM 0.26 (not part of the CPU suite; run by hand on the device):
+
+    source .gpu/device_setup.sh && PYTHONPATH=$PWD:$PYTHONPATH python3 -m tests.vllm.gpu_check --out $OUT
+
+Tiny random-weight Llama in bf16 (FlashAttention), vLLM's prefix cache off: a run without ucm,
+then with ucm (DRAM): first pass dumps, second pass must hit every full block with the same greedy
+tokens; then an injected load failure must be recomputed with the same tokens. Writes a JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--model-dir", default="/tmp/ucm-tiny-bf16")
+    a = ap.parse_args()
+    import torch
+
+    from tests.vllm import engine
+    from tests.vllm.test_offline import _failing_load
+    from ucm.integration.vllm import compat, stats
+    from ucm.integration.vllm.tiny_model import make_tiny_model
+
+    res: dict = dict(vllm=compat.VLLM_VERSION, torch=torch.__version__,
+                     device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
+    model = make_tiny_model(a.model_dir, hidden_size=256, num_heads=4, num_kv_heads=2, head_dim=64,
+                            intermediate_size=512, dtype="bfloat16")
+    kw = dict(dtype="bfloat16", gpu_memory_utilization=0.2, block_size=16)
+    texts = engine.prompts("shared")
+    t0 = time.time()
+    with engine.llm(model, None, **kw) as llm:
+        base = engine.generate(llm, texts)
+    res["baseline_s"] = time.time() - t0
+    t0 = time.time()
+    with engine.llm(model, engine.ktc(config={"max_cache_size": 256 << 20}), **kw) as llm:
+        store = engine.live_store()
+        stats.reset_totals()
+        first = engine.generate(llm, texts)
+        res["first_totals"] = stats.totals()
+        stats.reset_totals()
+        second = engine.generate(llm, texts)
+        res["second_totals"] = stats.totals()
+        injected = _failing_load(store, every=3)
+        stats.reset_totals()
+        third = engine.generate(llm, texts)
+        res["failure_totals"] = stats.totals()
+        res["injected_failures"] = injected["failed"]
+        res["store"] = store.stats()
+    res["connector_s"] = time.time() - t0
+    res["cached"] = dict(first=[o["cached"] for o in first], second=[o["cached"] for o in second],
+                         third=[o["cached"] for o in third])
+    res["expected_second"] = [(o["prompt_len"] - 1) // 16 * 16 for o in second]
+    res["tokens_equal"] = dict(first=[o["tokens"] for o in first] == [o["tokens"] for o in base],
+                               second=[o["tokens"] for o in second] == [o["tokens"] for o in base],
+                               third=[o["tokens"] for o in third] == [o["tokens"] for o in base])
+    res["max_logprob_diff_second"] = max(abs(x - y) for o, b in zip(second, base)
+                                         for x, y in zip(o["logprobs"], b["logprobs"]))
+    res["ok"] = (all(res["tokens_equal"].values()) and res["cached"]["second"] == res["expected_second"]
+                 and res["failure_totals"]["load_failed_blocks"] > 0)
+    print(json.dumps(res, indent=1, default=str))
+    with open(os.path.join(a.out, "gpu_check.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
