@@ -1,0 +1,92 @@
+"""bench/prefix_ttft_report.py: merging per-mode parts into the issue's result JSON, the targets,
+and the Markdown/PNG, on synthetic parts (no vLLM needed)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+
+from prefix_ttft import ROW_KEYS, part_path  # noqa: E402
+from prefix_ttft_report import gpu_slug, report  # noqa: E402
+
+GB = 1e9
+
+
+def _pass(mean_s, cached, **counters):
+    p = dict(mean_s=mean_s, max_s=mean_s * 1.2, cached_tokens=[cached, cached])
+    p.update(counters)
+    return p
+
+
+def _part(path, mode, cells, pinned=None):
+    info = dict(mode=mode, started="2026-11-28T10:00:00Z", command=f"python3 x --worker {mode}",
+                run_command="python3 bench/prefix_ttft.py --model m", vllm="0.26.0", torch="2.11.0",
+                gpu="NVIDIA H100 80GB HBM3", model=dict(layers=28), hit=0.8, reps=3, engine_in_process=True,
+                pinned_h2d_gbps=pinned, kv_transfer_config=None)
+    with open(part_path(path, mode), "w") as f:
+        json.dump(dict(info=info, cells=cells), f)
+
+
+def _reps(*per_rep):
+    return [dict(p) for p in per_rep]
+
+
+@pytest.fixture
+def parts(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    L, c = 8000, 1
+    full = [dict(full=_pass(1.0, 0), hbm100=_pass(0.03, 7984), hbm80=_pass(0.10, 6400)) for _ in range(3)]
+    _part(a, "full", [dict(L=L, c=c, reps=full)])
+    ucm = [dict(full_connector_on=_pass(1.0, 0, ucm=dict(loaded_bytes=0.0)),
+                hit100=_pass(t100, 7984, ucm=dict(loaded_bytes=0.46 * GB, loaded_blocks=499.0)),
+                hit80=_pass(t80, 6400, ucm=dict(loaded_bytes=0.37 * GB, loaded_blocks=400.0)))
+           for t100, t80 in ((0.035, 0.104), (0.040, 0.105), (0.045, 0.200))]  # medians 0.040 / 0.105
+    _part(a, "ucm", [dict(L=L, c=c, reps=ucm)], pinned=50.0)
+    best = [dict(full_connector_on=_pass(1.0, 0), hit100=_pass(0.041, 7936), hit80=_pass(0.061, 6400))] * 3
+    _part(a, "native_best", [dict(L=L, c=c, reps=best)])
+    # ucm_disk split over two folders: 8000 from b, 4000 from a (and a stale 8000 cell in a that b replaces)
+    disk = lambda t: [dict(full_connector_on=_pass(1.0, 0), hit80=_pass(t, 6400, ucm=dict(  # noqa: E731
+        loaded_bytes=0.37 * GB, loaded_blocks=400.0, chain_lower_hits=400.0)))] * 3
+    _part(a, "ucm_disk", [dict(L=4000, c=1, reps=disk(0.3)), dict(L=L, c=c, reps=disk(9.9))])
+    _part(b, "ucm_disk", [dict(L=L, c=c, reps=disk(0.5))])
+    return a, b, tmp_path / "out"
+
+
+def test_rows_targets_and_files(parts):
+    a, b, out = parts
+    out.mkdir()
+    res = report(str(out), [str(a), str(b)])
+    stem = out / "prefix_ttft_h100_2026-11-28"
+    for ext in ("json", "md", "png"):  # matplotlib comes with the test extras
+        assert (stem.parent / f"{stem.name}.{ext}").exists()
+    saved = json.loads((stem.parent / f"{stem.name}.json").read_text())
+    assert saved["gpu"] == "NVIDIA H100 80GB HBM3" and saved["vllm"] == "0.26.0" and saved["pinned_h2d_gbps"] == 50.0
+    assert saved["command"] == "python3 bench/prefix_ttft.py --model m"
+    rows = {(r["input_tokens"], r["concurrency"]): r for r in saved["rows"]}
+    assert all(list(r) == list(ROW_KEYS) for r in saved["rows"])
+    r = rows[(8000, 1)]
+    assert (r["full_s"], r["hbm80_s"], r["hbm100_s"]) == (1.0, 0.1, 0.03)
+    assert (r["ucm100_s"], r["ucm80_s"], r["ucm100_bytes"]) == (0.04, 0.105, int(0.46 * GB))
+    assert r["ucm_disk80_s"] == 0.5 and r["native80_s"] is None and r["native_best100_s"] == 0.041
+    assert rows[(4000, 1)]["ucm_disk80_s"] == 0.3 and rows[(4000, 1)]["full_s"] is None
+
+    t = {(x["input_tokens"], x["concurrency"]): x for x in res["targets"]}[(8000, 1)]
+    assert t["ucm80_vs_hbm80"]["factor"] == 1.05 and t["ucm80_vs_hbm80"]["ok"] is True  # 0.105 <= 0.105
+    bound = 0.03 + 1.1 * 0.46 * GB / (50.0 * GB)
+    assert t["ucm100_vs_bound"]["limit_s"] == pytest.approx(bound) and t["ucm100_vs_bound"]["ok"] is True
+    assert t["ucm_vs_native_best"] == dict(ok80=False, ok100=True, ok=False)  # 0.105 > 0.061, 0.040 <= 0.041
+    assert t["speedup80"]["applies"] and t["speedup80"]["ok"] is True  # 1/0.105 and 1/0.1 >= 3.3
+    md = (stem.parent / f"{stem.name}.md").read_text()
+    assert "| 8000 | 1 |" in md and "400/400" in md  # the disk-read proof
+
+
+def test_gpu_slug():
+    assert gpu_slug("NVIDIA H100 80GB HBM3") == "h100"
+    assert gpu_slug("NVIDIA H200") == "h200"
+    assert gpu_slug("cpu") == "cpu"
