@@ -187,8 +187,9 @@ def test_chainarc_contract_with_sequences(ops, cap):
 class _LFUDAModel:
     """Reference for chainlfu without the hook: O(n) scans, same rules."""
 
-    def __init__(self, cap, history):
+    def __init__(self, cap, history, new_weight):
         self.cap, self.L, self.t = cap, 0, 0
+        self.first = round(2 * new_weight)
         self.prio, self.count, self.stamp = {}, {}, {}
         self.hist, self.hmax = {}, max(1, int(history * cap))  # dict kept in LRU order
 
@@ -198,7 +199,7 @@ class _LFUDAModel:
 
     def access(self, k):
         if k in self.prio:
-            self._set(k, self.count[k] + 1)
+            self._set(k, self.count[k] + 2)
             return None
         victim = None
         if len(self.prio) >= self.cap:
@@ -209,16 +210,17 @@ class _LFUDAModel:
             if len(self.hist) > self.hmax:
                 del self.hist[next(iter(self.hist))]
             del self.stamp[victim]
-        self._set(k, 1 + self.hist.pop(k, 0))
+        h = self.hist.pop(k, None)
+        self._set(k, self.first if h is None else 2 + h)
         return victim
 
 
 @settings(max_examples=60, deadline=None)
 @given(keys=st.lists(st.integers(0, 25), max_size=300), cap=st.integers(1, 8),
-       history=st.sampled_from([0.5, 1.0, 4.0]))
-def test_chainlfu_matches_an_lfu_da_model(keys, cap, history):
-    p = make_eviction("chainlfu", cap, history=history)
-    m = _LFUDAModel(cap, history)
+       history=st.sampled_from([0.5, 1.0, 4.0]), new_weight=st.sampled_from([0.0, 0.5, 1.0, 1.5]))
+def test_chainlfu_matches_an_lfu_da_model(keys, cap, history, new_weight):
+    p = make_eviction("chainlfu", cap, history=history, new_weight=new_weight)
+    m = _LFUDAModel(cap, history, new_weight)
     for k in keys:
         want = m.access(k)
         if k in p:
@@ -231,13 +233,16 @@ def test_chainlfu_matches_an_lfu_da_model(keys, cap, history):
 
 
 def test_chainlfu_history_aging_and_tail_first():
-    p = make_eviction("chainlfu", 3, history=4.0)
-    fill(p, ["a", "a", "a", "b", "c"])     # a: 3, b: 1, c: 1
-    assert p.evict() == "b" and p.L == 1    # lowest priority, oldest first; L rises to 1
-    fill(p, ["d"])                          # d: L + 1 = 2 > c's 1
+    p = make_eviction("chainlfu", 3, history=4.0, new_weight=1.0)  # counts in half units: 2 a sighting
+    fill(p, ["a", "a", "a", "b", "c"])     # a: 6, b: 2, c: 2
+    assert p.evict() == "b" and p.L == 2    # lowest priority, oldest first; L rises to 2
+    fill(p, ["d"])                          # d: L + 2 = 4 > c's 2
     assert p.evict() == "c"
-    fill(p, ["c"])                          # c comes back with its remembered count: L + 2
-    assert p.priority("c") == p.L + 2
+    fill(p, ["c"])                          # c comes back with its remembered count: L + 2 + 2
+    assert p.priority("c") == p.L + 4
+    h = make_eviction("chainlfu", 2)        # default new_weight 0.5: a first sighting counts 1 (half)
+    fill(h, ["a", "b", "b"])
+    assert h.priority("a") == 1 and h.priority("b") == 3
     q = make_eviction("chainlfu", 6)
     q.begin_sequence()
     fill(q, ["x", "y", "z"])                # one request, all count 1

@@ -1,7 +1,9 @@
 """ChainLFU: LFU with dynamic aging, reuse history, and prefix-chain order (ucm's own policy).
 
-A block's priority is ``H = L + n``. Here ``n`` counts its sightings (insert and every touch), and
-it is remembered for a while after eviction. ``L`` is the priority of the last evicted block
+A block's priority is ``H = L + n``. Here ``n`` counts its sightings, and it is remembered for a
+while after eviction. A first sighting (an insert with no remembered count) weighs
+``new_weight`` (default 0.5) of a later one. Counts are kept in half units: 2 per sighting,
+``round(2 * new_weight)`` for a first one. ``L`` is the priority of the last evicted block
 (dynamic aging, as in LFU-DA / GDSF with unit sizes), so blocks that stop being used sink below
 new ones instead of staying forever. ``evict`` takes the lowest priority; ties go to the least
 recently ordered block.
@@ -37,10 +39,13 @@ from ucm.policies.base import _NOTHING, EvictionPolicy, Key
 class ChainLFUPolicy(EvictionPolicy):
     name = "chainlfu"
 
-    def __init__(self, capacity: int, history: float = 4.0, tail_first: bool = True, max_sequence: int = 4096):
+    def __init__(self, capacity: int, history: float = 4.0, new_weight: float = 0.5, tail_first: bool = True,
+                 max_sequence: int = 4096):
         super().__init__(capacity)
-        if history < 0 or max_sequence < 1:
-            raise ValueError("chainlfu: need history >= 0 and max_sequence >= 1")
+        if history < 0 or max_sequence < 1 or new_weight < 0:
+            raise ValueError("chainlfu: need history >= 0, new_weight >= 0 and max_sequence >= 1")
+        self._step = 2                        # half units: a sighting adds 2
+        self._first = round(2 * new_weight)   # a first sighting adds this
         self.tail_first = tail_first
         self.max_sequence = max_sequence
         self.L = 0
@@ -83,9 +88,8 @@ class ChainLFUPolicy(EvictionPolicy):
         if key in self._prio:
             self.touch(key)
             return
-        n = 1
-        if self._hist is not None:
-            n += self._hist.pop(key, 0)
+        h = self._hist.pop(key, None) if self._hist is not None else None
+        n = self._first if h is None else self._step + h
         self._count[key] = n
         self._place(key, self.L + n)
         self._note(key)
@@ -94,7 +98,7 @@ class ChainLFUPolicy(EvictionPolicy):
         n = self._count.get(key)
         if n is None:
             return
-        n += 1
+        n += self._step
         self._count[key] = n
         self._place(key, self.L + n)
         self._note(key)
@@ -178,6 +182,7 @@ class ChainLFUPolicy(EvictionPolicy):
         prio, count, buckets = self._prio, self._count, self._buckets
         hist = self._hist
         hist_pop = hist.pop if hist is not None else None
+        step, first = self._step, self._first
         cap = self.capacity
         most = self.max_sequence
         flush = self._flush
@@ -190,7 +195,7 @@ class ChainLFUPolicy(EvictionPolicy):
                 k = keys[i]
                 old = prio.get(k)
                 if old is not None:
-                    n = count[k] + 1
+                    n = count[k] + step
                     flags[i] = 1
                     b = buckets[old]
                     del b[k]
@@ -212,7 +217,8 @@ class ChainLFUPolicy(EvictionPolicy):
                             hist[victim] = nv
                         if m > self.L:
                             self.L = m
-                    n = 1 + (hist_pop(k, 0) if hist_pop is not None else 0)
+                    h = hist_pop(k, None) if hist_pop is not None else None
+                    n = first if h is None else step + h
                 count[k] = n
                 new = self.L + n
                 b = buckets.get(new)
