@@ -23,7 +23,8 @@ Structure: a dict of priority buckets (``OrderedDict`` each, oldest first) and t
 non-empty priority. Priorities are integers, and no block ever gets a priority below the
 current lowest, so the lowest only moves up. Finding it again after a bucket empties scans
 upward over at most the total growth of ``L``, which is bounded by the number of operations:
-O(1) amortised.
+O(1) amortised. (When the lowest keys are protected, ``evict`` walks the buckets in priority
+order instead, which costs more; a tier protects only the few blocks a copy is reading.)
 """
 from __future__ import annotations
 
