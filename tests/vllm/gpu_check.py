@@ -33,6 +33,9 @@ def main() -> None:
     model = make_tiny_model(a.model_dir, hidden_size=256, num_heads=4, num_kv_heads=2, head_dim=64,
                             intermediate_size=512, dtype="bfloat16")
     kw = dict(dtype="bfloat16", gpu_memory_utilization=0.2, block_size=16)
+    if os.environ.get("UCM_GPU_ASYNC_SCHEDULING") is not None:
+        kw["async_scheduling"] = os.environ["UCM_GPU_ASYNC_SCHEDULING"] == "1"
+    res["engine_kwargs"] = kw
     texts = engine.prompts("shared")
     t0 = time.time()
     with engine.llm(model, None, **kw) as llm:
@@ -52,6 +55,9 @@ def main() -> None:
         third = engine.generate(llm, texts)
         res["failure_totals"] = stats.totals()
         res["injected_failures"] = injected["failed"]
+        store.load = type(store).load.__get__(store)  # undo the wrapper
+        _failing_load(store, every=3, garbage=False)
+        fourth = engine.generate(llm, texts)
         res["store"] = store.stats()
     res["connector_s"] = time.time() - t0
     res["cached"] = dict(first=[o["cached"] for o in first], second=[o["cached"] for o in second],
@@ -60,6 +66,8 @@ def main() -> None:
     res["tokens_equal"] = dict(first=[o["tokens"] for o in first] == [o["tokens"] for o in base],
                                second=[o["tokens"] for o in second] == [o["tokens"] for o in base],
                                third=[o["tokens"] for o in third] == [o["tokens"] for o in base])
+    res["tokens_equal"]["fourth_no_garbage"] = [o["tokens"] for o in fourth] == [o["tokens"] for o in base]
+    res["runs"] = dict(base=base, second=second, third=third, fourth=fourth)
     res["max_logprob_diff_second"] = max(abs(x - y) for o, b in zip(second, base)
                                          for x, y in zip(o["logprobs"], b["logprobs"]))
     res["ok"] = (all(res["tokens_equal"].values()) and res["cached"]["second"] == res["expected_second"]

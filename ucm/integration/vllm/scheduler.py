@@ -2,7 +2,8 @@
 
 - ``get_num_new_matched_tokens``: after vLLM's own (block-aligned) hit, the longest run of full
   blocks the store holds for every TP rank, leaving at least the last prompt token to compute.
-  Loads are synchronous within the step (started before the forward, waited layer by layer).
+  Loads are asynchronous: the request waits (WAITING_FOR_REMOTE_KVS) while its blocks are read
+  and other requests compute; a failed block is recomputed before the request ever runs.
 - ``update_state_after_alloc``: records the vLLM blocks the hit loads into.
 - ``build_connector_meta``: this step's loads, and dumps of every block that becomes full in this
   step (prompt and generated tokens) not planned by another request of the same step (the store skips blocks it holds).
@@ -25,6 +26,7 @@ class _ReqState:
     block_ids: list[int] = field(default_factory=list)
     dumped_upto: int = 0  # blocks [0, dumped_upto) are stored or planned
     lookup: tuple[int, int] = (0, 0)  # (first block, blocks hit) of the last lookup
+    admitted: bool = False  # update_state_after_alloc seen for the last lookup
 
 
 class UcmScheduler:
@@ -45,6 +47,7 @@ class UcmScheduler:
         first = num_computed_tokens // bs
         last = (request.num_tokens - 1) // bs  # full blocks, keeping >= 1 token to compute
         st.lookup = (first, 0)
+        st.admitted = False
         if last <= first:
             return 0, False
         hashes = self.keys.hashes(st.keys, last)[first:]
@@ -56,14 +59,17 @@ class UcmScheduler:
                 break
             hit += 1
         st.lookup = (first, hit)
-        return hit * bs, False
+        return hit * bs, hit > 0
 
     def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
         st = self.reqs.get(request.request_id)
         if st is None:
             return
         first, hit = st.lookup
-        self.stats.add(lookup_tokens=max(0, request.num_tokens - first * self.block_size))
+        st.lookup = (first, 0)  # consumed: a second call (after an async load) plans nothing
+        if not st.admitted:
+            st.admitted = True
+            self.stats.add(lookup_tokens=max(0, request.num_tokens - first * self.block_size))
         if num_external_tokens <= 0:
             return
         block_ids = list(blocks.get_block_ids()[0])

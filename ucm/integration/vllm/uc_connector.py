@@ -85,7 +85,10 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
         self._worker.wait_for_save(self._connector_metadata)
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[Optional[set[str]], Optional[set[str]]]:
-        return None, None
+        if self._worker is None:
+            return None, None
+        done = self._worker.finished_loads()
+        return None, (done or None)
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         return self._worker.get_block_ids_with_load_errors() if self._worker is not None else set()

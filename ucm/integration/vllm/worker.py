@@ -3,14 +3,15 @@
 One stored block = one vLLM block of one TP rank: every layer's K and V, layer after layer at
 ``layer_index * layer_bytes`` (the pieces of a layer in vLLM's own layout, K before V).
 
-- ``start_load_kv`` submits one asynchronous load per layer (in layer order) before the forward;
-  ``wait_for_layer_load`` waits only for that layer, so later layers copy while earlier ones compute.
-- ``save_kv_layer`` submits the dump of that layer's new full blocks right after its attention;
-  ``wait_for_save`` (end of the step, before vLLM may reuse the blocks) waits for the copies and
-  commits the blocks whose every piece landed, dropping the others.
-- A failed load is reported through ``get_block_ids_with_load_errors``: vLLM recomputes from the
-  first failed block (ucm sets ``kv_load_failure_policy=recompute``). Dumps of a request whose load
-  failed in this step are dropped (their KV was computed on top of the failed blocks).
+- Loads run between steps (vLLM's asynchronous load path): ``start_load_kv`` submits one load per
+  request (all its blocks, all layers) and returns; ``get_finished`` reports the requests whose
+  loads are done, while other requests keep computing. A failed block is reported through
+  ``get_block_ids_with_load_errors`` in that same pass, before the request ever runs, so vLLM
+  recomputes from the first failed block (ucm sets ``kv_load_failure_policy=recompute``).
+- ``save_kv_layer`` submits the dump of that layer's new full blocks right after its attention,
+  overlapping the next layers' compute; ``wait_for_save`` (end of the step, before vLLM may reuse
+  the blocks) waits for the copies and commits the blocks whose every piece landed, dropping the
+  others.
 """
 from __future__ import annotations
 
@@ -64,14 +65,8 @@ class UcmWorker:
         self.block_bytes = block_bytes
         self.layers: dict[str, _Layer] = {}
         self.stats = UcmConnectorStats()
-        # loads of this step: submitted layer -> (task, staging copies); layers not yet submitted
-        self._loads: dict[str, tuple[Any, list]] = {}
-        self._pending: list = []
-        self._where: dict[bytes, list[int]] = {}  # key -> vLLM block ids it loads into
-        self._load_failed_keys: set[bytes] = set()
-        self._load_t0 = 0.0
-        self._load_failed_reqs: set[str] = set()
-        self._key_reqs: dict[bytes, set[str]] = {}
+        # loads in flight: req id -> (task, {key: vLLM block ids}, staging copies, start time)
+        self._loading: dict[str, tuple[Any, dict[bytes, list[int]], list, float]] = {}
         self._failed_block_ids: set[int] = set()
         self._dumps: list[Any] = []
         self._dump_t0 = 0.0
@@ -101,72 +96,57 @@ class UcmWorker:
                  len(names), self.num_blocks, offset, self.rank, tuple(first.shape))
 
     # ---- loads ------------------------------------------------------------------------------
-    # One load call per layer, submitted one layer ahead: layer i+1 copies while layer i computes.
-    # Submitting lazily (not all layers at once) also lets the first layer's read promote blocks
-    # from a lower tier (disk) into DRAM, so later layers read them from DRAM, not disk again.
+    # Loads are asynchronous, between steps (vLLM's WAITING_FOR_REMOTE_KVS): a request's blocks
+    # are read while other requests compute, and it runs once get_finished reports them. A failed
+    # block is reported before the request ever runs, so vLLM recomputes it from a clean state.
+    # One load call per request carries every layer's pieces: each block is read once from
+    # whichever tier holds it (a disk block is not re-read per layer).
     @torch.inference_mode(False)  # views handed to copy threads must not be inference tensors
     def start_load_kv(self, meta: Optional[UcmConnectorMetadata]) -> None:
         if meta is None or not meta.loads or not self.layers:
             return
-        self._load_t0 = time.perf_counter()
-        self._key_reqs = {}
-        self._where = {}
         for spec in meta.loads:
+            ids, offs, dsts, staging = [], [], [], []
+            where: dict[bytes, list[int]] = {}
             for h, b in zip(spec.block_hashes, spec.block_ids):
                 key = self.keys.rank_key(h, self.rank)
-                self._key_reqs.setdefault(key, set()).add(spec.req_id)
-                self._where.setdefault(key, []).append(b)
-        self._load_failed_keys = set()
-        self._pending = [(layer, meta) for layer in self.layers.values()]
-        self._submit_next()
-        self.stats.add(loaded_blocks=len(self._where), loaded_bytes=len(self._where) * self.block_bytes)
+                where.setdefault(key, []).append(b)
+                for layer in self.layers.values():
+                    for view, po in zip(compat.block_views(layer.kv, self.num_blocks, b), layer.piece_offsets):
+                        dst = view if view.is_contiguous() else torch.empty_like(
+                            view, memory_format=torch.contiguous_format)
+                        if dst is not view:
+                            staging.append((view, dst))
+                        ids.append(key)
+                        offs.append(layer.offset + po)
+                        dsts.append(dst)
+            task = self.store.load(ids, offs, dsts)
+            self._loading[spec.req_id] = (task, where, staging, time.perf_counter())
+            self.stats.add(loaded_blocks=len(where), loaded_bytes=len(where) * self.block_bytes)
 
-    def _submit_next(self) -> None:
-        if not self._pending:
-            return
-        layer, meta = self._pending.pop(0)
-        ids, offs, dsts, staging = [], [], [], []
-        for spec in meta.loads:
-            for h, b in zip(spec.block_hashes, spec.block_ids):
-                key = self.keys.rank_key(h, self.rank)
-                for view, po in zip(compat.block_views(layer.kv, self.num_blocks, b), layer.piece_offsets):
-                    dst = view if layer.contiguous else torch.empty_like(view, memory_format=torch.contiguous_format)
-                    if not layer.contiguous:
-                        staging.append((view, dst))
-                    ids.append(key)
-                    offs.append(layer.offset + po)
-                    dsts.append(dst)
-        self._loads[layer.name] = (self.store.load(ids, offs, dsts), staging)
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return  # loads never feed the step that is running
 
     @torch.inference_mode(False)
-    def wait_for_layer_load(self, layer_name: str) -> None:
-        while layer_name not in self._loads and any(l.name == layer_name for l, _ in self._pending):
-            self._submit_next()  # a layer asked for out of order: submit up to it
-        entry = self._loads.pop(layer_name, None)
-        if entry is None:
-            return
-        task, staging = entry
-        code = self.store.wait(task)
-        self._submit_next()
-        if code != 0:
-            failed = set(task.failed_ids) or set(self._where)  # a failure without ids fails them all
-            for key in failed - self._load_failed_keys:
-                self._failed_block_ids.update(self._where.get(key, ()))
-                self._load_failed_reqs.update(self._key_reqs.get(key, ()))
-            self.stats.add(load_failed_blocks=len(failed - self._load_failed_keys))
-            self._load_failed_keys |= failed
-        for view, dst in staging:
-            view.copy_(dst)
-        if not self._loads and not self._pending:
-            self.stats.add(load_seconds=time.perf_counter() - self._load_t0)
-
-    def _finish_loads(self) -> None:
-        while self._loads or self._pending:
-            name = next(iter(self._loads)) if self._loads else self._pending[0][0].name
-            self.wait_for_layer_load(name)
+    def finished_loads(self) -> set[str]:
+        """Requests whose loads completed (successfully or not) since the last call."""
+        done: set[str] = set()
+        for req_id, (task, where, staging, t0) in list(self._loading.items()):
+            if not self.store.check(task):
+                continue
+            del self._loading[req_id]
+            done.add(req_id)
+            if self.store.wait(task) != 0:
+                failed = set(task.failed_ids) or set(where)  # a failure without ids fails them all
+                for key in failed:
+                    self._failed_block_ids.update(where.get(key, ()))
+                self.stats.add(load_failed_blocks=len(failed))
+            for view, dst in staging:
+                view.copy_(dst)
+            self.stats.add(load_seconds=time.perf_counter() - t0)
+        return done
 
     def get_block_ids_with_load_errors(self) -> set[int]:
-        self._finish_loads()
         out, self._failed_block_ids = self._failed_block_ids, set()
         return out
 
@@ -189,10 +169,8 @@ class UcmWorker:
         self._dumps.append(self.store.dump(ids, offs, srcs))
 
     def wait_for_save(self, meta: Optional[UcmConnectorMetadata]) -> None:
-        self._finish_loads()
         if meta is None or not meta.dumps:
             self._dumps = []
-            self._load_failed_reqs = set()
             return
         failed: set[bytes] = set()
         for task in self._dumps:
@@ -202,7 +180,7 @@ class UcmWorker:
         self._dumps = []
         good, bad = [], []
         for spec in meta.dumps:
-            drop = spec.req_id in self._load_failed_reqs or not complete
+            drop = not complete
             for h in spec.block_hashes:
                 key = self.keys.rank_key(h, self.rank)
                 (bad if drop or key in failed else good).append(key)
@@ -210,7 +188,6 @@ class UcmWorker:
             self.store.commit(good, True)
         if bad:
             self.store.commit(bad, False)
-        self._load_failed_reqs = set()
         ev, rf, dumped = store_counters(self._store_stats())
         ev0, rf0, dumped0 = self._store_counters
         self._store_counters = (ev, rf, dumped)
