@@ -250,5 +250,13 @@ class Tier(Store):
     @abstractmethod
     def stats(self) -> dict: ...
 
+    def begin_lookup(self) -> None:
+        """A request's lookup starts: prefix-aware policies (``begin_sequence``) order by request."""
+        begin = getattr(getattr(self, "eviction", None), "begin_sequence", None)
+        if begin is not None:
+            begin()
+
     def lookup(self, block_ids: Sequence[BlockId]) -> list[bool]:
-        return [self.has(k) for k in to_keys(block_ids)]
+        keys = to_keys(block_ids)
+        self.begin_lookup()
+        return [self.has(k) for k in keys]

@@ -45,7 +45,10 @@ class TierChain(Store):
         return next(t for t in self.tiers if t.name == name)
 
     def lookup(self, block_ids: Sequence[BlockId]) -> list[bool]:
-        return [any(t.has(k) for t in self.tiers) for k in to_keys(block_ids)]
+        keys = to_keys(block_ids)
+        for t in self.tiers:
+            t.begin_lookup()
+        return [any(t.has(k) for t in self.tiers) for k in keys]
 
     def dump(self, block_ids, offset, src_tensor) -> Task:
         keys = check_pieces(block_ids, offset, src_tensor, self.block_size, "src_tensor")

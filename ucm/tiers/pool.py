@@ -244,7 +244,9 @@ class SlotPoolTier(Tier):
 
     def _new_block(self, key: bytes, demoted: list) -> Optional[_Block]:
         """Admit ``key`` and give it a slot, evicting if full. Caller holds the lock."""
-        if not self.admission.admit(key):
+        peek = getattr(self.eviction, "peek_victim", None) if not self._free else None
+        victim = peek(self._reading) if peek is not None else None  # TinyLFU weighs the key against it
+        if not self.admission.admit(key, victim):
             return None
         if not self._free:
             self._reap()
