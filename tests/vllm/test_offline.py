@@ -111,3 +111,22 @@ def test_wrong_kv_block_size_fails_at_start_naming_both_values(tiny_model):
         chain = chain.__cause__ or chain.__context__
         msg = str(chain) if chain is not None else msg
     assert str(piece) in msg and str(whole) in msg, msg
+
+
+def test_hydra_config_choice_with_overrides(tiny_model, baseline, tmp_path):
+    """The issue's form: a conf/store choice plus Hydra overrides drives serving."""
+    block_bytes = 2 * 2 * engine.BLOCK * 2 * 32 * 4
+    cfg = engine.ktc_hydra("hbm_dram_disk", ["eviction=arc", f"store.hbm_size={8 * block_bytes}",
+                                             f"store.max_cache_size={16 * block_bytes}",
+                                             f"store.disk.path={tmp_path}", f"store.disk.max_size={64 * block_bytes}"])
+    texts = engine.prompts("shared")
+    with engine.llm(tiny_model, cfg) as llm:
+        store = engine.live_store()
+        assert [t.name for t in store.tiers] == ["hbm", "dram", "disk"]
+        first = engine.generate(llm, texts)
+        stats.reset_totals()
+        second = engine.generate(llm, texts)
+        t = stats.totals()
+    assert [o["cached"] for o in second] == [engine.full_blocks(o["prompt_len"]) * engine.BLOCK for o in second], t
+    engine.assert_same_outputs(first, baseline["shared"])
+    engine.assert_same_outputs(second, baseline["shared"])
