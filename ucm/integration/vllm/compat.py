@@ -45,6 +45,11 @@ except ImportError:  # older layout
 
 import vllm
 
+__all__ = ["KVConnectorBase_V1", "KVConnectorMetadata", "KVConnectorRole", "KVConnectorPromMetrics",
+           "KVConnectorStats", "HOST_HIT_SOURCE", "VLLM_VERSION", "block_hash_chain", "block_views",
+           "device_type", "kv_cache_spec_summary", "layer_index", "make_recompute_on_load_failure",
+           "tp_rank_and_size", "writable_alias"]
+
 VLLM_VERSION: str = getattr(vllm, "__version__", "unknown")
 
 

@@ -55,6 +55,3 @@ class KeyMaker:
     @staticmethod
     def rank_key(block_hash: bytes, rank: int) -> bytes:
         return block_hash + b"/tp%d" % rank
-
-    def all_rank_keys(self, block_hash: bytes) -> list[bytes]:
-        return [self.rank_key(block_hash, r) for r in range(self.tp_size)]
