@@ -27,6 +27,9 @@ from ucm.integration.vllm.metadata import UcmConnectorMetadata
 from ucm.integration.vllm.stats import UcmConnectorStats
 
 log = logging.getLogger("ucm")
+# How long one get_finished may wait for loads in flight before leaving them to a later step: a
+# load of a few MiB finishes within it, so its request runs one step later, not many.
+WAIT_S = 0.02
 
 
 def store_counters(stats: Any) -> tuple[int, int, int]:
@@ -131,8 +134,9 @@ class UcmWorker:
     def finished_loads(self) -> set[str]:
         """Requests whose loads completed (successfully or not) since the last call."""
         done: set[str] = set()
+        deadline = time.perf_counter() + WAIT_S
         for req_id, (task, where, staging, t0) in list(self._loading.items()):
-            if not self.store.check(task):
+            if not self.store.check(task) and not task.wait(max(0.0, deadline - time.perf_counter())):
                 continue
             del self._loading[req_id]
             done.add(req_id)
