@@ -130,3 +130,18 @@ def test_hydra_config_choice_with_overrides(tiny_model, baseline, tmp_path):
     assert [o["cached"] for o in second] == [engine.full_blocks(o["prompt_len"]) * engine.BLOCK for o in second], t
     engine.assert_same_outputs(first, baseline["shared"])
     engine.assert_same_outputs(second, baseline["shared"])
+
+
+def test_with_vllm_prefix_cache_on_and_reset(tiny_model, baseline):
+    """vLLM's default (its own prefix cache on): after reset_prefix_cache, hits come from ucm."""
+    texts = engine.prompts("shared")
+    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20}), enable_prefix_caching=True) as llm:
+        first = engine.generate(llm, texts)
+        assert llm.reset_prefix_cache()
+        stats.reset_totals()
+        second = engine.generate(llm, texts)
+        t = stats.totals()
+    want = [engine.full_blocks(o["prompt_len"]) * engine.BLOCK for o in second]
+    assert [o["cached"] for o in second] == want and t["hit_tokens"] == sum(want), t
+    engine.assert_same_outputs(first, baseline["shared"])
+    engine.assert_same_outputs(second, baseline["shared"])

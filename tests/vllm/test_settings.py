@@ -61,3 +61,17 @@ def test_build_store_uses_the_whole_block_size(tmp_path):
     chain, _ = settings.build_store(h, WHOLE)
     assert chain.block_size == WHOLE and [t.name for t in chain.tiers] == ["dram", "disk"]
     chain.close()
+
+
+def test_keys_differ_by_model_layout_and_rank():
+    from ucm.integration.vllm import keys
+
+    ns = dict(v=1, model="m", revision="None", dtype="bfloat16", block_size=16, layers=2, page_bytes=8192,
+              kv_heads=2, head_size=32, device="cuda", tp_size=1)
+    roots = {keys.root_hash(dict(ns, **{k: v})) for k, v in
+             [("model", "m"), ("model", "other"), ("dtype", "float16"), ("block_size", 32), ("tp_size", 2),
+              ("device", "cpu"), ("page_bytes", 4096)]}
+    assert len(roots) == 7
+    assert keys.root_hash(dict(ns)) == keys.root_hash(dict(reversed(list(ns.items()))))  # stable, order-free
+    h = b"\x01" * 32
+    assert keys.KeyMaker.rank_key(h, 0) != keys.KeyMaker.rank_key(h, 1)
