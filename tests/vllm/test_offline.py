@@ -145,3 +145,21 @@ def test_with_vllm_prefix_cache_on_and_reset(tiny_model, baseline):
     assert [o["cached"] for o in second] == want and t["hit_tokens"] == sum(want), t
     engine.assert_same_outputs(first, baseline["shared"])
     engine.assert_same_outputs(second, baseline["shared"])
+
+
+def test_preemption_under_a_small_kv_cache(tiny_model):
+    """24 vLLM blocks for 7 requests of ~12 blocks: requests are preempted, resumed (hitting what
+    they dumped before) and finish with the tokens of a run without ucm; the next pass hits."""
+    texts = engine.prompts("shared") + engine.prompts("distinct")
+    kw = dict(num_gpu_blocks_override=24, max_num_seqs=8, max_model_len=512)
+    with engine.llm(tiny_model, None, **kw) as llm:
+        base = engine.generate(llm, texts, max_tokens=96)
+    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20}), **kw) as llm:
+        stats.reset_totals()
+        first = engine.generate(llm, texts, max_tokens=96)
+        t1 = stats.totals()
+        second = engine.generate(llm, texts, max_tokens=96)
+    assert t1["lookup_tokens"] > sum(o["prompt_len"] for o in first), "no request was preempted and resumed"
+    assert [o["cached"] for o in second] == [engine.full_blocks(o["prompt_len"]) * engine.BLOCK for o in second]
+    engine.assert_same_outputs(first, base)
+    engine.assert_same_outputs(second, base)
