@@ -6,7 +6,8 @@
   and other requests compute; a failed block is recomputed before the request ever runs.
 - ``update_state_after_alloc``: records the vLLM blocks the hit loads into.
 - ``build_connector_meta``: this step's loads, and dumps of every block that becomes full in this
-  step (prompt and generated tokens) not planned by another request of the same step (the store skips blocks it holds).
+  step (prompt and generated tokens), once per step even when requests share it (the store
+  itself skips blocks it already holds).
 - ``request_finished``: a request's dumps complete within its last step, so its blocks are freed
   at once and a later request with the same prefix hits.
 """
