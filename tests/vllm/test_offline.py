@@ -40,7 +40,7 @@ def test_earlier_finished_request_hits_in_later_call(tiny_model, baseline):
 
 
 def _failing_load(store, every: int, garbage: bool = True):
-    """Wrap ``store.load``: every ``every``-th distinct block of each call fails, and its
+    """Wrap ``store.load`` and ``store.load_blocks``: every ``every``-th distinct block of each call fails, and its
     destination is filled with garbage (so outputs would differ if vLLM used it)."""
     from ucm.tiers.base import NOT_FOUND, Task
 
@@ -62,7 +62,27 @@ def _failing_load(store, every: int, garbage: bool = True):
         hits["failed"] += len(bad)
         return wrapper
 
+    orig_blocks = store.load_blocks
+
+    def load_blocks(block_ids, planes, rows, offset=0):  # the batched path the worker takes
+        order = list(dict.fromkeys(bytes(b) for b in block_ids))
+        bad = set(order[every - 1::every])
+        keep = [i for i, b in enumerate(block_ids) if bytes(b) not in bad]
+        task = orig_blocks([block_ids[i] for i in keep], planes, [rows[i] for i in keep], offset)
+        wrapper = Task("load")
+        wrapper.add_task(task)
+        wrapper.planes = task.planes
+        for i, b in enumerate(block_ids):
+            if bytes(b) in bad:
+                if garbage:
+                    for plane in planes:
+                        plane[rows[i]].fill_(7.0)
+                wrapper.fail(bytes(b), NOT_FOUND)
+        hits["failed"] += len(bad)
+        return wrapper
+
     store.load = load
+    store.load_blocks = load_blocks
     return hits
 
 

@@ -17,7 +17,7 @@ what differs is collected here:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Optional, Any
 
 import torch
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (  # noqa: F401  (re-exported)
@@ -134,6 +134,20 @@ def block_views(kv_layer: torch.Tensor, num_blocks: int, block_id: int) -> list[
         return [_physical(kv_layer[0, block_id]), _physical(kv_layer[1, block_id])]
     raise ValueError(f"ucm: unsupported KV cache layout {tuple(kv_layer.shape)} "
                      f"(num_blocks={num_blocks}); expected (num_blocks, ...) or (2, num_blocks, ...)")
+
+
+def layer_planes(kv_layer: torch.Tensor, num_blocks: int) -> Optional[list[torch.Tensor]]:
+    """One layer's KV tensor as contiguous planes whose first dimension is the block (row i =
+    block i's bytes of that plane, K before V), for the store's batched row copies; None when the
+    layout has no such view (the worker then copies block pieces one by one)."""
+    if kv_layer.shape[0] == num_blocks:
+        planes = [_physical(kv_layer)]
+    elif kv_layer.dim() > 1 and kv_layer.shape[0] == 2 and kv_layer.shape[1] == num_blocks:
+        planes = [_physical(kv_layer[0]), _physical(kv_layer[1])]
+    else:
+        return None
+    ok = all(p.is_contiguous() and p.shape[0] == num_blocks for p in planes)
+    return planes if ok else None
 
 
 def kv_cache_spec_summary(kv_cache_config: Any, vllm_config: Any) -> dict:

@@ -77,20 +77,25 @@ def resolve_block_size(given: Any, piece_bytes: int, whole_bytes: int) -> int:
         f"whole block: all layers, K and V, one rank), or omit it")
 
 
-def build_store(s: ConnectorSettings, whole_block_bytes: int):
-    """Build the configured store with ``kv_block_size`` = the whole-block size."""
+def build_store(s: ConnectorSettings, whole_block_bytes: int, num_layers: int = 1):
+    """Build the configured store with ``kv_block_size`` = the whole-block size and, unless the user
+    chose otherwise, one pool plane per layer (a layer of many blocks is then contiguous in DRAM)."""
     if s.hydra_config is not None:
         from ucm.config import build_store as build_from_cfg, load_config
 
         given = _hydra_block_size(s)
         overrides = [o for o in s.hydra_overrides if not o.lstrip("+~").startswith("store.kv_block_size=")]
-        cfg = load_config(overrides + [f"store.kv_block_size={whole_block_bytes}"], store=s.hydra_config)
+        overrides.append(f"store.kv_block_size={whole_block_bytes}")
+        if not any(o.lstrip("+~").startswith("store.planes=") for o in overrides):
+            overrides.append(f"store.planes={num_layers}")
+        cfg = load_config(overrides, store=s.hydra_config)
         return build_from_cfg(cfg), given
     from ucm.tiers import create_store
 
     cfg = copy.deepcopy(s.store_config)
     given = cfg.pop("kv_block_size", None)
     cfg["kv_block_size"] = whole_block_bytes
+    cfg.setdefault("planes", num_layers)
     return create_store(s.store_name, cfg), given
 
 

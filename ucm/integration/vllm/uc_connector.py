@@ -50,7 +50,7 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
             self._scheduler = UcmScheduler(self._lookup, self._keys, spec["block_size"])
         else:
             self._store_key = lookup_rpc.store_key(engine_id, rank)
-            store = stores.acquire(self._store_key, lambda: settings.build_store(cfg, whole)[0])
+            store = stores.acquire(self._store_key, lambda: settings.build_store(cfg, whole, spec["num_layers"])[0])
             self._server = lookup_rpc.LookupServer(store, lookup_rpc.socket_path(engine_id, rank))
             num_blocks = getattr(kv_cache_config, "num_blocks", None) if kv_cache_config is not None else None
             self._worker = UcmWorker(store, self._keys, rank, num_blocks, whole)

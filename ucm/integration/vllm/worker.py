@@ -51,12 +51,13 @@ def store_counters(stats: Any) -> tuple[int, int, int]:
 
 
 class _Layer:
-    __slots__ = ("name", "index", "kv", "offset", "piece_offsets", "contiguous")
+    __slots__ = ("name", "index", "kv", "offset", "piece_offsets", "contiguous", "planes")
 
     def __init__(self, name: str, index: int, kv: torch.Tensor, offset: int, piece_offsets: list[int],
-                 contiguous: bool):
+                 contiguous: bool, planes: Optional[list[torch.Tensor]]):
         self.name, self.index, self.kv, self.offset = name, index, kv, offset
         self.piece_offsets, self.contiguous = piece_offsets, contiguous
+        self.planes = planes  # the layer as (num_blocks, bytes) rows for batched copies, or None
 
 
 class UcmWorker:
@@ -90,13 +91,19 @@ class UcmWorker:
                 piece_offsets.append(o)
                 o += v.numel() * v.element_size()
             self.layers[name] = _Layer(name, len(self.layers), kv, offset, piece_offsets,
-                                       all(v.is_contiguous() for v in views))
+                                       all(v.is_contiguous() for v in views),
+                                       compat.layer_planes(kv, self.num_blocks))
             offset += o
+        # Batched row copies (one gather/DMA per layer for all blocks, not one copy per block and
+        # layer) when every layer has a row view and the store offers them.
+        batched = hasattr(self.store, "load_blocks") and all(l.planes for l in self.layers.values())
+        self._planes = [p for l in self.layers.values() for p in l.planes] if batched else None
         if offset != self.block_bytes:
             raise ValueError(f"ucm: the KV cache holds {offset} bytes per block over {len(names)} layers, "
                              f"but the connector computed {self.block_bytes} from vLLM's KV cache spec")
-        log.info("ucm: registered %d KV layers, %d blocks, %d bytes per stored block (rank %d), layout %s",
-                 len(names), self.num_blocks, offset, self.rank, tuple(first.shape))
+        log.info("ucm: registered %d KV layers, %d blocks, %d bytes per stored block (rank %d), layout %s, "
+                 "copies %s", len(names), self.num_blocks, offset, self.rank, tuple(first.shape),
+                 "batched per layer" if self._planes is not None else "per block piece")
 
     # ---- loads ------------------------------------------------------------------------------
     # Loads are asynchronous, between steps (vLLM's WAITING_FOR_REMOTE_KVS): a request's blocks
@@ -114,6 +121,8 @@ class UcmWorker:
             for h, b in zip(spec.block_hashes, spec.block_ids):
                 key = self.keys.rank_key(h, self.rank)
                 where.setdefault(key, []).append(b)
+                if self._planes is not None:
+                    continue
                 for layer in self.layers.values():
                     for view, po in zip(compat.block_views(layer.kv, self.num_blocks, b), layer.piece_offsets):
                         dst = view if view.is_contiguous() else torch.empty_like(
@@ -123,7 +132,11 @@ class UcmWorker:
                         ids.append(key)
                         offs.append(layer.offset + po)
                         dsts.append(dst)
-            task = self.store.load(ids, offs, dsts)
+            if self._planes is not None:
+                task = self.store.load_blocks([self.keys.rank_key(h, self.rank) for h in spec.block_hashes],
+                                              self._planes, list(spec.block_ids))
+            else:
+                task = self.store.load(ids, offs, dsts)
             self._loading[spec.req_id] = (task, where, staging, time.perf_counter())
             self.stats.add(loaded_blocks=len(where), loaded_bytes=len(where) * self.block_bytes)
 
@@ -162,6 +175,13 @@ class UcmWorker:
             return
         if not self._dumps:
             self._dump_t0 = time.perf_counter()
+        if self._planes is not None:
+            keys, rows = [], []
+            for spec in meta.dumps:
+                keys.extend(self.keys.rank_key(h, self.rank) for h in spec.block_hashes)
+                rows.extend(spec.block_ids)
+            self._dumps.append(self.store.dump_blocks(keys, layer.planes, rows, offset=layer.offset))
+            return
         ids, offs, srcs = [], [], []
         for spec in meta.dumps:
             for h, b in zip(spec.block_hashes, spec.block_ids):
