@@ -174,3 +174,18 @@ def test_block_api_at_an_offset_on_every_store(store):
     store.commit(["h"])
     code, out = get(store, "h")
     assert code == OK and torch.equal(out, torch.cat([planes[0][0], planes[1][0], planes[0][2], planes[1][2]]))
+
+
+def test_layer_by_layer_dump_after_one_reservation(store, dev):
+    """reserve_blocks once, then write_planes per layer (the vLLM worker's dump path)."""
+    layers = [[torch.randint(0, 256, (5, BLOCK // 4), dtype=torch.uint8, device=dev) for _ in range(2)]
+              for _ in range(2)]
+    bw = store.reserve_blocks(["r1", "r2"], [3, 1])
+    for i, planes in enumerate(layers):
+        store.write_planes(bw, planes, offset=i * BLOCK // 2)
+    assert store.wait(bw.task) == OK
+    store.commit(["r1", "r2"])
+    for bid, row in (("r1", 3), ("r2", 1)):
+        code, out = get(store, bid)
+        expect = torch.cat([p[row].cpu() for planes in layers for p in planes])
+        assert code == OK and torch.equal(out, expect)

@@ -132,3 +132,20 @@ def test_layer_by_layer_with_offsets(pool_store, dev):
     tasks = [pool_store.load_blocks(["L"], dst[2 * l:2 * l + 2], [9], offset=2 * l * ROW) for l in range(LAYERS)]
     assert all(pool_store.wait(t) == OK for t in tasks)
     assert all(torch.equal(d[9], s[6]) for s, d in zip(src, dst))
+
+
+def test_reservation_refuses_once_and_writes_only_what_it_took(pool_store):
+    src = kv_cache(blocks=20)
+    ids = [f"w{i}" for i in range(20)]
+    bw = pool_store.reserve_blocks(ids, list(range(20)))
+    assert len(bw.task.failed) == 4, "16 slots: 4 refused at reservation"
+    for layer in range(LAYERS):
+        pool_store.write_planes(bw, src[2 * layer:2 * layer + 2], offset=2 * layer * ROW)
+    assert pool_store.wait(bw.task) == REFUSED
+    pool_store.commit(ids)
+    assert sum(pool_store.lookup(ids)) == 16
+    dst = [torch.zeros_like(t) for t in src]
+    assert pool_store.wait(pool_store.load_blocks(ids[:16], dst, list(range(16)))) == OK
+    assert all(torch.equal(d[:16], s[:16]) for s, d in zip(src, dst))
+    with pytest.raises(ValueError, match="rows must index"):
+        pool_store.write_planes(pool_store.reserve_blocks(["z"], [30]), [t[:10] for t in src[:2]])

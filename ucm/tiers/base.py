@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
 from typing import Optional, Protocol, Union
 
@@ -170,6 +171,21 @@ class Task:
         return f"Task({self.kind}, done={self._finished}, failed={len(self.failed)})"
 
 
+@dataclass
+class BlockWrite:
+    """A dump whose planes arrive one layer at a time (``Store.reserve_blocks``): which blocks are
+    written is decided once; ``write_planes`` adds each layer's copies to ``task``. Wait for ``task``
+    and commit the blocks after the last layer."""
+
+    store: "Store"
+    block_ids: list
+    rows: list
+    task: Task
+    k: int = 1
+    max_row: int = -1
+    plans: list = field(default_factory=list)
+
+
 class Store(ABC):
     """The seed's store contract (see the module docstring)."""
 
@@ -203,6 +219,14 @@ class Store(ABC):
         task = self.load(*pieces_of_blocks(block_ids, planes, rows, offset))
         task.planes = [[task] for _ in planes]
         return task
+
+    def reserve_blocks(self, block_ids: Sequence[BlockId], rows: Sequence) -> BlockWrite:
+        """Start a dump written layer by layer with ``write_planes`` (see ``BlockWrite``)."""
+        return BlockWrite(self, list(block_ids), list(rows), Task("dump"))
+
+    def write_planes(self, bw: BlockWrite, planes: Sequence[torch.Tensor], offset: int = 0) -> None:
+        """One layer's planes of a reserved dump, at byte ``offset`` of each block."""
+        bw.task.add_task(self.dump_blocks(bw.block_ids, planes, bw.rows, offset))
 
     def create(self, block_ids: Sequence[BlockId]) -> list[int]:
         """Optional in the seed API: nothing to reserve here (dump allocates). Returns 0 per id."""

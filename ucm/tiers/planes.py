@@ -51,6 +51,35 @@ def runs(sorted_slots: list[int]) -> list[tuple[int, int, int]]:
     return out
 
 
+class RowPlan:
+    """Which pool row each caller row moves to, prepared once and reused for every plane (layer):
+    slots and rows sorted by slot, the runs of consecutive slots, and the index tensors per device."""
+
+    def __init__(self, slots: list[int], rows: list, k: int = 1):
+        if k > 1:  # slot s holds pool rows s*k .. s*k+k-1
+            slots = [s * k + j for s in slots for j in range(k)]
+            rows = [r for rs in rows for r in rs]
+        order = sorted(range(len(slots)), key=slots.__getitem__)
+        self.slots = [slots[i] for i in order]
+        self.rows = [rows[i] for i in order]
+        self.runs = runs(self.slots)
+        self._index: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def index(self, device: torch.device, stream=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, slots) as long tensors on ``device``, made once."""
+        key = (device.type, device.index)
+        if key not in self._index:
+            r = torch.tensor(self.rows, dtype=torch.long)
+            s = torch.tensor(self.slots, dtype=torch.long)
+            if device.type != "cpu":
+                r, s = r.to(device, non_blocking=True), s.to(device, non_blocking=True)
+            self._index[key] = (r, s)
+        return self._index[key]
+
+
 @dataclass
 class PlaneCopy:
     user: torch.Tensor                    # (R, w) rows of the caller's tensor
@@ -71,15 +100,15 @@ class _Events:
         return all(_EventCompletion(e).wait(timeout) for e in self.events)
 
 
-def copy_planes_cpu(planes: list[PlaneCopy], slots: list[int], rows: list[int], to_pool: bool) -> None:
+def copy_planes_cpu(planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> None:
     """Row by row: a memcpy each, no temporary (index ops would allocate and fault in a gathered copy)."""
     for pc in planes:
         pool, user = pc.pool, pc.user
         if to_pool:
-            for s, r in zip(slots, rows):
+            for s, r in zip(plan.slots, plan.rows):
                 pool[s].copy_(user[r])
         else:
-            for s, r in zip(slots, rows):
+            for s, r in zip(plan.slots, plan.rows):
                 user[r].copy_(pool[s])
 
 
@@ -90,25 +119,19 @@ class CudaPlaneCopier:
         self.device = device
         self.copy_stream = torch.cuda.Stream(device)
 
-    def submit(self, planes: list[PlaneCopy], slots: list[int], rows: list[int], to_pool: bool) -> list[_Events]:
-        order = sorted(range(len(slots)), key=slots.__getitem__)
-        slots_sorted = [slots[i] for i in order]
-        rows_sorted = [rows[i] for i in order]
-        slot_runs = runs(slots_sorted)
-        caller = torch.cuda.current_stream(self.device)
-        self.copy_stream.wait_stream(caller)
+    def submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list[_Events]:
+        self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.copy_stream):
-            r = torch.tensor(rows_sorted, dtype=torch.long).to(self.device, non_blocking=True)
-            s = torch.tensor(slots_sorted, dtype=torch.long).to(self.device, non_blocking=True)
+            r, s = plan.index(self.device)
         done = []
         for pc in planes:
             width = pc.user.shape[1]
             dma = (pc.pool_uva is not None and pc.pool.is_contiguous()
-                   and width * len(slots) >= MIN_RUN_BYTES * len(slot_runs))
+                   and width * len(plan) >= MIN_RUN_BYTES * len(plan.runs))
             if to_pool:
-                done.append(self._dump_plane(pc, r, s, slot_runs, dma))
+                done.append(self._dump_plane(pc, r, s, plan.runs, dma))
             else:
-                done.append(self._load_plane(pc, r, s, slot_runs, dma))
+                done.append(self._load_plane(pc, r, s, plan.runs, dma))
         return done
 
     def _dump_plane(self, pc, r, s, slot_runs, dma) -> _Events:

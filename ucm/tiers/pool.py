@@ -21,10 +21,10 @@ from typing import Optional
 import torch
 
 from ucm.policies import AdmissionPolicy, EvictionPolicy
-from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, Task, Tier, as_bytes, check_pieces,
+from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, BlockWrite, Task, Tier, as_bytes, check_pieces,
                             log, to_keys)
 from ucm.tiers.copy import CopyEngine
-from ucm.tiers.planes import CudaPlaneCopier, PlaneCopy, copy_planes_cpu, cuda_view, rows_view
+from ucm.tiers.planes import CudaPlaneCopier, PlaneCopy, RowPlan, copy_planes_cpu, cuda_view, rows_view
 
 #: a group of at least this many same-shaped pieces is copied as one plane copy, not piece by piece
 MIN_GROUP = 8
@@ -134,7 +134,8 @@ class SlotPoolTier(Tier):
         task = Task("dump")
         for idx, demoted in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
             picked = [(blk.slot, rows[i]) for i in idx if (blk := self._writable(keys[i], task, demoted)) is not None]
-            for part in self._submit_planes(views, [s for s, _ in picked], [r for _, r in picked], True, k):
+            plan = RowPlan([s for s, _ in picked], [r for _, r in picked], k)
+            for part in self._submit_planes(views, plan, True):
                 task.add(part)
         return task
 
@@ -147,11 +148,30 @@ class SlotPoolTier(Tier):
         task.planes = [[] for _ in views]
         for idx, _ in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
             picked = [(blk.slot, rows[i]) for i in idx if (blk := self._readable(keys[i], task, pinned)) is not None]
-            for j, part in enumerate(self._submit_planes(views, [s for s, _ in picked], [r for _, r in picked], False, k)):
+            plan = RowPlan([s for s, _ in picked], [r for _, r in picked], k)
+            for j, part in enumerate(self._submit_planes(views, plan, False)):
                 task.planes[j].append(part)
                 task.add(part)
         self._track_read(task, pinned)
         return task
+
+    def reserve_blocks(self, block_ids: Sequence[BlockId], rows: Sequence) -> BlockWrite:
+        """Decide once which blocks a layer-by-layer dump writes (skipped, refused, given a slot)
+        and prepare the row plan; ``write_planes`` then only launches each layer's copies."""
+        keys, k, max_row = self._check_rows(block_ids, rows)
+        bw = BlockWrite(self, keys, list(rows), Task("dump"), k=k, max_row=max_row)
+        for idx, demoted in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
+            picked = [(blk.slot, rows[i]) for i in idx if (blk := self._writable(keys[i], bw.task, demoted)) is not None]
+            bw.plans.append(RowPlan([s for s, _ in picked], [r for _, r in picked], k))
+        return bw
+
+    def write_planes(self, bw: BlockWrite, planes: Sequence[torch.Tensor], offset: int = 0) -> None:
+        if bw.store is not self:
+            raise ValueError("write_planes needs a BlockWrite from this store's reserve_blocks")
+        views = self._plane_views(planes, offset, bw.k, bw.max_row)
+        for plan in bw.plans:
+            for part in self._submit_planes(views, plan, True):
+                bw.task.add(part)
 
     # ---- whole blocks (chain) ---------------------------------------------------------------
     def read_block(self, key: bytes) -> Optional[torch.Tensor]:
@@ -268,8 +288,8 @@ class SlotPoolTier(Tier):
         view = self.pool[p, :, o:o + width]
         return view, (self.pool_uva[p, :, o:o + width] if self.pool_uva is not None else None)
 
-    def _check_blocks(self, block_ids, planes, rows, offset: int = 0):
-        """Validate a block-API call; returns keys and one PlaneCopy per plane.
+    def _check_rows(self, block_ids, rows) -> tuple[list[bytes], int, int]:
+        """Keys, rows per block (k) and the largest row index of a block-API call.
 
         ``rows[i]`` is one row index, or a list of k row indices when a stored block holds k
         caller rows per plane (e.g. 16 vLLM blocks of 16 tokens in one 256-token stored block)."""
@@ -280,11 +300,19 @@ class SlotPoolTier(Tier):
         flat = [r for rs in rows for r in rs] if k > 1 else list(rows)
         if len(flat) != k * len(keys):
             raise ValueError(f"every rows[i] must hold the same number of rows ({k})")
+        if flat and (not all(isinstance(r, int) for r in flat) or min(flat) < 0):
+            raise ValueError(f"rows must be non-negative ints, got {[r for r in flat if not isinstance(r, int) or r < 0][:3]}")
+        return keys, k, max(flat, default=-1)
+
+    def _plane_views(self, planes, offset: int, k: int, max_row: int) -> list[PlaneCopy]:
+        """One PlaneCopy per caller plane, checked against the pool's layout."""
         if not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be a non-negative int, got {offset!r}")
         for j, t in enumerate(planes):
             if not isinstance(t, torch.Tensor) or t.dim() < 1 or t.shape[0] == 0:
                 raise ValueError(f"planes[{j}] must be a tensor whose first dimension indexes rows")
+            if max_row >= t.shape[0]:
+                raise ValueError(f"rows must index the planes' first dimension (< {t.shape[0]}), got {max_row}")
         end = offset + k * sum(t.numel() * t.element_size() // t.shape[0] for t in planes)
         if end > self.block_size:
             raise ValueError(f"offset + the planes' rows = {end} bytes exceeds kv_block_size {self.block_size}")
@@ -300,22 +328,19 @@ class SlotPoolTier(Tier):
                 pool = tuple(v.reshape(-1, width) if v is not None else None for v in pool)
             views.append(PlaneCopy(user, *pool))
             offset += k * width
-        limit = min(v.user.shape[0] for v in views)
-        bad = [r for r in flat if not isinstance(r, int) or not 0 <= r < limit]
-        if bad:
-            raise ValueError(f"rows must index the planes' first dimension (< {limit}), got {bad[:3]}")
-        return keys, views, k
+        return views
 
-    def _submit_planes(self, views: list[PlaneCopy], slots: list[int], rows: list, to_pool: bool, k: int = 1) -> list:
-        if not slots:
+    def _check_blocks(self, block_ids, planes, rows, offset: int = 0):
+        keys, k, max_row = self._check_rows(block_ids, rows)
+        return keys, self._plane_views(planes, offset, k, max_row), k
+
+    def _submit_planes(self, views: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list:
+        if not len(plan):
             return []
-        if k > 1:  # slot s holds pool rows s*k .. s*k+k-1
-            slots = [s * k + j for s in slots for j in range(k)]
-            rows = [r for rs in rows for r in rs]
         if self._cuda is not None and views[0].user.is_cuda:
-            return self._cuda.submit(views, slots, rows, to_pool)
+            return self._cuda.submit(views, plan, to_pool)
         engine = self._dumps if to_pool else self._loads  # one job per plane: each completes on its own
-        return [engine.run(copy_planes_cpu, [v], slots, rows, to_pool) for v in views]
+        return [engine.run(copy_planes_cpu, [v], plan, to_pool) for v in views]
 
     def _submit_pieces(self, task: Task, pieces: list, to_pool: bool, keys: list[bytes]) -> None:
         """Copy (slot, offset, tensor) pieces: same-shaped pieces of one tensor storage as plane copies,
@@ -336,7 +361,8 @@ class SlotPoolTier(Tier):
                 storage = items[0][2].untyped_storage()
                 user = torch.empty(0, dtype=torch.uint8, device=device).set_(storage, 0, (storage.nbytes() // n, n))
                 view = PlaneCopy(user, *self._plane_view(off, n))
-                for part in self._submit_planes([view], [s for s, _, _ in items], [r for _, r, _ in items], to_pool):
+                plan = RowPlan([s for s, _, _ in items], [r for _, r, _ in items])
+                for part in self._submit_planes([view], plan, to_pool):
                     task.add(part)
                 continue
             for slot, off_or_row, t in items:

@@ -73,6 +73,7 @@ class UcmWorker:
         self._loading: dict[str, tuple[Any, dict[bytes, list[int]], list, float]] = {}
         self._failed_block_ids: set[int] = set()
         self._dumps: list[Any] = []
+        self._reserved: Any = None  # this step's BlockWrite (batched dumps), reserved at its first layer
         self._dump_t0 = 0.0
         self._store_counters = store_counters(self._store_stats())
 
@@ -176,11 +177,14 @@ class UcmWorker:
         if not self._dumps:
             self._dump_t0 = time.perf_counter()
         if self._planes is not None:
-            keys, rows = [], []
-            for spec in meta.dumps:
-                keys.extend(self.keys.rank_key(h, self.rank) for h in spec.block_hashes)
-                rows.extend(spec.block_ids)
-            self._dumps.append(self.store.dump_blocks(keys, layer.planes, rows, offset=layer.offset))
+            if self._reserved is None:  # first layer of the step: decide once which blocks are written
+                keys, rows = [], []
+                for spec in meta.dumps:
+                    keys.extend(self.keys.rank_key(h, self.rank) for h in spec.block_hashes)
+                    rows.extend(spec.block_ids)
+                self._reserved = self.store.reserve_blocks(keys, rows)
+            self.store.write_planes(self._reserved, layer.planes, offset=layer.offset)
+            self._dumps.append(self._reserved.task)
             return
         ids, offs, srcs = [], [], []
         for spec in meta.dumps:
@@ -193,11 +197,12 @@ class UcmWorker:
         self._dumps.append(self.store.dump(ids, offs, srcs))
 
     def wait_for_save(self, meta: Optional[UcmConnectorMetadata]) -> None:
+        self._reserved = None
         if meta is None or not meta.dumps:
             self._dumps = []
             return
         failed: set[bytes] = set()
-        for task in self._dumps:
+        for task in {id(t): t for t in self._dumps}.values():  # batched dumps share one task
             if self.store.wait(task) != 0:
                 failed |= set(task.failed_ids)
         complete = len(self._dumps) == len(self.layers)
