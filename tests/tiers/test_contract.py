@@ -189,3 +189,14 @@ def test_layer_by_layer_dump_after_one_reservation(store, dev):
         code, out = get(store, bid)
         expect = torch.cat([p[row].cpu() for planes in layers for p in planes])
         assert code == OK and torch.equal(out, expect)
+
+
+def test_inference_tensors_can_be_loaded_into(store):
+    """vLLM allocates its KV cache under torch.inference_mode: loads must still write into it."""
+    data = put(store, ["inf"])
+    with torch.inference_mode():  # vLLM's hooks run inside inference mode, the copy threads do not
+        cache = torch.zeros(2, BLOCK, dtype=torch.uint8)
+        task = store.load(["inf"], [0], [cache[1]])
+    assert cache.is_inference()
+    assert store.wait(task) == OK
+    assert torch.equal(cache[1], data["inf"])

@@ -101,6 +101,13 @@ class _FutureCompletion:
         return True
 
 
+def _job(fn, *args):
+    # Callers may hand us inference tensors (vLLM allocates its KV cache under inference_mode);
+    # in-place writes into those are only allowed inside inference mode, and plain tensors don't mind.
+    with torch.inference_mode():
+        return fn(*args)
+
+
 class CopyEngine:
     """Copies batches in submission order. ``submit`` returns a completion (done/wait)."""
 
@@ -122,7 +129,7 @@ class CopyEngine:
                 event = torch.cuda.Event()
                 event.record(self.stream)
             return _EventCompletion(event)
-        return _FutureCompletion(self._pool.submit(self._copy_all, pairs, on_error))
+        return _FutureCompletion(self._pool.submit(_job, self._copy_all, pairs, on_error))
 
     @staticmethod
     def _copy_all(pairs: list[Pair], on_error) -> None:
@@ -137,7 +144,7 @@ class CopyEngine:
 
     def run(self, fn, *args) -> _FutureCompletion:
         """Run ``fn(*args)`` on this engine's worker thread (file I/O of the disk tier)."""
-        return _FutureCompletion(self._pool.submit(fn, *args))
+        return _FutureCompletion(self._pool.submit(_job, fn, *args))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
