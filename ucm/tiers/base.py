@@ -263,7 +263,13 @@ class Tier(Store):
     demote_to: Optional["Tier"] = None
 
     @abstractmethod
-    def has(self, key: bytes) -> bool: ...
+    def holds(self, key: bytes) -> bool:
+        """Committed and resident (no side effects)."""
+
+    def has(self, key: bytes) -> bool:
+        """A lookup of ``key``: tells the admission policy it was seen, then whether it is held."""
+        self.admission.record(key)
+        return self.holds(key)
 
     @abstractmethod
     def read_block(self, key: bytes) -> Optional[torch.Tensor]: ...

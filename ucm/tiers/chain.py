@@ -76,7 +76,7 @@ class TierChain(Store):
     def load_blocks(self, block_ids, planes, rows, offset: int = 0) -> Task:
         """Blocks in the head load plane by plane (layer-wise waits); the rest come up from below."""
         keys = to_keys(block_ids)
-        in_head = [i for i, k in enumerate(keys) if self.head.has(k)]
+        in_head = [i for i, k in enumerate(keys) if self.head.holds(k)]
         if len(in_head) == len(keys):
             return self.head.load_blocks(block_ids, planes, rows, offset)
         task = Task("load")
@@ -108,10 +108,10 @@ class TierChain(Store):
         for i, key in enumerate(keys):
             if key in lower:
                 lower[key][1].append(i)
-            elif self.head.has(key):
+            elif self.head.holds(key):
                 head_idx.append(i)
             else:
-                src = next((t for t in self.tiers[1:] if t.has(key)), None)
+                src = next((t for t in self.tiers[1:] if t.holds(key)), None)
                 lower[key] = (src, [i])
         task = Task("load")
         if head_idx:

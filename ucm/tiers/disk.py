@@ -184,8 +184,10 @@ class DiskTier(Tier):
 
     def has(self, key: bytes) -> bool:
         with self._lock:
-            self.admission.record(key)
-            return self._committed(key)
+            return super().has(key)
+
+    def holds(self, key: bytes) -> bool:
+        return self._committed(key)
 
     def dump(self, block_ids: Sequence[BlockId], offset: Sequence[int], src_tensor: Sequence[torch.Tensor]) -> Task:
         keys = check_pieces(block_ids, offset, src_tensor, self.block_size, "src_tensor")

@@ -79,9 +79,11 @@ class SlotPoolTier(Tier):
     # ---- contract -------------------------------------------------------------------------
     def has(self, key: bytes) -> bool:
         with self._lock:
-            self.admission.record(key)
-            blk = self._blocks.get(key)
-            return blk is not None and blk.committed
+            return super().has(key)
+
+    def holds(self, key: bytes) -> bool:
+        blk = self._blocks.get(key)
+        return blk is not None and blk.committed
 
     def dump(self, block_ids: Sequence[BlockId], offset: Sequence[int], src_tensor: Sequence[torch.Tensor]) -> Task:
         keys = check_pieces(block_ids, offset, src_tensor, self.block_size, "src_tensor")
