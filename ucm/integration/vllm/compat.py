@@ -12,6 +12,9 @@ what differs is collected here:
   ``request.block_hashes`` are not stable across processes there. ucm chains vLLM's own
   ``hash_block_tokens`` (same tokens and extra keys: LoRA, multimodal, cache salt) from its own
   fixed root instead, which is stable on both versions.
+- Asynchronous dumps use ``request_finished``'s ``delay_free``, ``get_finished``'s
+  ``finished_sending``, ``build_connector_worker_meta`` / ``update_connector_output`` and
+  ``handle_preemptions``: same names and semantics in both, nothing to adapt here.
 - Both default ``kv_load_failure_policy`` to "fail"; ucm switches it to "recompute" (a failed
   load is a cache miss, never an error) unless the user set ``ucm_load_failure_policy: fail``.
 """
@@ -24,6 +27,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (  # noqa: F401  (
     KVConnectorBase_V1,
     KVConnectorMetadata,
     KVConnectorRole,
+    KVConnectorWorkerMetadata,
 )
 from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (  # noqa: F401
     KVConnectorPromMetrics,
@@ -45,7 +49,7 @@ except ImportError:  # older layout
 
 import vllm
 
-__all__ = ["KVConnectorBase_V1", "KVConnectorMetadata", "KVConnectorRole", "KVConnectorPromMetrics",
+__all__ = ["KVConnectorBase_V1", "KVConnectorMetadata", "KVConnectorRole", "KVConnectorWorkerMetadata", "KVConnectorPromMetrics",
            "KVConnectorStats", "HOST_HIT_SOURCE", "VLLM_VERSION", "block_hash_chain", "block_views",
            "device_type", "kv_cache_spec_summary", "layer_index", "make_recompute_on_load_failure",
            "tp_rank_and_size", "writable_alias"]

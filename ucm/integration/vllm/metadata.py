@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ucm.integration.vllm.compat import KVConnectorMetadata
+from ucm.integration.vllm.compat import KVConnectorMetadata, KVConnectorWorkerMetadata
 
 
 @dataclass
@@ -26,6 +26,26 @@ class DumpSpec:
 class UcmConnectorMetadata(KVConnectorMetadata):
     loads: list[LoadSpec] = field(default_factory=list)
     dumps: list[DumpSpec] = field(default_factory=list)
+    # requests preempted in this step that had dumps: the worker waits for those dumps before the
+    # step runs, since vLLM has freed their blocks already
+    preempted: list[str] = field(default_factory=list)
+    # finished requests whose blocks vLLM keeps (request_finished said delay_free): the worker
+    # reports each in finished_sending once its dumps are done
+    delayed: list[str] = field(default_factory=list)
+    seq: int = 0  # this step's number (the scheduler counts build_connector_meta calls from 1)
 
     def is_empty(self) -> bool:
-        return not self.loads and not self.dumps
+        return not self.loads and not self.dumps and not self.preempted and not self.delayed
+
+
+@dataclass
+class UcmWorkerMetadata(KVConnectorWorkerMetadata):
+    """Worker -> scheduler, every step: per TP rank, the step number up to which every dump is
+    committed or dropped (no copy of those steps reads vLLM's blocks any more)."""
+    done_upto: dict[int, int] = field(default_factory=dict)
+
+    def aggregate(self, other: "KVConnectorWorkerMetadata") -> "UcmWorkerMetadata":
+        merged = dict(self.done_upto)
+        for rank, seq in getattr(other, "done_upto", {}).items():
+            merged[rank] = max(merged.get(rank, 0), seq)
+        return UcmWorkerMetadata(merged)

@@ -8,8 +8,17 @@
 - ``build_connector_meta``: this step's loads, and dumps of every block that becomes full in this
   step (prompt and generated tokens), once per step even when requests share it (the store
   itself skips blocks it already holds).
-- ``request_finished``: a request's dumps complete within its last step, so its blocks are freed
-  at once and a later request with the same prefix hits.
+- Dumps are asynchronous (the worker commits them steps later), so vLLM must not reuse a block
+  while a dump still reads it. Every step has a number (``meta.seq``); each worker reports, per
+  TP rank, the step up to which all its dumps are done (``UcmWorkerMetadata`` through vLLM's
+  ``update_connector_output``). ``request_finished`` returns ``delay_free=True`` for a request
+  whose last dump is past that point on some rank, and names it in the next ``meta.delayed``;
+  the worker reports it in ``finished_sending`` once its dumps are done, and vLLM frees its
+  blocks then. Requests whose dumps are known done are freed at once.
+- Preemption frees a request's blocks at once (no connector hook can delay it, in 0.26 and 0.32):
+  ``build_connector_meta`` lists preempted requests with dumps in ``meta.preempted``, and the
+  worker waits for their dumps in ``handle_preemptions``, before the step that may reuse the
+  blocks runs.
 """
 from __future__ import annotations
 
@@ -37,6 +46,11 @@ class UcmScheduler:
         self.block_size = block_size
         self.reqs: dict[str, _ReqState] = {}
         self.pending_loads: dict[str, LoadSpec] = {}
+        # req id -> step of its last planned dump (since it started or was last preempted)
+        self.last_dump: dict[str, int] = {}
+        self.seq = 0  # steps planned (build_connector_meta calls)
+        self.done_upto: dict[int, int] = {}  # TP rank -> every dump of steps <= this is done
+        self.delayed: list[str] = []  # finished, blocks kept until the worker reports them
         self.stats = UcmConnectorStats()
 
     # ---- hooks ------------------------------------------------------------------------------
@@ -83,7 +97,14 @@ class UcmScheduler:
         self.stats.add(hit_tokens=n * self.block_size)
 
     def build_connector_meta(self, scheduler_output: Any) -> UcmConnectorMetadata:
-        meta = UcmConnectorMetadata()
+        self.seq += 1
+        meta = UcmConnectorMetadata(seq=self.seq, delayed=self.delayed)
+        self.delayed = []
+        # Preempted requests' blocks are already free: the worker waits for their dumps before this
+        # step runs (handle_preemptions). Done first: a request resumed in this same step plans anew.
+        for req_id in sorted(getattr(scheduler_output, "preempted_req_ids", None) or ()):
+            if self.last_dump.pop(req_id, None) is not None:
+                meta.preempted.append(req_id)
         planned: set[bytes] = set()
         for new in scheduler_output.scheduled_new_reqs:
             st = self.reqs.get(new.req_id)
@@ -109,9 +130,24 @@ class UcmScheduler:
         return meta
 
     def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, None]:
+        """``(delay_free, None)``: keep the blocks of a request whose dumps may still be in flight
+        until the worker reports them done (``get_finished`` -> ``finished_sending``)."""
         self.reqs.pop(request.request_id, None)
         self.pending_loads.pop(request.request_id, None)
-        return False, None
+        last = self.last_dump.pop(request.request_id, None)
+        delay = last is not None and last > self.confirmed()
+        if delay:
+            self.delayed.append(request.request_id)
+        return delay, None
+
+    def update_connector_output(self, output: Any) -> None:
+        meta = getattr(output, "kv_connector_worker_meta", None)
+        for rank, seq in getattr(meta, "done_upto", {}).items():
+            self.done_upto[rank] = max(self.done_upto.get(rank, 0), seq)
+
+    def confirmed(self) -> int:
+        """The step up to which every rank reported all dumps done."""
+        return min(self.done_upto.get(r, 0) for r in range(self.keys.tp_size))
 
     # ---- internals --------------------------------------------------------------------------
     def _plan_dump(self, meta: UcmConnectorMetadata, req_id: str, st: _ReqState, computed_after: int,
@@ -130,3 +166,4 @@ class UcmScheduler:
                 todo_b.append(b)
         if todo_h:
             meta.dumps.append(DumpSpec(req_id, todo_h, todo_b))
+            self.last_dump[req_id] = meta.seq

@@ -11,6 +11,7 @@ import torch
 
 from ucm.integration.vllm import compat, keys, lookup_rpc, settings, stores
 from ucm.integration.vllm.compat import KVConnectorBase_V1, KVConnectorMetadata, KVConnectorRole
+from ucm.integration.vllm.metadata import UcmWorkerMetadata
 from ucm.integration.vllm.scheduler import UcmScheduler
 from ucm.integration.vllm.stats import UcmConnectorStats, UcmPromMetrics
 from ucm.integration.vllm.worker import UcmWorker
@@ -68,8 +69,16 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
         assert self._worker is not None
         self._worker.register_kv_caches(kv_caches)
 
+    def handle_preemptions(self, kv_connector_metadata: Any) -> None:
+        # Called before the step runs (both versions), with the step's plan: waits for the dumps of
+        # requests preempted in it, whose blocks vLLM freed already and may reuse in this step.
+        if self._worker is not None:
+            self._worker.handle_preemptions(kv_connector_metadata)
+
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
         assert self._worker is not None
+        self._worker.note_meta(self._connector_metadata)
+        self._worker.poll_dumps()
         self._worker.start_load_kv(self._connector_metadata)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
@@ -87,8 +96,13 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
     def get_finished(self, finished_req_ids: set[str]) -> tuple[Optional[set[str]], Optional[set[str]]]:
         if self._worker is None:
             return None, None
+        self._worker.note_meta(self._connector_metadata)
         done = self._worker.finished_loads()
-        return None, (done or None)
+        sent = self._worker.finished_dumps()  # delayed requests whose blocks may be freed now
+        return (sent or None), (done or None)
+
+    def build_connector_worker_meta(self) -> Optional[UcmWorkerMetadata]:
+        return self._worker.worker_meta() if self._worker is not None else None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         return self._worker.get_block_ids_with_load_errors() if self._worker is not None else set()
@@ -98,6 +112,11 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
         return side.stats.take() if side is not None else None
 
     def shutdown(self):
+        if self._worker is not None:
+            try:
+                self._worker.close()  # commit the dumps still in flight
+            except Exception:  # never let shutdown fail on a dump
+                log.exception("ucm: committing the pending dumps at shutdown failed")
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -123,6 +142,10 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
     def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, Optional[dict[str, Any]]]:
         assert self._scheduler is not None
         return self._scheduler.request_finished(request, block_ids)
+
+    def update_connector_output(self, connector_output: Any) -> None:
+        if self._scheduler is not None:
+            self._scheduler.update_connector_output(connector_output)
 
     # ---- metrics ------------------------------------------------------------------------------
     @classmethod

@@ -8,10 +8,23 @@ One stored block = one vLLM block of one TP rank: every layer's K and V, layer a
   loads are done, while other requests keep computing. A failed block is reported through
   ``get_block_ids_with_load_errors`` in that same pass, before the request ever runs, so vLLM
   recomputes from the first failed block (ucm sets ``kv_load_failure_policy=recompute``).
-- ``save_kv_layer`` submits the dump of that layer's new full blocks right after its attention,
-  overlapping the next layers' compute; ``wait_for_save`` (end of the step, before vLLM may reuse
-  the blocks) waits for the copies and commits the blocks whose every piece landed, dropping the
-  others.
+- Dumps are asynchronous. ``save_kv_layer`` submits the copies of that layer's new full blocks
+  right after its attention (reserved once per step: ``reserve_blocks`` + ``write_planes``); on
+  CUDA they run on the store's copy stream, which first waits for the compute stream, on the CPU
+  on a copy thread. ``wait_for_save`` does not wait: the step's dump stays pending, and every
+  later hook (``handle_preemptions``, ``start_load_kv``, ``wait_for_save``, ``get_finished``)
+  checks the pending dumps without blocking and commits those that are done (blocks whose every
+  piece landed, the rest dropped); ``close`` (connector shutdown) waits for the rest. Lookups see
+  only committed blocks, so a prefix hit again before its dump committed simply misses.
+- Blocks must not be reused while a dump reads them. Each step, ``worker_meta`` tells the
+  scheduler up to which step this rank's dumps are all done; a finished request whose dumps may
+  still run is delayed by the scheduler (``request_finished`` -> ``delay_free``, listed in the
+  next ``meta.delayed``) and reported here in ``finished_sending`` once all of its dumps are
+  done; vLLM frees its blocks then. A preempted
+  request's blocks are freed by vLLM at once, so ``handle_preemptions`` waits for its dumps
+  before the step that may reuse them runs. Running requests keep their blocks.
+- A block already being written by an earlier pending dump (same content hash) is not written
+  again: one writer per stored block, so commits never wait for a later step's copies.
 """
 from __future__ import annotations
 
@@ -23,7 +36,7 @@ import torch
 
 from ucm.integration.vllm import compat
 from ucm.integration.vllm.keys import KeyMaker
-from ucm.integration.vllm.metadata import UcmConnectorMetadata
+from ucm.integration.vllm.metadata import UcmConnectorMetadata, UcmWorkerMetadata
 from ucm.integration.vllm.stats import UcmConnectorStats
 
 log = logging.getLogger("ucm")
@@ -50,6 +63,19 @@ def store_counters(stats: Any) -> tuple[int, int, int]:
     return out[0], out[1], out[2]
 
 
+class _Dump:
+    """One step's dump: its store task(s), the blocks it writes and the requests it reads from."""
+    __slots__ = ("seq", "keys", "rows", "req_ids", "tasks", "bw", "layers", "final", "t0")
+
+    def __init__(self, seq: int, keys: list[bytes], rows: list[int], req_ids: set[str]):
+        self.seq, self.keys, self.rows, self.req_ids = seq, keys, rows, req_ids
+        self.tasks: list[Any] = []  # one per layer (piece path) or the BlockWrite's task (batched)
+        self.bw: Any = None  # the batched path's BlockWrite
+        self.layers = 0  # layers submitted
+        self.final = False  # the step ended (wait_for_save): no more layers come
+        self.t0 = time.perf_counter()
+
+
 class _Layer:
     __slots__ = ("name", "index", "kv", "offset", "piece_offsets", "contiguous", "planes")
 
@@ -72,9 +98,16 @@ class UcmWorker:
         # loads in flight: req id -> (task, {key: vLLM block ids}, staging copies, start time)
         self._loading: dict[str, tuple[Any, dict[bytes, list[int]], list, float]] = {}
         self._failed_block_ids: set[int] = set()
-        self._dumps: list[Any] = []
-        self._reserved: Any = None  # this step's BlockWrite (batched dumps), reserved at its first layer
-        self._dump_t0 = 0.0
+        # dumps: the step being written (None between steps), and every dump not yet committed
+        self._step: Optional[_Dump] = None
+        self._pending: list[_Dump] = []
+        self._inflight: dict[bytes, int] = {}  # key -> pending dumps writing it (at most one)
+        self._req_dumps: dict[str, int] = {}  # req id -> pending dumps reading its blocks
+        # finished requests whose blocks vLLM keeps for us (meta.delayed): reported in
+        # finished_sending once their dumps are done
+        self._finishing: set[str] = set()
+        self._seen_meta: Any = None
+        self._seq = 0  # the step being run (meta.seq)
         self._store_counters = store_counters(self._store_stats())
 
     # ---- registration -----------------------------------------------------------------------
@@ -169,61 +202,169 @@ class UcmWorker:
         return out
 
     # ---- dumps ------------------------------------------------------------------------------
+    def note_meta(self, meta: Optional[UcmConnectorMetadata]) -> None:
+        """Take in a step's plan once (the first hook that sees it): wait for the dumps of requests
+        vLLM preempted (their blocks are free already and this step may reuse them), then record
+        which requests dump in this step. Every hook calls it, so none misses a step."""
+        if meta is None or meta is self._seen_meta:
+            return
+        self._seen_meta = meta
+        if self._step is not None:  # the previous step never reached wait_for_save
+            self._end_step()
+        self._seq = max(self._seq, meta.seq)
+        for req_id in meta.preempted:
+            self._flush(req_id)
+        self._finishing.update(meta.delayed)
+
+    def handle_preemptions(self, meta: Optional[UcmConnectorMetadata]) -> None:
+        self.note_meta(meta)
+        self.poll_dumps()
+
     @torch.inference_mode(False)
     def save_kv_layer(self, meta: Optional[UcmConnectorMetadata], layer_name: str) -> None:
         layer = self.layers.get(layer_name)
         if meta is None or not meta.dumps or layer is None:
             return
-        if not self._dumps:
-            self._dump_t0 = time.perf_counter()
+        self.note_meta(meta)
+        d = self._step
+        if d is None:  # first layer of the step: decide once which blocks are written
+            d = self._step = self._begin_step(meta)
+        if not d.keys:
+            d.layers += 1
+            return
         if self._planes is not None:
-            if self._reserved is None:  # first layer of the step: decide once which blocks are written
-                keys, rows = [], []
-                for spec in meta.dumps:
-                    keys.extend(self.keys.rank_key(h, self.rank) for h in spec.block_hashes)
-                    rows.extend(spec.block_ids)
-                self._reserved = self.store.reserve_blocks(keys, rows)
-            self.store.write_planes(self._reserved, layer.planes, offset=layer.offset)
-            self._dumps.append(self._reserved.task)
+            if d.bw is None:
+                d.bw = self.store.reserve_blocks(d.keys, d.rows)
+                d.tasks.append(d.bw.task)
+            self.store.write_planes(d.bw, layer.planes, offset=layer.offset)
+            d.layers += 1
             return
         ids, offs, srcs = [], [], []
-        for spec in meta.dumps:
-            for h, b in zip(spec.block_hashes, spec.block_ids):
-                key = self.keys.rank_key(h, self.rank)
-                for view, po in zip(compat.block_views(layer.kv, self.num_blocks, b), layer.piece_offsets):
-                    ids.append(key)
-                    offs.append(layer.offset + po)
-                    srcs.append(view if layer.contiguous else view.contiguous())
-        self._dumps.append(self.store.dump(ids, offs, srcs))
+        for key, b in zip(d.keys, d.rows):
+            for view, po in zip(compat.block_views(layer.kv, self.num_blocks, b), layer.piece_offsets):
+                ids.append(key)
+                offs.append(layer.offset + po)
+                srcs.append(view if layer.contiguous else view.contiguous())
+        d.tasks.append(self.store.dump(ids, offs, srcs))
+        d.layers += 1
 
     def wait_for_save(self, meta: Optional[UcmConnectorMetadata]) -> None:
-        self._reserved = None
-        if meta is None or not meta.dumps:
-            self._dumps = []
-            return
-        failed: set[bytes] = set()
-        for task in {id(t): t for t in self._dumps}.values():  # batched dumps share one task
-            if self.store.wait(task) != 0:
-                failed |= set(task.failed_ids)
-        complete = len(self._dumps) == len(self.layers)
-        self._dumps = []
-        good, bad = [], []
-        for spec in meta.dumps:
-            drop = not complete
-            for h in spec.block_hashes:
-                key = self.keys.rank_key(h, self.rank)
-                (bad if drop or key in failed else good).append(key)
-        if good:
-            self.store.commit(good, True)
-        if bad:
-            self.store.commit(bad, False)
+        """End of the step: the step's dump stays pending (committed by a later hook once done)."""
+        self.note_meta(meta)
+        if self._step is not None:
+            self._end_step()
+        self.poll_dumps()
         ev, rf, dumped = store_counters(self._store_stats())
         ev0, rf0, dumped0 = self._store_counters
         self._store_counters = (ev, rf, dumped)
         new = max(0, dumped - dumped0)  # blocks the store did not hold yet (it skips the others)
-        self.stats.add(dumped_blocks=new, dumped_bytes=new * self.block_bytes,
-                       dump_seconds=time.perf_counter() - self._dump_t0, dump_failed_blocks=len(bad),
-                       evictions=max(0, ev - ev0), refusals=max(0, rf - rf0))
+        if new or ev != ev0 or rf != rf0:
+            self.stats.add(dumped_blocks=new, dumped_bytes=new * self.block_bytes,
+                           evictions=max(0, ev - ev0), refusals=max(0, rf - rf0))
+
+    def finished_dumps(self) -> set[str]:
+        """Commit the dumps that are done; return the delayed requests (finished, so in vLLM's
+        ``finished_req_ids`` of this step or an earlier one) with no dump in flight any more."""
+        self.poll_dumps()
+        done = {r for r in self._finishing if not self._req_dumps.get(r)}
+        self._finishing -= done
+        return done
+
+    def worker_meta(self) -> UcmWorkerMetadata:
+        """This rank's progress for the scheduler: every dump of steps <= done_upto is done."""
+        done = min(d.seq for d in self._pending) - 1 if self._pending else self._seq
+        return UcmWorkerMetadata({self.rank: done})
+
+    def poll_dumps(self) -> None:
+        """Commit every pending dump that is done, without blocking (one older than the store's
+        timeout is waited for once more and then dropped, as a synchronous wait would have)."""
+        if not self._pending:
+            return
+        now = time.perf_counter()
+        timeout = getattr(self.store, "timeout_s", 60.0)
+        for d in list(self._pending):
+            if not d.final:
+                continue
+            if all(self.store.check(t) for t in d.tasks) or now - d.t0 > timeout:
+                self._retire(d)
+
+    def close(self) -> None:
+        """Shutdown: wait for the dumps in flight (bounded by the store's timeout) and commit them."""
+        if self._step is not None:
+            self._end_step()
+        for d in list(self._pending):
+            self._retire(d)
+        self._finishing.clear()
+
+    def pending_dumps(self) -> int:
+        return len(self._pending)
+
+    # ---- dump internals ---------------------------------------------------------------------
+    def _begin_step(self, meta: UcmConnectorMetadata) -> _Dump:
+        keys, rows, seen = [], [], set()
+        for spec in meta.dumps:
+            for h, b in zip(spec.block_hashes, spec.block_ids):
+                key = self.keys.rank_key(h, self.rank)
+                if key in seen or key in self._inflight:
+                    continue  # an earlier pending dump writes the same bytes already
+                seen.add(key)
+                keys.append(key)
+                rows.append(b)
+        d = _Dump(self._seq, keys, rows, {spec.req_id for spec in meta.dumps})
+        for key in keys:
+            self._inflight[key] = self._inflight.get(key, 0) + 1
+        for req_id in d.req_ids:
+            self._req_dumps[req_id] = self._req_dumps.get(req_id, 0) + 1
+        self._pending.append(d)
+        return d
+
+    def _end_step(self) -> None:
+        self._step.final = True
+        self._step = None
+
+    def _flush(self, req_id: str) -> None:
+        """Wait for (and commit) every pending dump that reads ``req_id``'s blocks."""
+        if not self._req_dumps.get(req_id):
+            return
+        t0 = time.perf_counter()
+        for d in list(self._pending):
+            if req_id in d.req_ids:
+                d.final = True  # its step is over: the request was preempted after it
+                self._retire(d)
+        log.debug("ucm: waited %.3f s for the dumps of preempted request %s", time.perf_counter() - t0, req_id)
+
+    def _retire(self, d: _Dump) -> None:
+        """Commit a finished dump (waiting for it if it is not done, bounded by the store's timeout):
+        blocks whose every piece landed, of a dump that got every layer, become hittable."""
+        self._pending.remove(d)
+        failed: set[bytes] = set()
+        all_bad = d.layers != len(self.layers)
+        for task in {id(t): t for t in d.tasks}.values():
+            if self.store.wait(task) != 0:
+                ids = set(task.failed_ids)
+                failed |= ids
+                all_bad |= not ids  # a failure without ids (timeout) fails them all
+        good = [k for k in d.keys if not all_bad and k not in failed]
+        bad = [k for k in d.keys if all_bad or k in failed]
+        try:
+            if good:
+                self.store.commit(good, True)
+            if bad:
+                self.store.commit(bad, False)
+        finally:
+            for key in d.keys:
+                n = self._inflight.get(key, 0) - 1
+                if n > 0:
+                    self._inflight[key] = n
+                else:
+                    self._inflight.pop(key, None)
+            for req_id in d.req_ids:
+                n = self._req_dumps.get(req_id, 0) - 1
+                if n > 0:
+                    self._req_dumps[req_id] = n
+                else:
+                    self._req_dumps.pop(req_id, None)
+        self.stats.add(dump_seconds=time.perf_counter() - d.t0, dump_failed_blocks=len(bad))
 
     def _store_stats(self) -> Any:
         fn = getattr(self.store, "stats", None)
