@@ -47,7 +47,7 @@ def _drive_until_idle(llm, worker, sched, timeout: float = 30.0) -> None:
 
 
 def test_dumps_do_not_block_the_step(tiny_model, baseline, monkeypatch):
-    delay = 0.5  # per plane copy: a step's dump (2 layers) takes >= 1 s on the copy thread
+    delay = 1.0  # per plane copy: a step's dump (2 layers) takes >= 2 s on the copy thread (margin on a loaded machine)
     _slow_copies(monkeypatch, delay)
     texts = engine.prompts("shared")
     with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20})) as llm:
@@ -78,7 +78,7 @@ def test_dumps_do_not_block_the_step(tiny_model, baseline, monkeypatch):
 
 
 def test_finished_request_blocks_are_freed_only_after_its_dumps(tiny_model, baseline, monkeypatch):
-    _slow_copies(monkeypatch, 0.5)
+    _slow_copies(monkeypatch, 1.0)  # generous: the first pass must finish while dumps still run
     texts = engine.prompts("shared")
     with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20})) as llm:
         worker, sched = _sides(llm)
