@@ -197,26 +197,13 @@ def _raw_hooked(ev, begin, trace: Trace, flags, lo: int, hi: int) -> None:
     """One tier, admission always, a policy with ``begin_sequence``: called at each request start."""
     import bisect
     keys, starts = trace.keys, trace.starts
-    cap = ev.capacity
-    touch, insert, evict = ev.touch, ev.insert, ev.evict
-    contains = ev.__contains__
-    length = ev.__len__
     r = bisect.bisect_right(starts, lo) - 1  # the request holding lo
     while lo < hi:
         s, e = starts[r], starts[r + 1]
         if s == lo:
             begin()
         end = e if e < hi else hi
-        for i in range(lo, end):
-            k = keys[i]
-            if contains(k):
-                touch(k)
-                flags[i] = 1
-            else:
-                while length() >= cap:
-                    if evict(incoming=k) is None:
-                        break
-                insert(k)
+        _raw_generic(ev, keys, flags, lo, end)  # one request's accesses
         lo = end
         r += 1
 

@@ -76,6 +76,15 @@ class _Dump:
         self.t0 = time.perf_counter()
 
 
+def _decrement(counts: dict, key) -> None:
+    """Count one fewer of ``key``, forgetting it at zero."""
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
+
+
 class _Layer:
     __slots__ = ("name", "index", "kv", "offset", "piece_offsets", "contiguous", "planes")
 
@@ -353,17 +362,9 @@ class UcmWorker:
                 self.store.commit(bad, False)
         finally:
             for key in d.keys:
-                n = self._inflight.get(key, 0) - 1
-                if n > 0:
-                    self._inflight[key] = n
-                else:
-                    self._inflight.pop(key, None)
+                _decrement(self._inflight, key)
             for req_id in d.req_ids:
-                n = self._req_dumps.get(req_id, 0) - 1
-                if n > 0:
-                    self._req_dumps[req_id] = n
-                else:
-                    self._req_dumps.pop(req_id, None)
+                _decrement(self._req_dumps, req_id)
         self.stats.add(dump_seconds=time.perf_counter() - d.t0, dump_failed_blocks=len(bad))
 
     def _store_stats(self) -> Any:
