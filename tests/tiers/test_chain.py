@@ -67,3 +67,14 @@ def test_load_blocks_mixes_head_and_lower_tiers(chain):
     assert chain.wait(task) == OK
     for src, dst in zip(planes, out):
         assert torch.equal(dst[4:12], src[0:8])
+
+
+def test_dump_of_a_block_committed_below_the_head_is_skipped(chain):
+    """Found by the dict model: a block demoted to DRAM and dumped again must keep its first bytes
+    (ids are content hashes), not get a second, different copy in the head."""
+    first = put(chain, ["k0"], seed=1)["k0"]
+    put(chain, ["x", "y", "z"], seed=10)  # the 2-block head evicts k0 into DRAM
+    assert not chain.head.holds(b"k0") and chain.lookup(["k0"]) == [True]
+    put(chain, ["k0"], seed=99)  # other bytes under the same id: skipped
+    code, out = get(chain, "k0")
+    assert code == 0 and torch.equal(out, first)

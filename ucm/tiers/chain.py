@@ -1,9 +1,10 @@
 """An ordered chain of tiers, fastest first (e.g. HBM -> DRAM -> disk).
 
 - lookup: a block is present if any tier holds it.
-- dump/commit: into the head tier; a block the head refuses (full of blocks in flight, or its
-  admission says no) falls through to the next tier. All pieces of one block go to the tier that
-  took its first piece, until commit. What a tier evicts is demoted into the next one.
+- dump/commit: into the head tier; a block committed in any tier already is skipped (ids are
+  content hashes), and a block the head refuses (full of blocks in flight, or its admission says
+  no) falls through to the next tier. All pieces of one block go to the tier that took its first
+  piece, until commit. What a tier evicts is demoted into the next one.
 - load: each block is read from the fastest tier holding it. A block found below the head is read
   once, promoted into the head (subject to the head's admission) and copied into the caller's
   tensors, on a worker thread, so load() stays asynchronous.
@@ -55,6 +56,9 @@ class TierChain(Store):
         task = Task("dump")
         with self._lock:
             routed = [self._writing.get(k, self.head) for k in keys]
+        # committed below the head already: skipped, as a tier skips its own (ids are content hashes)
+        below = {k for k, t in zip(keys, routed) if t is self.head and any(t2.holds(k) for t2 in self.tiers[1:])}
+        routed = [None if k in below else t for k, t in zip(keys, routed)]
         for level, tier in enumerate(self.tiers):
             idx = [i for i, t in enumerate(routed) if t is tier]
             if not idx:
@@ -92,6 +96,13 @@ class TierChain(Store):
         for parts in task.planes:
             parts.append(lower)
         return task
+
+    def pin(self, block_ids, owner: str) -> list[bool]:
+        """Pins in the head only: blocks below it load through a promotion, which can fail."""
+        return self.head.pin(block_ids, owner)
+
+    def unpin(self, owner: str) -> None:
+        self.head.unpin(owner)
 
     def commit(self, block_ids, is_success: bool = True) -> None:
         keys = to_keys(block_ids)
