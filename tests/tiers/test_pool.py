@@ -61,6 +61,35 @@ def test_blocks_being_loaded_are_not_evicted(pool_tier):
     assert pool_tier.lookup(["after"]) == [True]
 
 
+def test_pinned_blocks_stay_until_unpinned(pool_tier):
+    ids = [f"b{i}" for i in range(SLOTS)]
+    data = put(pool_tier, ids)
+    assert pool_tier.pin(["b0", "b1", "absent"], "req-1") == [True, True, False]
+    assert pool_tier.pin(["b1"], "req-2") == [True]
+    for i in range(3 * SLOTS):  # churn: everything else is evicted, the pinned blocks stay
+        put(pool_tier, [f"n{i}"], seed=100 + i)
+    assert pool_tier.lookup(["b0", "b1"]) == [True, True]
+    code, out = get(pool_tier, "b0")
+    assert code == OK and torch.equal(out, data["b0"])
+    pool_tier.unpin("req-1")
+    pool_tier.unpin("req-1")  # idempotent
+    for i in range(2 * SLOTS):
+        put(pool_tier, [f"m{i}"], seed=300 + i)
+    assert pool_tier.lookup(["b0", "b1"]) == [False, True], "b1 is still pinned by req-2"
+    pool_tier.unpin("req-2")
+    for i in range(2 * SLOTS):
+        put(pool_tier, [f"k{i}"], seed=500 + i)
+    assert pool_tier.lookup(["b1"]) == [False]
+    assert not pool_tier._reading and not pool_tier._pins
+
+
+def test_chain_pins_only_blocks_in_its_head(chain):
+    put(chain, ["a"], seed=1)  # dumps land in the head
+    assert chain.pin(["a", "nope"], "r") == [True, False]
+    chain.unpin("r")
+    assert not chain.head._reading
+
+
 def test_protected_blocks_refuse_new_dumps_when_all_are_read(dram_tier):
     ids = [f"b{i}" for i in range(SLOTS)]
     put(dram_tier, ids)

@@ -10,9 +10,17 @@ from ucm.integration.vllm import lookup_rpc, stores
 class _Store:
     def __init__(self, held):
         self.held = set(held)
+        self.pins: dict[str, list[bytes]] = {}
 
     def lookup(self, keys):
         return [k in self.held for k in keys]
+
+    def pin(self, keys, owner):
+        self.pins.setdefault(owner, []).extend(k for k in keys if k in self.held)
+        return self.lookup(keys)
+
+    def unpin(self, owner):
+        self.pins.pop(owner, None)
 
 
 def test_ranked_lookup_over_ipc_needs_every_rank():
@@ -44,3 +52,21 @@ def test_unreachable_worker_counts_misses(monkeypatch):
     look = lookup_rpc.RankedLookup(uuid.uuid4().hex, 1)
     assert look.lookup([[b"x", b"y"]]) == [False, False]
     look.close()
+
+
+def test_pins_travel_over_ipc_and_need_every_rank():
+    eid = uuid.uuid4().hex
+    stores_ = [_Store({b"a/tp0", b"b/tp0"}), _Store({b"a/tp1", b"b/tp1"})]
+    servers = [lookup_rpc.LookupServer(s, lookup_rpc.socket_path(eid, r)) for r, s in enumerate(stores_)]
+    try:
+        look = lookup_rpc.RankedLookup(eid, 2)
+        assert look.pin([[b"a/tp0", b"b/tp0"], [b"a/tp1", b"b/tp1"]], "req-1") is True
+        assert stores_[0].pins == {"req-1": [b"a/tp0", b"b/tp0"]} and stores_[1].pins == {"req-1": [b"a/tp1", b"b/tp1"]}
+        assert look.pin([[b"a/tp0", b"c/tp0"], [b"a/tp1", b"c/tp1"]], "req-2") is False
+        look.unpin("req-1")
+        look.unpin("req-2")
+        assert stores_[0].pins == {} and stores_[1].pins == {}
+        look.close()
+    finally:
+        for s in servers:
+            s.close()

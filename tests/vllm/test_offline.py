@@ -8,9 +8,13 @@ from tests.vllm import engine
 from ucm.integration.vllm import stats
 
 
-def test_shared_prefix_second_pass_loads_from_dram(tiny_model, baseline):
+@pytest.mark.parametrize("mode", ["layerwise", "async"])
+def test_shared_prefix_second_pass_loads_from_dram(tiny_model, baseline, mode):
+    """Layer-wise (the default: hits pinned in DRAM load inside the request's own step, each layer
+    before its attention) and between steps (the request waits): same hits, same tokens."""
     texts = engine.prompts("shared")
-    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20, "kv_block_size": 32 * 32 * 2 * 4})) as llm:
+    cfg = engine.ktc(config={"max_cache_size": 64 << 20, "kv_block_size": 32 * 32 * 2 * 4}, ucm_load_mode=mode)
+    with engine.llm(tiny_model, cfg) as llm:
         stats.reset_totals()
         first = engine.generate(llm, texts)
         t1 = stats.totals()
@@ -25,6 +29,7 @@ def test_shared_prefix_second_pass_loads_from_dram(tiny_model, baseline):
     assert t2["hit_tokens"] == want_hit
     assert [o["cached"] for o in second] == [engine.full_blocks(o["prompt_len"]) * engine.BLOCK for o in second]
     assert t2["loaded_blocks"] == 4 * 9 and t2["load_failed_blocks"] == 0  # each request loads its own copy
+    assert t2["layerwise_blocks"] == (4 * 9 if mode == "layerwise" else 0)
     engine.assert_same_outputs(second, baseline["shared"])
 
 
@@ -86,9 +91,12 @@ def _failing_load(store, every: int, garbage: bool = True):
     return hits
 
 
-def test_failed_load_is_recomputed(tiny_model, baseline):
+@pytest.mark.parametrize("mode", ["layerwise", "async"])
+def test_failed_load_is_recomputed(tiny_model, baseline, mode):
+    """Failures injected below the pins (every 4th block): vLLM recomputes from the first failed
+    block, in the request's own step (layer-wise) or before the request runs (async)."""
     texts = engine.prompts("shared")
-    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20})) as llm:
+    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20}, ucm_load_mode=mode)) as llm:
         engine.generate(llm, texts)  # fill the store
         injected = _failing_load(engine.live_store(), every=4)
         stats.reset_totals()
@@ -162,7 +170,9 @@ def test_with_vllm_prefix_cache_on_and_reset(tiny_model, baseline):
         second = engine.generate(llm, texts)
         t = stats.totals()
     want = [engine.full_blocks(o["prompt_len"]) * engine.BLOCK for o in second]
-    assert [o["cached"] for o in second] == want and t["hit_tokens"] == sum(want), t
+    # every full block is cached; ucm loads at least the first prompt's blocks (with layer-wise
+    # loads, prompts of the same step may share the shared prefix through vLLM's own cache)
+    assert [o["cached"] for o in second] == want and want[0] <= t["hit_tokens"] <= sum(want), t
     engine.assert_same_outputs(first, baseline["shared"])
     engine.assert_same_outputs(second, baseline["shared"])
 

@@ -12,7 +12,7 @@ def test_seed_form_defaults():
     s = settings.parse_extra_config({"ucm_connector_name": "UcmDramStore",
                                      "ucm_connector_config": {"max_cache_size": 5368709120, "kv_block_size": 262144}})
     assert s.store_name == "UcmDramStore" and s.store_config["max_cache_size"] == 5368709120
-    assert s.hydra_config is None and s.load_failure_policy == "recompute"
+    assert s.hydra_config is None and s.load_failure_policy == "recompute" and s.load_mode == "layerwise"
     assert settings.given_block_size(s) == 262144
 
 
@@ -30,6 +30,7 @@ def test_hydra_form():
     ({"ucm_config": "dram", "ucm_overrides": "eviction=arc"}, "list"),
     ({"ucm_connector_config": 5}, "mapping"),
     ({"ucm_load_failure_policy": "retry"}, "recompute"),
+    ({"ucm_load_mode": "sync"}, "ucm_load_mode must be one of"),
 ])
 def test_bad_extra_config_names_the_key(extra, words):
     with pytest.raises(ValueError, match=words):

@@ -228,6 +228,16 @@ class Store(ABC):
         """One layer's planes of a reserved dump, at byte ``offset`` of each block."""
         bw.task.add_task(self.dump_blocks(bw.block_ids, planes, bw.rows, offset))
 
+    def pin(self, block_ids: Sequence[BlockId], owner: str) -> list[bool]:
+        """Keep the blocks committed in this store's fastest tier resident until ``unpin(owner)``;
+        True per block pinned. A load of pinned blocks cannot miss, so a caller may let work
+        depend on it before it finishes (vLLM's layer-wise loads). Stores without a memory tier
+        pin nothing."""
+        return [False for _ in to_keys(block_ids)]
+
+    def unpin(self, owner: str) -> None:
+        """Release every pin of ``owner`` (no-op if it holds none)."""
+
     def create(self, block_ids: Sequence[BlockId]) -> list[int]:
         """Optional in the seed API: nothing to reserve here (dump allocates). Returns 0 per id."""
         return [OK for _ in to_keys(block_ids)]

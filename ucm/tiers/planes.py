@@ -99,6 +99,13 @@ class _Events:
 
         return all(_EventCompletion(e).wait(timeout) for e in self.events)
 
+    def stream_wait(self, stream=None) -> None:
+        """Make ``stream`` (default: the current one) wait for these copies, without blocking
+        the CPU: the model's next kernels start as soon as the layer has landed."""
+        stream = stream or torch.cuda.current_stream()
+        for e in self.events:
+            stream.wait_event(e)
+
 
 def copy_planes_cpu(planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> None:
     """Row by row: a memcpy each, no temporary (index ops would allocate and fault in a gathered copy)."""
@@ -115,9 +122,9 @@ def copy_planes_cpu(planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> No
 class CudaPlaneCopier:
     """Issues plane copies on one copy stream: gathers, DMAs and scatters, in order."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, priority: int = 0):
         self.device = device
-        self.copy_stream = torch.cuda.Stream(device)
+        self.copy_stream = torch.cuda.Stream(device, priority=priority)
 
     def submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list[_Events]:
         self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))

@@ -67,13 +67,17 @@ class SlotPoolTier(Tier):
         self.admission = admission
         self._free = deque(range(self.num_slots))  # in order, so fresh slots are contiguous
         self._blocks: dict[bytes, _Block] = {}
-        self._reading: dict[bytes, int] = {}  # key -> loads in flight (protected from eviction)
+        self._reading: dict[bytes, int] = {}  # key -> loads in flight + pins (protected from eviction)
+        self._pins: dict[str, list[bytes]] = {}  # owner -> keys it pinned (each counted in _reading)
         self._inflight: list[Task] = []
         self._lock = threading.RLock()
         self._dumps = CopyEngine(f"{name}-dump", device)
         self._loads = CopyEngine(f"{name}-load", device)
-        self._cuda = CudaPlaneCopier(torch.device("cuda", torch.cuda.current_device())) \
-            if torch.cuda.is_available() else None
+        # dumps and loads on streams of their own: a load on a request's critical path never
+        # queues behind an earlier step's dump (H2D and D2H use separate copy engines)
+        cuda = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        self._cuda_dump = CudaPlaneCopier(cuda) if cuda is not None else None
+        self._cuda_load = CudaPlaneCopier(cuda, priority=-1) if cuda is not None else None
         self.counters = dict(dumped_blocks=0, loaded_blocks=0, evictions=0, refused=0, demoted=0, skipped=0)
 
     # ---- contract -------------------------------------------------------------------------
@@ -122,6 +126,25 @@ class SlotPoolTier(Tier):
                     self.eviction.insert(key)
                 else:
                     self._drop(key)
+
+    def pin(self, block_ids: Sequence[BlockId], owner: str) -> list[bool]:
+        keys = to_keys(block_ids)
+        with self._lock:
+            held = [self.holds(k) for k in keys]
+            mine = self._pins.setdefault(owner, [])
+            for key, ok in zip(keys, held):
+                if ok:
+                    mine.append(key)
+                    self._reading[key] = self._reading.get(key, 0) + 1
+            if not mine:
+                del self._pins[owner]
+        return held
+
+    def unpin(self, owner: str) -> None:
+        with self._lock:
+            keys = self._pins.pop(owner, None)
+        if keys:
+            self._release(keys)
 
     # ---- whole rows of many blocks at once ---------------------------------------------------
     def dump_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence,
@@ -339,8 +362,8 @@ class SlotPoolTier(Tier):
     def _submit_planes(self, views: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list:
         if not len(plan):
             return []
-        if self._cuda is not None and views[0].user.is_cuda:
-            return self._cuda.submit(views, plan, to_pool)
+        if self._cuda_dump is not None and views[0].user.is_cuda:
+            return (self._cuda_dump if to_pool else self._cuda_load).submit(views, plan, to_pool)
         engine = self._dumps if to_pool else self._loads  # one job per plane: each completes on its own
         return [engine.run(copy_planes_cpu, [v], plan, to_pool) for v in views]
 

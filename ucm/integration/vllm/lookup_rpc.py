@@ -3,8 +3,9 @@
 The store lives with the worker that fills it (one per TP rank). When the scheduler shares the
 process (offline ``LLM``, GPU ``vllm serve`` with TP=1) it calls the store directly; otherwise
 (vLLM CPU's serving executor, TP > 1) each worker answers lookups on a ZeroMQ IPC socket named
-after the engine id and its rank, and the scheduler asks every rank. Frames: the request is the
-list of keys, the reply one byte per key (1 = held). An unreachable worker answers "miss".
+after the engine id and its rank, and the scheduler asks every rank. Frames: the request is an op
+(``L`` lookup, ``P<owner>`` pin, ``U<owner>`` unpin) then the keys; the reply is one byte per key
+(1 = held / pinned). An unreachable worker answers "miss" (and pins nothing).
 """
 from __future__ import annotations
 
@@ -47,9 +48,9 @@ class LookupServer:
         while not self._stop.is_set():
             if not poller.poll(200):
                 continue
-            keys = self._sock.recv_multipart()
+            op, *keys = self._sock.recv_multipart()
             try:
-                found = self.store.lookup(keys) if keys and keys != [b""] else []
+                found = _answer(self.store, op, keys)
             except Exception as exc:  # noqa: BLE001 - a broken lookup is a miss
                 log.warning("ucm: lookup failed: %s", exc)
                 found = [False] * len(keys)
@@ -63,6 +64,18 @@ class LookupServer:
             os.unlink(self.path)
         except OSError:
             pass
+
+
+def _answer(store: Any, op: bytes, keys: list[bytes]) -> list[bool]:
+    kind, owner = op[:1], op[1:].decode()
+    if kind == b"L":
+        return list(store.lookup(keys)) if keys else []
+    if kind == b"P":
+        return list(store.pin(keys, owner)) if keys else []
+    if kind == b"U":
+        store.unpin(owner)
+        return []
+    raise ValueError(f"unknown lookup op {op[:16]!r}")
 
 
 class LookupClient:
@@ -84,11 +97,18 @@ class LookupClient:
         return self._sock
 
     def lookup(self, keys: list[bytes]) -> list[bool]:
-        if not keys:
-            return []
+        return self.ask(b"L", keys) if keys else []
+
+    def pin(self, keys: list[bytes], owner: str) -> list[bool]:
+        return self.ask(b"P" + owner.encode(), keys) if keys else []
+
+    def unpin(self, owner: str) -> None:
+        self.ask(b"U" + owner.encode(), [])
+
+    def ask(self, op: bytes, keys: list[bytes]) -> list[bool]:
         try:
             sock = self._connect()
-            sock.send_multipart(keys)
+            sock.send_multipart([op, *keys])
             reply = sock.recv()
             return [b == 1 for b in reply[:len(keys)]] + [False] * (len(keys) - len(reply))
         except zmq.ZMQError as exc:
@@ -115,24 +135,39 @@ class RankedLookup:
         self.tp_size = tp_size
         self._clients: dict[int, LookupClient] = {}
 
-    def _rank_lookup(self, rank: int, keys: list[bytes]) -> list[bool]:
+    def _rank(self, rank: int) -> Any:
+        """Rank ``rank``'s store in this process, else a client that asks it over IPC."""
         from ucm.integration.vllm import stores
 
         store = stores.get(store_key(self.engine_id, rank))
         if store is not None:
-            return list(store.lookup(keys))
+            return store
         client = self._clients.get(rank)
         if client is None:
             client = self._clients[rank] = LookupClient(socket_path(self.engine_id, rank))
-        return client.lookup(keys)
+        return client
 
     def lookup(self, per_rank_keys: list[list[bytes]]) -> list[bool]:
         """``per_rank_keys[r]`` are rank r's keys of the same blocks; True where all ranks hold it."""
         result: Optional[list[bool]] = None
         for rank, keys in enumerate(per_rank_keys):
-            found = self._rank_lookup(rank, keys)
+            found = list(self._rank(rank).lookup(keys))
             result = found if result is None else [a and b for a, b in zip(result, found)]
         return result or []
+
+    def pin(self, per_rank_keys: list[list[bytes]], owner: str) -> bool:
+        """Pin the blocks on every rank for ``owner``; True only if every rank pinned every block
+        (else the caller unpins: what was pinned is released with ``unpin``)."""
+        ok = True
+        for rank, keys in enumerate(per_rank_keys):
+            ok = all(self._rank(rank).pin(keys, owner)) and ok
+            if not ok:
+                break
+        return ok
+
+    def unpin(self, owner: str) -> None:
+        for rank in range(self.tp_size):
+            self._rank(rank).unpin(owner)
 
     def close(self) -> None:
         for c in self._clients.values():

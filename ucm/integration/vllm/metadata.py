@@ -8,10 +8,13 @@ from ucm.integration.vllm.compat import KVConnectorMetadata, KVConnectorWorkerMe
 
 @dataclass
 class LoadSpec:
-    """Load ``block_hashes[i]`` into vLLM block ``block_ids[i]`` before this step's forward."""
+    """Load ``block_hashes[i]`` into vLLM block ``block_ids[i]``: between steps (``layerwise``
+    False: the request waits for it), or in this step's forward, each layer before its attention
+    (``layerwise`` True: the blocks are pinned in the store's memory tier, so it cannot miss)."""
     req_id: str
     block_hashes: list[bytes]
     block_ids: list[int]
+    layerwise: bool = False
 
 
 @dataclass

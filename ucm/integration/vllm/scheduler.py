@@ -2,8 +2,12 @@
 
 - ``get_num_new_matched_tokens``: after vLLM's own (block-aligned) hit, the longest run of full
   blocks the store holds for every TP rank, leaving at least the last prompt token to compute.
-  Loads are asynchronous: the request waits (WAITING_FOR_REMOTE_KVS) while its blocks are read
-  and other requests compute; a failed block is recomputed before the request ever runs.
+  In ``layerwise`` mode the hit is then pinned in every rank's memory tier (it cannot be evicted
+  before it loads): the request runs in this very step and the worker loads each layer ahead of
+  its attention. A hit that cannot be pinned (on disk only, or evicted meanwhile) and every hit
+  in ``async`` mode loads between steps: the request waits (WAITING_FOR_REMOTE_KVS) while other
+  requests compute, and a failed block is recomputed before the request ever runs. Pins are
+  released by the worker once the load is submitted, or here when the request ends without it.
 - ``update_state_after_alloc``: records the vLLM blocks the hit loads into.
 - ``build_connector_meta``: this step's loads, and dumps of every block that becomes full in this
   step (prompt and generated tokens), once per step even when requests share it (the store
@@ -37,11 +41,14 @@ class _ReqState:
     dumped_upto: int = 0  # blocks [0, dumped_upto) are stored or planned
     lookup: tuple[int, int] = (0, 0)  # (first block, blocks hit) of the last lookup
     admitted: bool = False  # update_state_after_alloc seen for the last lookup
+    layerwise: bool = False  # the last lookup's hit is pinned: it loads in the request's own step
 
 
 class UcmScheduler:
-    def __init__(self, lookup: Any, keys: KeyMaker, block_size: int):
+    def __init__(self, lookup: Any, keys: KeyMaker, block_size: int, layerwise: bool = True):
         self.lookup = lookup  # lookup_rpc.RankedLookup: every rank's store
+        self.layerwise = layerwise
+        self.pinned: set[str] = set()  # requests holding pins whose load is not planned yet
         self.keys = keys
         self.block_size = block_size
         self.reqs: dict[str, _ReqState] = {}
@@ -74,6 +81,14 @@ class UcmScheduler:
                 break
             hit += 1
         st.lookup = (first, hit)
+        st.layerwise = False
+        if hit and self.layerwise:
+            rid = request.request_id
+            self.pinned.add(rid)
+            if self.lookup.pin([[self.keys.rank_key(h, r) for h in hashes[:hit]] for r in range(self.keys.tp_size)], rid):
+                st.layerwise = True
+                return hit * bs, False
+            self._unpin(rid)
         return hit * bs, hit > 0
 
     def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
@@ -92,7 +107,8 @@ class UcmScheduler:
         if n <= 0:
             return
         hashes = self.keys.hashes(st.keys, first + n)[first:first + n]
-        self.pending_loads[request.request_id] = LoadSpec(request.request_id, hashes, block_ids[first:first + n])
+        self.pending_loads[request.request_id] = LoadSpec(request.request_id, hashes, block_ids[first:first + n],
+                                                          layerwise=st.layerwise)
         st.dumped_upto = max(st.dumped_upto, first + n)
         self.stats.add(hit_tokens=n * self.block_size)
 
@@ -127,6 +143,8 @@ class UcmScheduler:
                             + scheduler_output.num_scheduled_tokens.get(req_id, 0), planned)
         meta.loads = list(self.pending_loads.values())
         self.pending_loads.clear()
+        for spec in meta.loads:  # the worker unpins once it has submitted the load
+            self.pinned.discard(spec.req_id)
         return meta
 
     def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, None]:
@@ -134,6 +152,8 @@ class UcmScheduler:
         until the worker reports them done (``get_finished`` -> ``finished_sending``)."""
         self.reqs.pop(request.request_id, None)
         self.pending_loads.pop(request.request_id, None)
+        if request.request_id in self.pinned:
+            self._unpin(request.request_id)
         last = self.last_dump.pop(request.request_id, None)
         delay = last is not None and last > self.confirmed()
         if delay:
@@ -150,6 +170,10 @@ class UcmScheduler:
         return min(self.done_upto.get(r, 0) for r in range(self.keys.tp_size))
 
     # ---- internals --------------------------------------------------------------------------
+    def _unpin(self, req_id: str) -> None:
+        self.pinned.discard(req_id)
+        self.lookup.unpin(req_id)
+
     def _plan_dump(self, meta: UcmConnectorMetadata, req_id: str, st: _ReqState, computed_after: int,
                    planned: set[bytes]) -> None:
         full = min(computed_after, st.keys.request.num_tokens) // self.block_size

@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 KNOWN_KEYS = ("ucm_connector_name", "ucm_connector_config", "ucm_config", "ucm_overrides",
-              "ucm_load_failure_policy")
+              "ucm_load_failure_policy", "ucm_load_mode")
+#: "layerwise": hits pinned in the store's memory tier load during the request's own step, layer
+#: by layer ahead of its attention; other hits (disk) load between steps. "async": every hit
+#: loads between steps (the request waits, others compute).
+LOAD_MODES = ("layerwise", "async")
 
 
 @dataclass
@@ -30,6 +34,7 @@ class ConnectorSettings:
     hydra_config: Optional[str] = None  # conf/store/<name>.yaml choice
     hydra_overrides: list = field(default_factory=list)
     load_failure_policy: str = "recompute"
+    load_mode: str = "layerwise"
 
 
 def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
@@ -60,6 +65,10 @@ def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
     if policy not in ("recompute", "fail"):
         raise ValueError(f"ucm: ucm_load_failure_policy must be 'recompute' or 'fail', got {policy!r}")
     s.load_failure_policy = policy
+    mode = extra.get("ucm_load_mode", "layerwise")
+    if mode not in LOAD_MODES:
+        raise ValueError(f"ucm: ucm_load_mode must be one of {list(LOAD_MODES)}, got {mode!r}")
+    s.load_mode = mode
     return s
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ucm.integration.vllm.compat import KVConnectorPromMetrics, KVConnectorStats
 
-COUNTERS = ("lookup_tokens", "hit_tokens", "loaded_blocks", "loaded_bytes", "load_seconds",
+COUNTERS = ("lookup_tokens", "hit_tokens", "loaded_blocks", "layerwise_blocks", "loaded_bytes", "load_seconds",
             "load_failed_blocks", "dumped_blocks", "dumped_bytes", "dump_seconds", "dump_failed_blocks",
             "evictions", "refusals")
 
@@ -74,6 +74,7 @@ _PROM = {  # counter -> (metric name, help)
     "hit_tokens": ("vllm:ucm_hit_tokens", "Prompt tokens found in ucm beyond vLLM's own prefix cache"),
     "lookup_tokens": ("vllm:ucm_lookup_tokens", "Prompt tokens looked up in ucm"),
     "loaded_blocks": ("vllm:ucm_loaded_blocks", "Blocks loaded from ucm"),
+    "layerwise_blocks": ("vllm:ucm_layerwise_blocks", "Blocks loaded layer by layer within the request's step"),
     "loaded_bytes": ("vllm:ucm_loaded_bytes", "Bytes loaded from ucm"),
     "load_seconds": ("vllm:ucm_load_seconds", "Seconds spent waiting for ucm loads"),
     "load_failed_blocks": ("vllm:ucm_load_failed_blocks", "Blocks whose load failed (recomputed)"),

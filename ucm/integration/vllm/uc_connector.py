@@ -48,7 +48,8 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
         self._worker: Optional[UcmWorker] = None
         if role == KVConnectorRole.SCHEDULER:
             self._lookup = lookup_rpc.RankedLookup(engine_id, tp_size)
-            self._scheduler = UcmScheduler(self._lookup, self._keys, spec["block_size"])
+            self._scheduler = UcmScheduler(self._lookup, self._keys, spec["block_size"],
+                                           layerwise=cfg.load_mode == "layerwise")
         else:
             self._store_key = lookup_rpc.store_key(engine_id, rank)
             store = stores.acquire(self._store_key, lambda: settings.build_store(cfg, whole, spec["num_layers"])[0])

@@ -3,11 +3,17 @@
 One stored block = one vLLM block of one TP rank: every layer's K and V, layer after layer at
 ``layer_index * layer_bytes`` (the pieces of a layer in vLLM's own layout, K before V).
 
-- Loads run between steps (vLLM's asynchronous load path): ``start_load_kv`` submits one load per
-  request (all its blocks, all layers) and returns; ``get_finished`` reports the requests whose
-  loads are done, while other requests keep computing. A failed block is reported through
-  ``get_block_ids_with_load_errors`` in that same pass, before the request ever runs, so vLLM
-  recomputes from the first failed block (ucm sets ``kv_load_failure_policy=recompute``).
+- Layer-wise loads (hits the scheduler pinned in the store's memory tier): ``start_load_kv``
+  submits one load per request (all its blocks, every layer in order, on the store's load stream)
+  and the request computes its new tokens in this same step; ``wait_for_layer_load`` makes the
+  model wait for that layer only (on CUDA the compute stream waits for the layer's copy event: no
+  CPU stall), so layer l+1 copies while layer l computes. Pinned blocks cannot miss; should a
+  copy fail anyway, its blocks are reported through ``get_block_ids_with_load_errors``.
+- Other loads run between steps (vLLM's asynchronous load path): ``start_load_kv`` submits them
+  and returns; ``get_finished`` reports the requests whose loads are done, while other requests
+  keep computing. A failed block is reported through ``get_block_ids_with_load_errors`` in that
+  same pass, before the request ever runs, so vLLM recomputes from the first failed block (ucm
+  sets ``kv_load_failure_policy=recompute``).
 - Dumps are asynchronous. ``save_kv_layer`` submits the copies of that layer's new full blocks
   right after its attention (reserved once per step: ``reserve_blocks`` + ``write_planes``); on
   CUDA they run on the store's copy stream, which first waits for the compute stream, on the CPU
@@ -85,6 +91,24 @@ def _decrement(counts: dict, key) -> None:
         counts.pop(key, None)
 
 
+class _LayerLoad:
+    """One request's load in the running step: waited for layer by layer."""
+    __slots__ = ("req_id", "task", "where", "staging", "t0")
+
+    def __init__(self, req_id: str, task: Any, where: dict, staging: list, t0: float):
+        self.req_id, self.task, self.where, self.staging, self.t0 = req_id, task, where, staging, t0
+
+
+def _wait_part(part: Any, timeout: float) -> bool:
+    """Let the model's next work wait for one completion: on the GPU stream when it is a CUDA
+    event (the CPU runs on), else on the CPU."""
+    stream_wait = getattr(part, "stream_wait", None)
+    if stream_wait is not None:
+        stream_wait()
+        return True
+    return part.wait(timeout)
+
+
 class _Layer:
     __slots__ = ("name", "index", "kv", "offset", "piece_offsets", "contiguous", "planes")
 
@@ -107,6 +131,8 @@ class UcmWorker:
         # loads in flight: req id -> (task, {key: vLLM block ids}, staging copies, start time)
         self._loading: dict[str, tuple[Any, dict[bytes, list[int]], list, float]] = {}
         self._failed_block_ids: set[int] = set()
+        self._layer_loads: list[_LayerLoad] = []  # this step's layer-wise loads
+        self._plane_range: dict[str, range] = {}  # layer name -> its planes in self._planes
         # dumps: the step being written (None between steps), and every dump not yet committed
         self._step: Optional[_Dump] = None
         self._pending: list[_Dump] = []
@@ -141,6 +167,11 @@ class UcmWorker:
         # layer) when every layer has a row view and the store offers them.
         batched = hasattr(self.store, "load_blocks") and all(l.planes for l in self.layers.values())
         self._planes = [p for l in self.layers.values() for p in l.planes] if batched else None
+        if batched:
+            j = 0
+            for l in self.layers.values():
+                self._plane_range[l.name] = range(j, j + len(l.planes))
+                j += len(l.planes)
         if offset != self.block_bytes:
             raise ValueError(f"ucm: the KV cache holds {offset} bytes per block over {len(names)} layers, "
                              f"but the connector computed {self.block_bytes} from vLLM's KV cache spec")
@@ -156,6 +187,7 @@ class UcmWorker:
     # whichever tier holds it (a disk block is not re-read per layer).
     @torch.inference_mode(False)  # views handed to copy threads must not be inference tensors
     def start_load_kv(self, meta: Optional[UcmConnectorMetadata]) -> None:
+        self.finish_layer_loads()  # a step that never reached its end (none in practice)
         if meta is None or not meta.loads or not self.layers:
             return
         for spec in meta.loads:
@@ -180,11 +212,60 @@ class UcmWorker:
                                               self._planes, list(spec.block_ids))
             else:
                 task = self.store.load(ids, offs, dsts)
-            self._loading[spec.req_id] = (task, where, staging, time.perf_counter())
-            self.stats.add(loaded_blocks=len(where), loaded_bytes=len(where) * self.block_bytes)
+            if spec.layerwise:
+                self._layer_loads.append(_LayerLoad(spec.req_id, task, where, staging, time.perf_counter()))
+                self.store.unpin(spec.req_id)  # the load itself now keeps its blocks resident
+            else:
+                self._loading[spec.req_id] = (task, where, staging, time.perf_counter())
+            self.stats.add(loaded_blocks=len(where), loaded_bytes=len(where) * self.block_bytes,
+                           layerwise_blocks=len(where) if spec.layerwise else 0)
 
+    @torch.inference_mode(False)
     def wait_for_layer_load(self, layer_name: str) -> None:
-        return  # loads never feed the step that is running
+        """Before ``layer_name``'s attention: its planes of this step's layer-wise loads have landed
+        (a load without per-plane completions, or with staging copies, is waited for whole)."""
+        if not self._layer_loads:
+            return
+        planes = self._plane_range.get(layer_name)
+        timeout = getattr(self.store, "timeout_s", 60.0)
+        for ld in self._layer_loads:
+            per_plane = getattr(ld.task, "planes", None)
+            if planes is None or per_plane is None or ld.staging:
+                self._wait_whole(ld, timeout)
+                continue
+            for j in planes:
+                for part in per_plane[j]:
+                    if not _wait_part(part, timeout):
+                        log.error("ucm: layer %s of request %s not loaded after %.0f s", layer_name, ld.req_id, timeout)
+
+    def _wait_whole(self, ld: _LayerLoad, timeout: float) -> None:
+        if ld.staging is None:
+            return  # done already
+        if not ld.task.wait(timeout):
+            log.error("ucm: load of request %s not done after %.0f s", ld.req_id, timeout)
+        for view, dst in ld.staging:
+            view.copy_(dst)
+        ld.staging = None
+
+    @torch.inference_mode(False)
+    def finish_layer_loads(self) -> None:
+        """After the step's forward: make sure every plane was waited for (a layer the model did
+        not announce), and report failed blocks (known when the copies were planned)."""
+        if not self._layer_loads:
+            return
+        loads, self._layer_loads = self._layer_loads, []
+        timeout = getattr(self.store, "timeout_s", 60.0)
+        for ld in loads:
+            for parts in getattr(ld.task, "planes", None) or [[ld.task]]:
+                for part in parts:
+                    _wait_part(part, timeout)
+            if ld.staging:
+                self._wait_whole(ld, timeout)
+            if ld.task.failed:
+                for key in ld.task.failed:
+                    self._failed_block_ids.update(ld.where.get(key, ()))
+                self.stats.add(load_failed_blocks=len(ld.task.failed))
+            self.stats.add(load_seconds=time.perf_counter() - ld.t0)
 
     @torch.inference_mode(False)
     def finished_loads(self) -> set[str]:
@@ -207,6 +288,7 @@ class UcmWorker:
         return done
 
     def get_block_ids_with_load_errors(self) -> set[int]:
+        self.finish_layer_loads()
         out, self._failed_block_ids = self._failed_block_ids, set()
         return out
 
