@@ -93,6 +93,10 @@ def parse_args(argv=None):
     ap.add_argument("--deadline-s", type=float, default=None,
                     help="run: stop a mode that would end after this many seconds from the start (its finished "
                          "cells are kept)")
+    ap.add_argument("--decode-batch", type=int, default=8,
+                    help="decode cell (modes full and ucm): this many fresh prompts decoded together; 0 = none")
+    ap.add_argument("--decode-len", type=int, default=1024, help="decode cell: prompt tokens")
+    ap.add_argument("--decode-tokens", type=int, default=256, help="decode cell: tokens generated per prompt")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/prefix_ttft")
     ap.add_argument("--from", dest="from_dirs", default="",
@@ -405,9 +409,42 @@ class Bench:
         if self.a.disk_cold:
             drop_page_cache(self.disk_dir)
 
+    def decode_cell(self) -> dict:
+        """Decode speed with stores running (ucm dumps every block that fills) or without a connector:
+        B fresh prompts decoded together; tokens/s counted from the step where every request has its
+        first token to the last one (prefill excluded)."""
+        from vllm import SamplingParams
+
+        a, eng = self.a, self.llm.llm_engine
+        sp = SamplingParams(max_tokens=a.decode_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
+        reps = []
+        for _ in range(a.reps):
+            self.reset_gpu()
+            self.llm.enqueue([{"prompt_token_ids": p} for p in self.fresh(a.decode_batch, a.decode_len)], sp,
+                             use_tqdm=False)
+            # the offline API returns outputs only when requests finish: read the scheduler's requests
+            reqs, t1, first, steps = self.core.scheduler.requests, None, 0, 0
+            while eng.has_unfinished_requests():
+                eng.step()
+                if t1 is None and len(reqs) == a.decode_batch and all(r.num_output_tokens >= 1 for r in reqs.values()):
+                    t1, first = time.perf_counter(), sum(r.num_output_tokens for r in reqs.values())
+                elif t1 is not None:
+                    steps += 1
+            t2 = time.perf_counter()
+            tokens = a.decode_batch * a.decode_tokens - first
+            reps.append(dict(tokens=tokens, seconds=t2 - t1, tok_s=tokens / (t2 - t1), steps=steps,
+                             ucm=self._counters() or None))
+        r = dict(batch=a.decode_batch, prompt_tokens=a.decode_len, max_tokens=a.decode_tokens, reps=reps,
+                 median_tok_s=statistics.median(x["tok_s"] for x in reps))
+        print(f"{self.mode} decode: {r['median_tok_s']:.1f} tok/s (batch {a.decode_batch})", flush=True)
+        return r
+
     def run(self) -> dict:
         self.warmup()
         res = dict(info=self.info, cells=[])
+        if self.a.decode_batch > 0 and self.mode in ("full", "ucm") and self.core is not None:
+            res["decode"] = self.decode_cell()
+            write_json(part_path(self.a.out, self.mode), res)
         for L in self.a.lengths:
             for c in self.a.concurrency:
                 cell = self.full_cell if self.mode == "full" else self.connector_cell

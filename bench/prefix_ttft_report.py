@@ -29,6 +29,8 @@ def load_parts(dirs: list[str]) -> dict:
                 part = json.load(f)
             merged = parts.setdefault(mode, {"info": part["info"], "cells": {}, "sources": []})
             merged["sources"].append(p)
+            if part.get("decode"):
+                merged["decode"] = part["decode"]
             for cell in part["cells"]:
                 if (cell["L"], cell["c"]) in merged["cells"]:
                     print(f"note: {p} replaces {mode} cell L={cell['L']} c={cell['c']} read before")
@@ -161,6 +163,7 @@ def markdown(res: dict) -> str:
                  f"| {mark(b['ok'])} ({f(b['limit_s'])}) | {mark(n['ok80'])} / {mark(n['ok100'])} "
                  f"| {mark(s['ok'])} ({f(s['ucm'], 2)} ({f(s['hbm'], 2)})) |")
     L += connector_on_table(res)
+    L += decode_table(res)
     L += hits_table(res)
     return "\n".join(L) + "\n"
 
@@ -177,6 +180,23 @@ def connector_on_table(res: dict) -> list:
         vals = [m.get(x, {}).get("full_connector_on", {}).get("median_s") for x in modes]
         L.append(f"| {d['input_tokens']} | {d['concurrency']} | {f(m.get('full', {}).get('full', {}).get('median_s'))} | "
                  + " | ".join(f(v) for v in vals) + " |")
+    return L
+
+
+def decode_table(res: dict) -> list:
+    """Decode tokens/s without a connector and with ucm storing every block that fills (target: <= 3 % slower)."""
+    dec = res.get("decode") or {}
+    if not dec:
+        return []
+    any_d = next(iter(dec.values()))
+    L = ["", f"## Decode speed (batch {any_d['batch']}, prompt {any_d['prompt_tokens']} tokens, "
+             f"{any_d['max_tokens']} tokens each; tokens/s after every request's first token, median of reps)", "",
+         "| mode | tokens/s | reps | vs no connector |", "|---|---:|---|---:|"]
+    base = dec.get("full", {}).get("median_tok_s")
+    for mode, d in dec.items():
+        rel = d["median_tok_s"] / base if base else None
+        L.append(f"| {mode} | {d['median_tok_s']:.1f} | {', '.join(f'{x:.1f}' for x in (r['tok_s'] for r in d['reps']))} "
+                 f"| {'n/a' if rel is None else f'{rel:.3f}'} |")
     return L
 
 
@@ -220,6 +240,7 @@ def report(out: str, from_dirs: list[str]) -> dict:
                command=" && ".join(cmds),
                pinned_h2d_gbps=pinned, pinned_d2h_gbps=d2h, model=first["model"], hit=first["hit"],
                reps=first["reps"], modes=infos, rows=rows, targets=checks, cells=details,
+               decode={m: parts[m]["decode"] for m in MODES if m in parts and parts[m].get("decode")},
                generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     stem = os.path.join(out, f"prefix_ttft_{gpu_slug(res['gpu'])}_{date}")
     write_json(stem + ".json", res)
