@@ -157,11 +157,8 @@ class SlotPoolTier(Tier):
         """
         keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
         task = Task("dump")
-        for idx, demoted in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
-            picked = [(blk.slot, rows[i]) for i in idx if (blk := self._writable(keys[i], task, demoted)) is not None]
-            plan = RowPlan([s for s, _ in picked], [r for _, r in picked], k)
-            for part in self._submit_planes(views, plan, True):
-                task.add(part)
+        for part in self._submit_planes(views, self._plan(keys, rows, k, task, write=True), True):
+            task.add(part)
         return task
 
     def load_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence,
@@ -171,12 +168,12 @@ class SlotPoolTier(Tier):
         keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
         task, pinned = Task("load"), {}
         task.planes = [[] for _ in views]
-        for idx, _ in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
-            picked = [(blk.slot, rows[i]) for i in idx if (blk := self._readable(keys[i], task, pinned)) is not None]
-            plan = RowPlan([s for s, _ in picked], [r for _, r in picked], k)
-            for j, part in enumerate(self._submit_planes(views, plan, False)):
-                task.planes[j].append(part)
-                task.add(part)
+        plan = self._plan(keys, rows, k, task, pinned=pinned)
+        # one plan for all blocks, issued plane by plane: plane 0 (a caller's first layer) lands
+        # first, then plane 1, ..., so a caller can compute layer l while later layers copy
+        for j, part in enumerate(self._submit_planes(views, plan, False)):
+            task.planes[j].append(part)
+            task.add(part)
         self._track_read(task, pinned)
         return task
 
@@ -185,9 +182,7 @@ class SlotPoolTier(Tier):
         and prepare the row plan; ``write_planes`` then only launches each layer's copies."""
         keys, k, max_row = self._check_rows(block_ids, rows)
         bw = BlockWrite(self, keys, list(rows), Task("dump"), k=k, max_row=max_row)
-        for idx, demoted in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
-            picked = [(blk.slot, rows[i]) for i in idx if (blk := self._writable(keys[i], bw.task, demoted)) is not None]
-            bw.plans.append(RowPlan([s for s, _ in picked], [r for _, r in picked], k))
+        bw.plans.append(self._plan(keys, rows, k, bw.task, write=True))
         return bw
 
     def write_planes(self, bw: BlockWrite, planes: Sequence[torch.Tensor], offset: int = 0) -> None:
@@ -234,6 +229,18 @@ class SlotPoolTier(Tier):
         self._loads.close()
 
     # ---- internals --------------------------------------------------------------------------
+    def _plan(self, keys: list[bytes], rows: Sequence, k: int, task: Task, write: bool = False,
+              pinned: Optional[dict] = None) -> RowPlan:
+        """One row plan for a whole block-API call: the slots written (given out under the lock,
+        evicting as needed) or read (pinned against eviction until the task is done)."""
+        picked = []
+        for idx, demoted in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
+            for i in idx:
+                blk = self._writable(keys[i], task, demoted) if write else self._readable(keys[i], task, pinned)
+                if blk is not None:
+                    picked.append((blk.slot, rows[i]))
+        return RowPlan([s for s, _ in picked], [r for _, r in picked], k)
+
     def _writable(self, key: bytes, task: Task, demoted: list) -> Optional[_Block]:
         """The block a dump writes ``key`` into, or None (skipped or refused). Caller holds the lock."""
         if key in task.failed:
