@@ -1,6 +1,6 @@
 """The connector on a GPU with vLLM 0.26 (not part of the CPU suite; run by hand on the device):
 
-    source .gpu/device_setup.sh && PYTHONPATH=$PWD:$PYTHONPATH python3 -m tests.vllm.gpu_check --out $OUT
+    source .gpu/device_setup.sh && PYTHONPATH=$PWD:$PYTHONPATH python3 -m tests.vllm.gpu_check --out $OUT [--load-mode async]
 
 Tiny random-weight Llama in bf16 (FlashAttention), vLLM's prefix cache off: a run without ucm,
 then with ucm (DRAM): first pass dumps, second pass must hit every full block with the same greedy
@@ -20,6 +20,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--model-dir", default="/tmp/ucm-tiny-bf16")
+    ap.add_argument("--load-mode", default="layerwise", choices=["layerwise", "async"])
     a = ap.parse_args()
     import torch
 
@@ -42,7 +43,8 @@ def main() -> None:
         base = engine.generate(llm, texts)
     res["baseline_s"] = time.time() - t0
     t0 = time.time()
-    with engine.llm(model, engine.ktc(config={"max_cache_size": 256 << 20}), **kw) as llm:
+    res["load_mode"] = a.load_mode
+    with engine.llm(model, engine.ktc(config={"max_cache_size": 256 << 20}, ucm_load_mode=a.load_mode), **kw) as llm:
         store = engine.live_store()
         stats.reset_totals()
         first = engine.generate(llm, texts)
@@ -72,9 +74,10 @@ def main() -> None:
     res["max_logprob_diff_second"] = max(abs(x - y) for o, b in zip(second, base)
                                          for x, y in zip(o["logprobs"], b["logprobs"]))
     res["ok"] = (all(res["tokens_equal"].values()) and res["cached"]["second"] == res["expected_second"]
-                 and res["failure_totals"]["load_failed_blocks"] > 0)
+                 and res["failure_totals"]["load_failed_blocks"] > 0
+                 and (res["second_totals"]["layerwise_blocks"] > 0) == (a.load_mode == "layerwise"))
     print(json.dumps(res, indent=1, default=str))
-    with open(os.path.join(a.out, "gpu_check.json"), "w") as f:
+    with open(os.path.join(a.out, f"gpu_check_{a.load_mode}.json"), "w") as f:
         json.dump(res, f, indent=1, default=str)
 
 
