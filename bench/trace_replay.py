@@ -1,0 +1,623 @@
+#!/usr/bin/env python3
+"""Throughput run of real vLLM on the Mooncake conversation trace (issue 5): requests/s and TTFT
+p50/p90/p99 for full compute, vLLM's native CPU offloading and ucm (LRU and a better policy), with a
+DRAM tier smaller than the trace's working set.
+
+Usage:
+  python3 bench/trace_replay.py --model DIR [--trace FILE] [--requests 300] [--time-scale 10]
+        [--modes full,native,ucm_lru,ucm_best] [--best-policy chainlfu] [--cpu-gib X] [--out DIR] ...
+  python3 bench/trace_replay.py --mode table --out DIR [--from DIR2,DIR3]      (merge parts, table, plot)
+
+Trace: one request per line, {"timestamp": ms, "input_length": tokens, "output_length": tokens,
+"hash_ids": [ids of 512-token blocks]}; turns of one conversation share leading hash ids. Prompts:
+hash id h -> a fixed block of --block-tokens random token ids (numpy seeded by (--seed, h), in the
+vocab range prefix_ttft.Bench uses), a request's prompt = its blocks, concatenated, cut to
+min(ceil(input_length / scale), max_model_len - max_tokens - 8); scale defaults to 512 / --block-tokens
+(so a prompt keeps its number of blocks on small machines). max_tokens = min(output_length, --max-output).
+Request i arrives at (timestamp_i - timestamp_0) / 1000 / --time-scale s after the replay starts.
+
+Each mode runs in its own subprocess with its own engine (prefix_ttft.Bench: prefix caching on in
+every mode, so vLLM's own KV cache is the HBM tier), the engine core in this process, stepped by hand:
+  full      no connector
+  native    vLLM's OffloadingConnector, cpu_bytes_to_use = --cpu-gib
+  ucm_lru   UnifiedCacheConnectorV1, Hydra form {"ucm_config": "dram", "ucm_overrides":
+            ["eviction=lru", "store.max_cache_size=<--cpu-gib>"]}
+  ucm_best  the same with eviction=--best-policy (default chainlfu)
+--cpu-gib defaults to 1/4 of the working set (distinct blocks the replayed prompts use x block tokens
+x KV bytes per token). The loop enqueues each request once its arrival time has passed, steps the
+engine and reads first-token times from the in-process scheduler (num_output_tokens >= 1).
+Per mode: requests/s (completed / makespan), TTFT p50/p90/p99, mean prefix-cache hit tokens
+(num_cached_tokens), ucm counters (hit tokens, loaded bytes, evictions). Writes
+trace_replay_part_<mode>.json, then trace_replay_<gpu>_<date>.json/.md/.png (see bench/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import glob
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import prefix_ttft  # noqa: E402  (stdlib-only at import: vLLM is imported by Bench itself)
+from prefix_ttft import GiB, UCM_MODULE, utc_now, write_json  # noqa: E402
+
+ROOT = prefix_ttft.ROOT
+MODES = ("full", "native", "ucm_lru", "ucm_best")
+# ../shared/traces on the dev machine; .gpu/ (git-ignored, carried to the GPU machine) there
+TRACES = (os.path.join(os.path.dirname(ROOT), "shared", "traces", "conversation_trace.jsonl"),
+          os.path.join(ROOT, ".gpu", "conversation_trace.jsonl"))
+TRACE = next((p for p in TRACES if os.path.exists(p)), TRACES[0])
+TRACE_BLOCK = 512  # tokens per hash id in the Mooncake trace
+PAD_KEY = 1 << 40  # seeds of the blocks padding a prompt longer than its hash ids (never a trace id)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", default="run", choices=["run", "table"])
+    ap.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    ap.add_argument("--model", help="model folder")
+    ap.add_argument("--trace", default=TRACE)
+    ap.add_argument("--requests", type=int, default=300, help="first N requests of the trace")
+    ap.add_argument("--start", type=int, default=0, help="skip this many requests of the trace first")
+    ap.add_argument("--time-scale", type=float, default=10.0, help="arrival = timestamp_ms / 1000 / this")
+    ap.add_argument("--block-tokens", type=int, default=TRACE_BLOCK, help="tokens per trace hash id")
+    ap.add_argument("--scale", type=float, default=None,
+                    help="divide the trace's lengths by this; default 512 / --block-tokens")
+    ap.add_argument("--max-output", type=int, default=32, help="max_tokens = min(output_length, this)")
+    ap.add_argument("--best-policy", default="chainlfu", help="eviction of ucm_best (a conf/eviction/ name)")
+    ap.add_argument("--cpu-gib", type=float, default=None,
+                    help="DRAM of native offloading and ucm; default 1/4 of the working set's KV bytes")
+    ap.add_argument("--ws-fraction", type=float, default=0.25, help="the default --cpu-gib, x working set")
+    ap.add_argument("--gpu-util", type=float, default=0.8, help="vLLM gpu_memory_utilization (sizes HBM)")
+    ap.add_argument("--num-gpu-blocks", type=int, default=None,
+                    help="vLLM num_gpu_blocks_override: the HBM tier's size in vLLM blocks, whatever the card "
+                         "(default: what --gpu-util leaves)")
+    ap.add_argument("--max-model-len", type=int, default=16384)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: vLLM's")
+    ap.add_argument("--block-size", type=int, default=None, help="vLLM block size (default 16 GPU, 32 CPU)")
+    ap.add_argument("--dtype", default=None, help="default bfloat16 on GPU, float32 on CPU")
+    ap.add_argument("--model-runner", default="auto", choices=["auto", "v1", "v2"])
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="all modes within this many seconds: each gets an equal share of what is left; a mode "
+                         "out of time (20 s before its share ends) aborts what runs and keeps the requests done (cut_off)")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/trace_replay")
+    ap.add_argument("--from", dest="from_dirs", default="", help="table: more folders with parts")
+    ap.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-deadline", type=float, default=None, help=argparse.SUPPRESS)  # unix time
+    a = ap.parse_args(argv)
+    a.modes = [m for m in a.modes.split(",") if m]
+    bad = [m for m in a.modes if m not in MODES]
+    if bad:
+        ap.error(f"unknown modes {bad}; choose from {MODES}")
+    if (a.mode == "run" or a.worker) and not a.model:
+        ap.error("--model is required")
+    if a.scale is None:
+        a.scale = TRACE_BLOCK / a.block_tokens
+    # what prefix_ttft.Bench reads besides the above (its grid; unused here)
+    a.inproc_engine, a.lengths, a.concurrency, a.reps, a.hit = True, [a.max_model_len], [1], 1, 0.0
+    a.disk_path, a.disk_dram_gib, a.disk_gib, a.disk_cold, a.decode_batch = "/tmp", 0.0, 0.0, False, 0
+    return a
+
+
+# ---- pure parts (unit-tested, no vLLM) -----------------------------------------------------------------
+def load_trace(path: str, n: int, start: int = 0) -> list[dict]:
+    out = []
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if i < start or not line.strip():
+                continue
+            if len(out) >= n:
+                break
+            out.append(json.loads(line))
+    return out
+
+
+def arrivals(timestamps_ms, time_scale: float) -> list[float]:
+    """Seconds after the replay starts: (t - t0) / 1000 / time_scale."""
+    t0 = timestamps_ms[0] if len(timestamps_ms) else 0
+    return [(t - t0) / 1000.0 / time_scale for t in timestamps_ms]
+
+
+def prompt_length(input_length: int, scale: float, max_model_len: int, max_tokens: int) -> int:
+    return max(1, min(math.ceil(input_length / scale), max_model_len - max_tokens - 8))
+
+
+def output_tokens(output_length: int, max_output: int) -> int:
+    return max(1, min(int(output_length), max_output))
+
+
+def block_of(key, block_tokens: int, lo: int, hi: int, seed: int) -> list[int]:
+    """The token ids of one trace block: a pure function of (seed, key); key is a hash id or a tuple."""
+    import numpy as np
+
+    words = [seed, *key] if isinstance(key, tuple) else [seed, key]
+    return np.random.default_rng(words).integers(lo, hi, size=block_tokens).tolist()
+
+
+def build_prompt(hash_ids, length: int, block_tokens: int, lo: int, hi: int, seed: int, req_index: int,
+                 cache: dict | None = None) -> list[int]:
+    """Blocks of hash_ids, concatenated, cut to `length`; if the ids do not cover it, blocks unique to
+    this request (keyed by req_index) follow."""
+    cache = {} if cache is None else cache
+    need = -(-length // block_tokens)
+    keys = list(hash_ids[:need]) + [(PAD_KEY + req_index, j) for j in range(need - len(hash_ids))]
+    toks = []
+    for k in keys:
+        if k not in cache:
+            cache[k] = block_of(k, block_tokens, lo, hi, seed)
+        toks.extend(cache[k])
+    return toks[:length]
+
+
+def used_blocks(hash_ids, length: int, block_tokens: int) -> list:
+    return list(hash_ids[:-(-length // block_tokens)])
+
+
+def working_set_blocks(reqs: list[dict], block_tokens: int) -> int:
+    """Distinct trace blocks the prompts use (after truncation)."""
+    s = set()
+    for r in reqs:
+        s.update(used_blocks(r["hash_ids"], r["prompt_len"], block_tokens))
+    return len(s)
+
+
+def plan(trace: list[dict], a) -> list[dict]:
+    """Per request: arrival s, prompt length, max_tokens, hash ids (prompt tokens are built later)."""
+    arr = arrivals([r["timestamp"] for r in trace], a.time_scale)
+    out = []
+    for i, (r, t) in enumerate(zip(trace, arr)):
+        mt = output_tokens(r["output_length"], a.max_output)
+        out.append(dict(index=i, arrival=t, max_tokens=mt, hash_ids=r["hash_ids"],
+                        prompt_len=prompt_length(r["input_length"], a.scale, a.max_model_len, mt)))
+    return out
+
+
+def percentile(xs, q: float):
+    """Linear interpolation between closest ranks (numpy's default); None for no data."""
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    k = (len(xs) - 1) * q / 100.0
+    f = math.floor(k)
+    c = min(f + 1, len(xs) - 1)
+    return xs[f] + (xs[c] - xs[f]) * (k - f)
+
+
+def summarize(records: list[dict], t_start: float = 0.0) -> dict:
+    """records: dicts with arrival, first (first-token time or None), finish (or None), prompt_len,
+    max_tokens, cached (or None), all times in s from the replay start. Requests/s = completed /
+    makespan (t_start to the last finish)."""
+    done = [r for r in records if r.get("finish") is not None]
+    ttft = [r["first"] - r["arrival"] for r in done if r.get("first") is not None]
+    e2e = [r["finish"] - r["arrival"] for r in done]
+    makespan = (max(r["finish"] for r in done) - t_start) if done else None
+    cached = [r["cached"] for r in done if r.get("cached") is not None]
+    prompt = sum(r["prompt_len"] for r in done)
+    rnd = lambda x, n=4: None if x is None else round(x, n)  # noqa: E731
+    return dict(
+        requests=len(records), completed=len(done), makespan_s=rnd(makespan, 3),
+        req_s=rnd(len(done) / makespan if makespan else None),
+        prompt_tok_s=rnd(prompt / makespan if makespan else None, 1),
+        ttft_p50_s=rnd(percentile(ttft, 50)), ttft_p90_s=rnd(percentile(ttft, 90)),
+        ttft_p99_s=rnd(percentile(ttft, 99)), ttft_mean_s=rnd(sum(ttft) / len(ttft) if ttft else None),
+        e2e_p50_s=rnd(percentile(e2e, 50)), e2e_p99_s=rnd(percentile(e2e, 99)),
+        prompt_tokens=prompt,
+        mean_cached_tokens=rnd(sum(cached) / len(cached) if cached else None, 1),
+        cached_fraction=rnd(sum(cached) / prompt if cached and prompt else None),
+    )
+
+
+def ucm_extra(policy: str, cap_bytes: int) -> dict:
+    return {"ucm_config": "dram", "ucm_overrides": [f"eviction={policy}", f"store.max_cache_size={cap_bytes}"]}
+
+
+def transfer_config(mode: str, cap_bytes: int, best_policy: str):
+    if mode == "full":
+        return None
+    if mode == "native":
+        return dict(kv_connector="OffloadingConnector", kv_role="kv_both",
+                    kv_connector_extra_config={"cpu_bytes_to_use": cap_bytes})
+    policy = "lru" if mode == "ucm_lru" else best_policy
+    return dict(kv_connector="UnifiedCacheConnectorV1", kv_connector_module_path=UCM_MODULE, kv_role="kv_both",
+                kv_connector_extra_config=ucm_extra(policy, cap_bytes))
+
+
+def part_path(out: str, mode: str) -> str:
+    return os.path.join(out, f"trace_replay_part_{mode}.json")
+
+
+# ---- one mode's engine -----------------------------------------------------------------------------------
+def _base_mode(mode: str) -> str:
+    return {"full": "full", "native": "native"}.get(mode, "ucm")
+
+
+@contextlib.contextmanager
+def _patched_transfer_config(ktc):
+    """prefix_ttft.Bench builds its connector config with prefix_ttft.kv_transfer_config: give it ours."""
+    orig = prefix_ttft.kv_transfer_config
+    prefix_ttft.kv_transfer_config = lambda *args, **kw: ktc
+    try:
+        yield
+    finally:
+        prefix_ttft.kv_transfer_config = orig
+
+
+@contextlib.contextmanager
+def _engine_kwargs(extra: dict):
+    """Engine arguments prefix_ttft.Bench does not pass (it builds vllm.LLM(**kw) itself)."""
+    import vllm
+
+    orig = vllm.LLM
+    if extra:
+        class LLM(orig):
+            def __init__(self, *args, **kw):
+                super().__init__(*args, **{**kw, **extra})
+
+        vllm.LLM = LLM
+    try:
+        yield
+    finally:
+        vllm.LLM = orig
+
+
+class ReplayBench(prefix_ttft.Bench):
+    def __init__(self, a, mode: str, cuda: bool, cap_bytes: int):
+        ktc = transfer_config(mode, cap_bytes, a.best_policy)
+        extra = {} if a.num_gpu_blocks is None else {"num_gpu_blocks_override": a.num_gpu_blocks}
+        with _patched_transfer_config(ktc), _engine_kwargs(extra):
+            super().__init__(a, _base_mode(mode), cuda)
+        self.mode = mode
+        self.info.update(mode=mode, kv_transfer_config=ktc, cpu_bytes=cap_bytes if mode != "full" else None,
+                         hbm_kv_tokens=(self.info["num_gpu_blocks"] or 0) * self.info["block_size"])
+        for k in ("lengths", "concurrency", "reps", "hit"):
+            self.info.pop(k, None)
+        if self.core is None:
+            raise SystemExit("trace_replay needs the in-process engine core (VLLM_ENABLE_V1_MULTIPROCESSING=0)")
+
+    def warmup(self) -> None:
+        """One fresh prompt (not from the trace) through prefill and a few decode steps."""
+        from vllm import SamplingParams
+
+        t0 = time.time()
+        sp = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True, detokenize=False)
+        L = min(4 * self.a.block_tokens, self.a.max_model_len - 16)
+        self.llm.enqueue([{"prompt_token_ids": p} for p in self.fresh(2, L)], sp, use_tqdm=False)
+        self.drain()
+        print(f"warm-up done in {time.time() - t0:.1f} s", flush=True)
+
+    def replay(self, reqs: list[dict], deadline: float | None) -> dict:
+        from tqdm import tqdm
+        from vllm import SamplingParams
+
+        eng, sched = self.llm.llm_engine, self.core.scheduler
+        cache = {}
+        t_build = time.time()
+        prompts = [build_prompt(r["hash_ids"], r["prompt_len"], self.a.block_tokens, self.lo, self.hi,
+                                self.a.seed, r["index"], cache) for r in reqs]
+        print(f"{len(prompts)} prompts built in {time.time() - t_build:.1f} s", flush=True)
+        del cache
+        recs = [dict(index=r["index"], arrival=r["arrival"], prompt_len=r["prompt_len"], max_tokens=r["max_tokens"],
+                     first=None, finish=None, cached=None, enqueued=None) for r in reqs]
+        c0 = self._counters()
+        ext2i, int2i, waiting_first = {}, {}, set()  # vLLM request ids -> index; indexes without a first token
+
+        def index_of(rid: str):
+            i = ext2i.get(rid)
+            if i is None and "-" in rid:
+                i = ext2i.get(rid.rsplit("-", 1)[0])
+            return i
+
+        nxt, n, cut_off, steps, rids, aborted = 0, len(reqs), False, 0, [], 0
+        bar = tqdm(total=n, desc=f"{self.mode}", unit="req", mininterval=2.0, file=sys.stdout)
+        t0 = time.perf_counter()
+        while True:
+            now = time.perf_counter() - t0
+            if deadline is not None and not cut_off and time.time() > deadline:
+                cut_off = True
+                left = [rids[i] for i in range(nxt) if recs[i]["finish"] is None]
+                aborted = len(left)
+                print(f"\n{self.mode}: deadline reached: {aborted} requests aborted, {n - nxt} not enqueued",
+                      flush=True)
+                if left:
+                    try:
+                        eng.abort_request(left, internal=True)  # vLLM >= 0.27: the ids enqueue returned
+                    except TypeError:
+                        eng.abort_request(left)
+                break
+            while not cut_off and nxt < n and reqs[nxt]["arrival"] <= now:
+                r = reqs[nxt]
+                sp = SamplingParams(max_tokens=r["max_tokens"], temperature=0.0, ignore_eos=True, detokenize=False)
+                (rid,) = self.llm.enqueue([{"prompt_token_ids": prompts[nxt]}], sp, use_tqdm=False)
+                rids.append(str(rid))
+                # vLLM >= 0.27 returns the engine's id "<n>-<8 chars>" here but "<n>" in the outputs
+                ext2i[str(rid)] = ext2i[str(rid).rsplit("-", 1)[0]] = nxt
+                recs[nxt]["enqueued"] = time.perf_counter() - t0
+                waiting_first.add(nxt)
+                nxt += 1
+            if not eng.has_unfinished_requests():
+                if cut_off or nxt >= n:
+                    break
+                time.sleep(max(0.0, min(0.05, reqs[nxt]["arrival"] - (time.perf_counter() - t0))))
+                continue
+            outs = eng.step()
+            steps += 1
+            t = time.perf_counter() - t0
+            if waiting_first:
+                for rid, req in sched.requests.items():
+                    i = int2i.get(rid)
+                    if i is None:
+                        i = int2i[rid] = index_of(rid)
+                    if i in waiting_first and req.num_output_tokens >= 1:
+                        recs[i]["first"] = t
+                        waiting_first.discard(i)
+            for o in outs:
+                if not o.finished:
+                    continue
+                i = index_of(str(o.request_id))
+                if i is None:
+                    continue
+                if recs[i]["first"] is None:  # finished within the step that made its first token
+                    recs[i]["first"] = t
+                waiting_first.discard(i)
+                recs[i]["finish"] = t
+                recs[i]["cached"] = getattr(o, "num_cached_tokens", None)
+                bar.update(1)
+        bar.close()
+        self.drain()
+        res = summarize(recs)
+        res.update(steps=steps, cut_off=cut_off, enqueued=nxt, aborted=aborted)
+        c1 = self._counters()
+        if c1:
+            res["ucm"] = {k: c1[k] - c0.get(k, 0) for k in c1}
+        if self.mode.startswith("native"):
+            res["native"] = dict(self.native_xfer)
+        return dict(summary=res, requests=[{k: (round(v, 5) if isinstance(v, float) else v) for k, v in x.items()}
+                                           for x in recs])
+
+
+def run_worker(a, mode: str) -> None:
+    import importlib
+
+    cuda = importlib.import_module("torch").cuda.is_available()
+    prefix_ttft.mode_env(a, "ucm" if mode.startswith("ucm") else mode, cuda)
+    if mode == "native":
+        prefix_ttft.cleanup_native_shm()
+    rc = 1
+    res = dict(info=dict(mode=mode, started=utc_now(), command=" ".join([sys.executable] + sys.argv),
+                         run_command=os.environ.get("TRACE_REPLAY_COMMAND")))
+    try:
+        reqs = plan(load_trace(a.trace, a.requests, a.start), a)
+        dtype = a.dtype or ("bfloat16" if cuda else "float32")
+        bpt = prefix_ttft.kv_bytes_per_token(a.model, prefix_ttft.dtype_bytes(dtype, a.model))
+        ws = working_set_settings(reqs, a, bpt)
+        b = ReplayBench(a, mode, cuda, ws["cpu_bytes"])
+        res["info"] = dict(b.info, run_command=os.environ.get("TRACE_REPLAY_COMMAND"))
+        res["settings"] = settings_of(a, reqs, ws)
+        b.warmup()
+        res.update(b.replay(reqs, a.worker_deadline))
+        res["info"]["finished"] = utc_now()
+        s = res["summary"]
+        print(f"{mode}: {s['completed']}/{s['requests']} requests, {s['req_s']} req/s, TTFT p50 {s['ttft_p50_s']} s "
+              f"p99 {s['ttft_p99_s']} s, cached {s['cached_fraction']}, ucm {s.get('ucm')}", flush=True)
+        rc = 0
+    except BaseException as e:
+        import traceback
+
+        traceback.print_exc()
+        res["error"] = f"{type(e).__name__}: {e}"[:2000]
+        print(f"== {mode} failed: {res['error'].splitlines()[0] if res['error'] else ''}", flush=True)
+    write_json(part_path(a.out, mode), res)
+    if mode == "native":
+        prefix_ttft.cleanup_native_shm()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
+def working_set_settings(reqs: list[dict], a, bpt: int) -> dict:
+    blocks = working_set_blocks(reqs, a.block_tokens)
+    ws_bytes = blocks * a.block_tokens * bpt
+    cap = int(a.cpu_gib * GiB) if a.cpu_gib is not None else int(a.ws_fraction * ws_bytes)
+    return dict(working_set_blocks=blocks, working_set_bytes=ws_bytes, kv_bytes_per_token=bpt, cpu_bytes=cap,
+                cpu_fraction_of_ws=round(cap / ws_bytes, 4) if ws_bytes else None)
+
+
+def settings_of(a, reqs: list[dict], ws: dict) -> dict:
+    total_blocks = sum(len(used_blocks(r["hash_ids"], r["prompt_len"], a.block_tokens)) for r in reqs)
+    return dict(trace=a.trace, start=a.start, requests=len(reqs), time_scale=a.time_scale,
+                block_tokens=a.block_tokens, scale=a.scale, max_output=a.max_output, max_model_len=a.max_model_len,
+                best_policy=a.best_policy, gpu_util=a.gpu_util, num_gpu_blocks=a.num_gpu_blocks, seed=a.seed,
+                arrival_span_s=round(reqs[-1]["arrival"], 3) if reqs else 0,
+                prompt_tokens=sum(r["prompt_len"] for r in reqs),
+                output_tokens=sum(r["max_tokens"] for r in reqs),
+                block_refs=total_blocks,
+                reuse_bound=round(1 - ws["working_set_blocks"] / total_blocks, 4) if total_blocks else None,
+                **ws)
+
+
+def run_modes(a) -> int:
+    t_start, failed = time.time(), []
+    os.environ["TRACE_REPLAY_COMMAND"] = " ".join(["python3"] + sys.argv)
+    for k, mode in enumerate(a.modes):
+        left = None if a.deadline_s is None else a.deadline_s - (time.time() - t_start)
+        if left is not None and left < 30:
+            print(f"== {mode}: skipped, only {left:.0f} s left", flush=True)
+            failed.append(mode)
+            continue
+        share = None if left is None else left / (len(a.modes) - k)
+        argv = [sys.executable, os.path.abspath(__file__)] + sys.argv[1:] + ["--worker", mode]
+        if share is not None:  # the replay stops enqueueing 20 s before its share ends, to finish what runs
+            argv += ["--worker-deadline", str(time.time() + max(10.0, share - 20))]
+        print(f"== {utc_now()} mode {mode}" + (f" ({share:.0f} s)" if share else ""), flush=True)
+        t0 = time.time()
+        try:
+            rc = subprocess.run(argv, timeout=None if share is None else share + 60).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        print(f"== mode {mode}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
+        if rc != 0:
+            failed.append(mode)
+    report(a.out, [])
+    if failed:
+        print(f"== modes not completed: {failed}", flush=True)
+    return 1 if failed else 0
+
+
+# ---- merge: json, md, png (no vLLM) ----------------------------------------------------------------------
+ROW_COLS = ("mode", "completed", "requests", "req_s", "prompt_tok_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
+            "mean_cached_tokens", "cached_fraction", "ucm_hit_tokens", "ucm_loaded_bytes", "ucm_evictions",
+            "cut_off", "error")
+
+
+def load_parts(dirs: list[str]) -> dict:
+    parts = {}
+    for d in dirs:
+        for p in sorted(glob.glob(os.path.join(d, "trace_replay_part_*.json"))):
+            mode = re.match(r"trace_replay_part_(\w+)\.json", os.path.basename(p)).group(1)
+            with open(p) as f:
+                parts[mode] = dict(json.load(f), source=p)  # a later folder wins
+    return parts
+
+
+def row_of(mode: str, part: dict) -> dict:
+    s = part.get("summary") or {}
+    u = s.get("ucm") or {}
+    row = {k: s.get(k) for k in ROW_COLS if k in s}
+    row.update(mode=mode, ucm_hit_tokens=u.get("hit_tokens"), ucm_loaded_bytes=u.get("loaded_bytes"),
+               ucm_evictions=u.get("evictions"), error=part.get("error"))
+    return {k: row.get(k) for k in ROW_COLS}
+
+
+def report(out: str, from_dirs: list[str]) -> dict:
+    from prefix_ttft_report import gpu_slug
+
+    parts = load_parts(list(from_dirs) + [out])
+    if not parts:
+        raise SystemExit(f"no trace_replay_part_*.json in {[out] + list(from_dirs)}")
+    order = [m for m in MODES if m in parts]
+    infos = {m: parts[m]["info"] for m in order}
+    ok = [m for m in order if "summary" in parts[m]] or order
+    first = infos[ok[0]]
+    settings = next((parts[m]["settings"] for m in ok if parts[m].get("settings")), None)
+    date = min(i.get("started", "9999") for i in infos.values())[:10]
+    cmds = sorted({i.get("run_command") or i.get("command") or "" for i in infos.values()})
+    res = dict(gpu=first.get("gpu", "unknown"), vllm=first.get("vllm"), torch=first.get("torch"), date=date,
+               command=" && ".join(c for c in cmds if c), settings=settings, model=first.get("model"),
+               rows=[row_of(m, parts[m]) for m in order], modes=infos,
+               ttft_s={m: [r["first"] - r["arrival"] for r in parts[m].get("requests", []) if r.get("first") is not None
+                           and r.get("finish") is not None] for m in order},
+               generated=utc_now())
+    stem = os.path.join(out, f"trace_replay_{gpu_slug(res['gpu'])}_{date}")
+    write_json(stem + ".json", res)
+    with open(stem + ".md", "w") as fh:
+        fh.write(markdown(res))
+    ext = "json, md"
+    try:
+        plot(res, stem + ".png")
+        ext += ", png"
+    except ImportError as e:
+        print(f"no plot ({e}): run --mode table with a Python that has matplotlib")
+    print(f"wrote {stem}.{{{ext}}}")
+    print(markdown(res))
+    return res
+
+
+def _f(x, nd=3):
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else ""
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def markdown(res: dict) -> str:
+    s = res.get("settings") or {}
+    m = res.get("model") or {}
+    gb = lambda x: "n/a" if x is None else f"{x / 1e9:.3f} GB"  # noqa: E731
+    lines = [f"# Trace replay: {res['gpu']}, vLLM {res['vllm']}, {res['date']}", "",
+             f"Command: `{res['command']}`", "",
+             f"Model: {m.get('architecture')} ({m.get('layers')} layers, {m.get('dtype')}, "
+             f"{m.get('kv_bytes_per_token')} KV bytes/token). Trace: first {s.get('requests')} requests from "
+             f"{s.get('start')} of `{os.path.basename(s.get('trace') or '')}`, time scale {s.get('time_scale')} "
+             f"(arrivals over {s.get('arrival_span_s')} s), {s.get('block_tokens')} tokens per hash id (lengths / "
+             f"{s.get('scale')}), max_model_len {s.get('max_model_len')}, max_tokens <= {s.get('max_output')}, "
+             f"{s.get('prompt_tokens')} prompt tokens.", "",
+             f"Working set: {s.get('working_set_blocks')} distinct blocks = {gb(s.get('working_set_bytes'))} of KV; "
+             f"DRAM tier (native, ucm): {gb(s.get('cpu_bytes'))} ({s.get('cpu_fraction_of_ws')} of it). "
+             f"Reuse bound (block references that repeat a block): {s.get('reuse_bound')}. "
+             f"HBM (vLLM KV cache): " + ", ".join(f"{k} {v.get('hbm_kv_tokens')} tokens" for k, v in
+                                                   res.get("modes", {}).items() if v.get("hbm_kv_tokens")) + ".", "",
+             "| mode | done | req/s | prompt tok/s | TTFT p50 s | p90 s | p99 s | cached tok (mean) | cached frac | "
+             "ucm hit tok | ucm loaded GB | ucm evictions | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        note = (r.get("error") or "").splitlines()[0][:80] if r.get("error") else ("cut off" if r.get("cut_off") else "")
+        lb = r.get("ucm_loaded_bytes")
+        lines.append("| " + " | ".join([
+            r["mode"], "n/a" if r["completed"] is None else f"{r['completed']}/{r['requests']}", _f(r["req_s"]), _f(r["prompt_tok_s"], 0),
+            _f(r["ttft_p50_s"]), _f(r["ttft_p90_s"]), _f(r["ttft_p99_s"]), _f(r["mean_cached_tokens"], 1),
+            _f(r["cached_fraction"]), _f(r["ucm_hit_tokens"], 0), "n/a" if lb is None else f"{lb / 1e9:.3f}",
+            _f(r["ucm_evictions"], 0), note]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for mode, xs in res["ttft_s"].items():
+        if xs:
+            xs = sorted(xs)
+            ax1.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post", label=mode)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("TTFT (s)")
+    ax1.set_ylabel("fraction of requests")
+    ax1.set_title("TTFT CDF")
+    ax1.legend()
+    rows = [r for r in res["rows"] if r.get("req_s") is not None]
+    x = range(len(rows))
+    ax2.bar([i - 0.2 for i in x], [r["ttft_p50_s"] or 0 for r in rows], 0.4, label="TTFT p50 (s)")
+    ax2.bar([i + 0.2 for i in x], [r["ttft_p99_s"] or 0 for r in rows], 0.4, label="TTFT p99 (s)")
+    ax2.set_xticks(list(x))
+    ax2.set_xticklabels([r["mode"] for r in rows])
+    ax2.set_ylabel("seconds")
+    ax3 = ax2.twinx()
+    ax3.plot(list(x), [r["req_s"] for r in rows], "ko-", label="requests/s")
+    ax3.set_ylabel("requests/s")
+    ax2.legend(loc="upper left")
+    ax3.legend(loc="upper right")
+    ax2.set_title("TTFT p50/p99 and throughput")
+    fig.suptitle(f"trace replay: {res['gpu']}, vLLM {res['vllm']}, {res['date']}", fontsize=10)
+    fig.text(0.01, 0.005, res["command"][:200], fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    a = parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    if a.worker:
+        run_worker(a, a.worker)
+    elif a.mode == "table":
+        report(a.out, [d for d in a.from_dirs.split(",") if d])
+    else:
+        sys.exit(run_modes(a))
+
+
+if __name__ == "__main__":
+    main()

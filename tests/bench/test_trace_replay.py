@@ -1,0 +1,151 @@
+"""bench/trace_replay.py: the pure parts (prompt building, arrival compression, percentiles and the
+per-mode summary, the merge into json/md), no vLLM needed."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+
+import trace_replay as tr  # noqa: E402
+
+LO, HI, SEED, BT = 10, 900, 1234, 8
+
+
+def test_block_is_deterministic_and_in_range():
+    a = tr.block_of(7, BT, LO, HI, SEED)
+    assert a == tr.block_of(7, BT, LO, HI, SEED)
+    assert len(a) == BT and all(LO <= t < HI for t in a)
+    assert a != tr.block_of(8, BT, LO, HI, SEED)
+    assert a != tr.block_of(7, BT, LO, HI, SEED + 1)
+
+
+def test_prompt_deterministic_without_cache():
+    p1 = tr.build_prompt([0, 1, 2], 20, BT, LO, HI, SEED, 0)
+    p2 = tr.build_prompt([0, 1, 2], 20, BT, LO, HI, SEED, 0, cache={})
+    assert p1 == p2 and len(p1) == 20
+
+
+def test_shared_hash_ids_give_identical_token_prefixes():
+    cache = {}
+    a = tr.build_prompt([0, 1, 2, 3], 4 * BT, BT, LO, HI, SEED, 0, cache)
+    b = tr.build_prompt([0, 1, 9, 10], 4 * BT, BT, LO, HI, SEED, 1, cache)
+    c = tr.build_prompt([5, 1, 2, 3], 4 * BT, BT, LO, HI, SEED, 2, cache)
+    assert a[:2 * BT] == b[:2 * BT]
+    assert a[2 * BT:3 * BT] != b[2 * BT:3 * BT]
+    assert a[:BT] != c[:BT] and a[BT:] == c[BT:]  # a block's tokens do not depend on its position
+    # the cache changes nothing
+    assert b == tr.build_prompt([0, 1, 9, 10], 4 * BT, BT, LO, HI, SEED, 1)
+
+
+def test_truncation_and_padding():
+    full = tr.build_prompt([3, 4, 5], 3 * BT, BT, LO, HI, SEED, 0)
+    cut = tr.build_prompt([3, 4, 5], BT + 3, BT, LO, HI, SEED, 0)
+    assert cut == full[:BT + 3]
+    # longer than its hash ids: padded with blocks unique to the request
+    long0 = tr.build_prompt([3], 3 * BT, BT, LO, HI, SEED, 0)
+    long1 = tr.build_prompt([3], 3 * BT, BT, LO, HI, SEED, 1)
+    assert len(long0) == 3 * BT and long0[:BT] == full[:BT]
+    assert long0[BT:] != long1[BT:]
+
+
+def test_prompt_length_and_output_tokens():
+    assert tr.prompt_length(6758, 1, 16384, 16) == 6758
+    assert tr.prompt_length(6758, 16, 16384, 16) == 423  # ceil(6758 / 16)
+    assert tr.prompt_length(120000, 1, 16384, 16) == 16384 - 16 - 8
+    assert tr.prompt_length(0, 1, 100, 4) == 1
+    assert tr.output_tokens(500, 32) == 32 and tr.output_tokens(3, 32) == 3 and tr.output_tokens(0, 32) == 1
+
+
+def test_arrivals_compressed():
+    assert tr.arrivals([1000, 1000, 3000, 11000], 10) == pytest.approx([0, 0, 0.2, 1.0])
+    assert tr.arrivals([0, 500], 1) == pytest.approx([0, 0.5])
+    assert tr.arrivals([], 5) == []
+
+
+def _args(**kw):
+    d = dict(time_scale=2.0, max_output=4, scale=1.0, max_model_len=64, block_tokens=BT)
+    d.update(kw)
+    return argparse.Namespace(**d)
+
+
+def test_plan_and_working_set():
+    trace = [dict(timestamp=0, input_length=20, output_length=9, hash_ids=[0, 1, 2]),
+             dict(timestamp=2000, input_length=30, output_length=2, hash_ids=[0, 1, 2, 3]),
+             dict(timestamp=4000, input_length=500, output_length=2, hash_ids=list(range(10, 80)))]
+    reqs = tr.plan(trace, _args())
+    assert [r["arrival"] for r in reqs] == pytest.approx([0, 1, 2])
+    assert [r["max_tokens"] for r in reqs] == [4, 2, 2]
+    assert [r["prompt_len"] for r in reqs] == [20, 30, 64 - 2 - 8]
+    # blocks used: {0,1,2} + {0,1,2,3} + 7 blocks of 10.. (54 tokens / 8) -> 4 + 7
+    assert tr.working_set_blocks(reqs, BT) == 11
+
+
+def test_percentile_matches_linear_interpolation():
+    xs = [5, 1, 4, 2, 3]
+    assert tr.percentile(xs, 50) == 3
+    assert tr.percentile(xs, 0) == 1 and tr.percentile(xs, 100) == 5
+    assert tr.percentile(xs, 90) == pytest.approx(4.6)
+    assert tr.percentile([7], 99) == 7
+    assert tr.percentile([], 50) is None
+    assert tr.percentile([None, 2.0], 50) == 2.0
+    assert tr.percentile(list(range(101)), 99) == pytest.approx(99)
+
+
+def test_summarize():
+    recs = [dict(arrival=0.0, first=0.5, finish=1.0, prompt_len=100, max_tokens=4, cached=10),
+            dict(arrival=0.5, first=1.5, finish=2.0, prompt_len=100, max_tokens=4, cached=30),
+            dict(arrival=1.0, first=None, finish=None, prompt_len=100, max_tokens=4, cached=None)]
+    s = tr.summarize(recs)
+    assert s["requests"] == 3 and s["completed"] == 2
+    assert s["makespan_s"] == 2.0 and s["req_s"] == 1.0 and s["prompt_tok_s"] == 100.0
+    assert s["ttft_p50_s"] == pytest.approx(0.75) and s["ttft_p99_s"] == pytest.approx(0.995)
+    assert s["mean_cached_tokens"] == 20 and s["cached_fraction"] == 0.2
+    empty = tr.summarize([])
+    assert empty["completed"] == 0 and empty["req_s"] is None and empty["ttft_p50_s"] is None
+
+
+def test_transfer_configs():
+    assert tr.transfer_config("full", 1, "chainlfu") is None
+    n = tr.transfer_config("native", 123, "chainlfu")
+    assert n["kv_connector"] == "OffloadingConnector" and n["kv_connector_extra_config"] == {"cpu_bytes_to_use": 123}
+    lru = tr.transfer_config("ucm_lru", 456, "chainlfu")["kv_connector_extra_config"]
+    best = tr.transfer_config("ucm_best", 456, "arc")["kv_connector_extra_config"]
+    assert lru == {"ucm_config": "dram", "ucm_overrides": ["eviction=lru", "store.max_cache_size=456"]}
+    assert best["ucm_overrides"][0] == "eviction=arc"
+
+
+def _part(d, mode, summary=None, error=None):
+    info = dict(mode=mode, started="2026-11-28T00:00:00Z", command="python3 x", run_command="python3 bench/trace_replay.py",
+                vllm="0.26.0", torch="2.11", gpu="NVIDIA H200", model=dict(layers=28, kv_bytes_per_token=57344),
+                hbm_kv_tokens=1000)
+    p = dict(info=info, settings=dict(requests=2, working_set_bytes=4e9, cpu_bytes=1e9, cpu_fraction_of_ws=0.25))
+    if summary:
+        p["summary"] = summary
+        p["requests"] = [dict(arrival=0.0, first=0.2, finish=0.4), dict(arrival=0.1, first=0.5, finish=0.9)]
+    if error:
+        p["error"] = error
+    with open(tr.part_path(d, mode), "w") as f:
+        json.dump(p, f)
+
+
+def test_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(tr, "plot", lambda res, path: None)  # matplotlib is slow to import; smoke-tested
+    s = tr.summarize([dict(arrival=0.0, first=0.2, finish=0.4, prompt_len=10, max_tokens=2, cached=0)])
+    _part(str(tmp_path), "full", s)
+    _part(str(tmp_path), "ucm_lru", dict(s, ucm=dict(hit_tokens=64, loaded_bytes=2e9, evictions=5)))
+    _part(str(tmp_path), "native", error="Exception: CPU Offloading is currently only supported on CUDA")
+    res = tr.report(str(tmp_path), [])
+    assert [r["mode"] for r in res["rows"]] == ["full", "native", "ucm_lru"]
+    ucm = res["rows"][2]
+    assert ucm["ucm_hit_tokens"] == 64 and ucm["ucm_evictions"] == 5
+    assert res["rows"][1]["error"].startswith("Exception")
+    assert res["gpu"] == "NVIDIA H200" and res["date"] == "2026-11-28" and "trace_replay.py" in res["command"]
+    assert res["ttft_s"]["full"] == pytest.approx([0.2, 0.4])
+    md = (tmp_path / "trace_replay_h200_2026-11-28.md").read_text()
+    assert "| ucm_lru |" in md and "CPU Offloading" in md
+    assert (tmp_path / "trace_replay_h200_2026-11-28.json").exists()
