@@ -14,6 +14,7 @@ from ucm.policies.chainarc import ChainARCPolicy
 from ucm.policies.chainlfu import ChainLFUPolicy
 from ucm.policies.lfu import LFUPolicy
 from ucm.policies.lru import LRUPolicy
+from ucm.policies.prefixlfu import PrefixLFUPolicy
 from ucm.policies.reuse import ReuseAdmission
 from ucm.policies.s3fifo import S3FIFOPolicy
 from ucm.policies.sieve import SievePolicy
@@ -27,6 +28,7 @@ EVICTION_POLICIES: dict[str, type[EvictionPolicy]] = {
     "sieve": SievePolicy,
     "chainarc": ChainARCPolicy,
     "chainlfu": ChainLFUPolicy,
+    "prefixlfu": PrefixLFUPolicy,
 }
 ADMISSION_POLICIES: dict[str, type[AdmissionPolicy]] = {
     "always": AlwaysAdmit,
@@ -57,5 +59,5 @@ def make_admission(name: str, **params) -> AdmissionPolicy:
 __all__ = [
     "AdmissionPolicy", "EvictionPolicy", "EVICTION_POLICIES", "ADMISSION_POLICIES",
     "make_eviction", "make_admission", "LRUPolicy", "AlwaysAdmit",
-    "LFUPolicy", "ARCPolicy", "S3FIFOPolicy", "SievePolicy", "ChainARCPolicy", "ChainLFUPolicy", "ReuseAdmission", "TinyLFUAdmission",
+    "LFUPolicy", "ARCPolicy", "S3FIFOPolicy", "SievePolicy", "ChainARCPolicy", "ChainLFUPolicy", "PrefixLFUPolicy", "ReuseAdmission", "TinyLFUAdmission",
 ]
