@@ -35,6 +35,7 @@ Then (also `--mode table`): prefix_ttft_<gpu>_<date>.json / .md / .png in --out 
 from __future__ import annotations
 
 import argparse
+from typing import Optional
 import datetime
 import glob
 import json
@@ -188,7 +189,9 @@ def disk_dram_bytes(a, bpt: int) -> int:
 
 # ---- one mode's engine -------------------------------------------------------------------------------
 class Bench:
-    def __init__(self, a, mode: str, cuda: bool):
+    def __init__(self, a, mode: str, cuda: bool, ktc: Optional[dict] = None, engine_kw: Optional[dict] = None):
+        """``ktc`` replaces the mode's connector config and ``engine_kw`` adds engine arguments
+        (for benchmarks built on this one, e.g. trace_replay.py)."""
         import numpy as np
         import torch
         import vllm
@@ -200,7 +203,7 @@ class Bench:
         self.bpt = kv_bytes_per_token(a.model, dtype_bytes(self.dtype, a.model))
         self.dram_cap = disk_dram_bytes(a, self.bpt)
         self.disk_dir = os.path.join(a.disk_path, f"prefix_ttft_{os.getpid()}") if mode == "ucm_disk" else ""
-        ktc = kv_transfer_config(a, mode, self.bpt, self.disk_dir)
+        ktc = ktc if ktc is not None else kv_transfer_config(a, mode, self.bpt, self.disk_dir)
         kw = dict(model=a.model, dtype=self.dtype, max_model_len=a.max_model_len, enable_prefix_caching=True,
                   enforce_eager=True, seed=0)
         if cuda:
@@ -209,6 +212,7 @@ class Bench:
             kw["block_size"] = a.block_size or 32
         if a.max_num_batched_tokens:
             kw["max_num_batched_tokens"] = a.max_num_batched_tokens
+        kw.update(engine_kw or {})
         if ktc is not None:
             from vllm.config.kv_transfer import KVTransferConfig
 

@@ -33,7 +33,6 @@ trace_replay_part_<mode>.json, then trace_replay_<gpu>_<date>.json/.md/.png (see
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import glob
 import json
@@ -240,41 +239,11 @@ def _base_mode(mode: str) -> str:
     return {"full": "full", "native": "native"}.get(mode, "ucm")
 
 
-@contextlib.contextmanager
-def _patched_transfer_config(ktc):
-    """prefix_ttft.Bench builds its connector config with prefix_ttft.kv_transfer_config: give it ours."""
-    orig = prefix_ttft.kv_transfer_config
-    prefix_ttft.kv_transfer_config = lambda *args, **kw: ktc
-    try:
-        yield
-    finally:
-        prefix_ttft.kv_transfer_config = orig
-
-
-@contextlib.contextmanager
-def _engine_kwargs(extra: dict):
-    """Engine arguments prefix_ttft.Bench does not pass (it builds vllm.LLM(**kw) itself)."""
-    import vllm
-
-    orig = vllm.LLM
-    if extra:
-        class LLM(orig):
-            def __init__(self, *args, **kw):
-                super().__init__(*args, **{**kw, **extra})
-
-        vllm.LLM = LLM
-    try:
-        yield
-    finally:
-        vllm.LLM = orig
-
-
 class ReplayBench(prefix_ttft.Bench):
     def __init__(self, a, mode: str, cuda: bool, cap_bytes: int):
         ktc = transfer_config(mode, cap_bytes, a.best_policy)
         extra = {} if a.num_gpu_blocks is None else {"num_gpu_blocks_override": a.num_gpu_blocks}
-        with _patched_transfer_config(ktc), _engine_kwargs(extra):
-            super().__init__(a, _base_mode(mode), cuda)
+        super().__init__(a, _base_mode(mode), cuda, ktc=ktc, engine_kw=extra)
         self.mode = mode
         self.info.update(mode=mode, kv_transfer_config=ktc, cpu_bytes=cap_bytes if mode != "full" else None,
                          hbm_kv_tokens=(self.info["num_gpu_blocks"] or 0) * self.info["block_size"])
