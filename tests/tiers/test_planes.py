@@ -149,3 +149,42 @@ def test_reservation_refuses_once_and_writes_only_what_it_took(pool_store):
     assert all(torch.equal(d[:16], s[:16]) for s, d in zip(src, dst))
     with pytest.raises(ValueError, match="rows must index"):
         pool_store.write_planes(pool_store.reserve_blocks(["z"], [30]), [t[:10] for t in src[:2]])
+
+
+def test_row_groups_join_planes_that_tile_a_pool_plane():
+    from ucm.tiers.planes import PlaneCopy, row_groups
+
+    pool = torch.zeros((2, 8, 64), dtype=torch.uint8)  # 2 pool planes of 64-byte rows
+    def pc(p, col, w):
+        return PlaneCopy(torch.zeros((4, w), dtype=torch.uint8), pool[p, :, col:col + w], None,
+                         row=pool[p], row_uva=None, col=col)
+    k0, v0, k1, v1 = pc(0, 0, 32), pc(0, 32, 32), pc(1, 0, 32), pc(1, 32, 32)
+    assert [len(g) for g in row_groups([k0, v0, k1, v1])] == [2, 2]
+    assert [len(g) for g in row_groups([k0, k1, v1])] == [1, 2], "k0 alone does not tile plane 0"
+    half = pc(1, 0, 16)
+    assert [len(g) for g in row_groups([half, pc(1, 16, 16)])] == [1, 1], "16 + 16 of 64 bytes: no"
+    assert [len(g) for g in row_groups([PlaneCopy(k0.user, k0.pool, None)])] == [1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the whole-row DMA path is CUDA-only")
+@pytest.mark.parametrize("planes", [1, LAYERS])
+def test_whole_row_dma_groups_round_trip_on_cuda(planes):
+    """Enough contiguous slots for the DMA path, with K and V of a layer sharing one pool plane:
+    the group path (one DMA of whole rows + a scatter per plane) must move the exact bytes."""
+    n = 600  # 600 x 1 KiB rows per layer: runs well above MIN_RUN_BYTES
+    with create_store("UcmDramStore", {"kv_block_size": BLOCK, "max_cache_size": (n + 8) * BLOCK,
+                                       "planes": planes}) as store:
+        src = kv_cache(blocks=n + 50, seed=3, device="cuda")
+        rows = list(range(50, 50 + n))
+        ids = [f"g{r}" for r in rows]
+        bw = store.reserve_blocks(ids, rows)
+        for layer in range(LAYERS):
+            store.write_planes(bw, src[2 * layer:2 * layer + 2], offset=2 * layer * ROW)
+        assert store.wait(bw.task) == OK
+        store.commit(ids)
+        dst = [torch.zeros_like(t) for t in src]
+        back = list(reversed(range(n)))
+        task = store.load_blocks(ids, dst, back)
+        assert store.wait(task) == OK
+        for s, d in zip(src, dst):
+            assert torch.equal(d[back], s[rows])

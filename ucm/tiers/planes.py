@@ -85,6 +85,31 @@ class PlaneCopy:
     user: torch.Tensor                    # (R, w) rows of the caller's tensor
     pool: torch.Tensor                    # (S, w) rows of the pool (a view; may be strided)
     pool_uva: Optional[torch.Tensor]      # the same view through UVA, when the pool is pinned host memory
+    row: Optional[torch.Tensor] = None    # the whole pool plane this sits in, (S, plane bytes), contiguous
+    row_uva: Optional[torch.Tensor] = None
+    col: int = 0                          # byte offset of ``pool`` inside ``row``
+
+
+def row_groups(planes: list[PlaneCopy]) -> list[list[PlaneCopy]]:
+    """Consecutive caller planes that together tile one whole pool plane (e.g. a layer's K and V
+    in that layer's pool plane): such a group moves as one DMA of whole, contiguous pool rows.
+    Every other plane is a group of its own."""
+    out: list[list[PlaneCopy]] = []
+    i = 0
+    while i < len(planes):
+        pc, j, end = planes[i], i, None
+        if pc.row is not None and pc.col == 0:
+            end = pc.user.shape[1]
+            while end < pc.row.shape[1] and j + 1 < len(planes) and planes[j + 1].row is not None \
+                    and planes[j + 1].row.data_ptr() == pc.row.data_ptr() and planes[j + 1].col == end:
+                j += 1
+                end += planes[j].user.shape[1]
+        if end is not None and end == pc.row.shape[1] and j > i:
+            out.append(planes[i:j + 1])
+        else:
+            out.extend([p] for p in planes[i:j + 1])
+        i = j + 1
+    return out
 
 
 class _Events:
@@ -131,15 +156,47 @@ class CudaPlaneCopier:
         with torch.cuda.stream(self.copy_stream):
             r, s = plan.index(self.device)
         done = []
-        for pc in planes:
-            width = pc.user.shape[1]
-            dma = (pc.pool_uva is not None and pc.pool.is_contiguous()
-                   and width * len(plan) >= MIN_RUN_BYTES * len(plan.runs))
-            if to_pool:
-                done.append(self._dump_plane(pc, r, s, plan.runs, dma))
-            else:
-                done.append(self._load_plane(pc, r, s, plan.runs, dma))
+        for group in row_groups(planes):
+            if len(group) > 1 and group[0].row_uva is not None \
+                    and group[0].row.shape[1] * len(plan) >= MIN_RUN_BYTES * len(plan.runs):
+                ev = (self._dump_rows if to_pool else self._load_rows)(group, r, plan.runs)
+                done.extend(ev for _ in group)  # the planes of a group land together
+                continue
+            for pc in group:
+                width = pc.user.shape[1]
+                dma = (pc.pool_uva is not None and pc.pool.is_contiguous()
+                       and width * len(plan) >= MIN_RUN_BYTES * len(plan.runs))
+                if to_pool:
+                    done.append(self._dump_plane(pc, r, s, plan.runs, dma))
+                else:
+                    done.append(self._load_plane(pc, r, s, plan.runs, dma))
         return done
+
+    def _load_rows(self, group: list[PlaneCopy], r, slot_runs) -> _Events:
+        """Whole pool rows (e.g. a layer's K and V) DMA'd by slot run into staging, then one
+        scatter kernel per caller plane."""
+        row = group[0].row
+        with torch.cuda.stream(self.copy_stream):
+            staging = torch.empty((len(r), row.shape[1]), dtype=torch.uint8, device=self.device)
+            for slot0, i0, n in slot_runs:
+                staging[i0:i0 + n].copy_(row[slot0:slot0 + n], non_blocking=True)
+            for pc in group:
+                pc.user.index_copy_(0, r, staging[:, pc.col:pc.col + pc.user.shape[1]])
+            ev = torch.cuda.Event()
+            ev.record(self.copy_stream)
+        return _Events([ev])
+
+    def _dump_rows(self, group: list[PlaneCopy], r, slot_runs) -> _Events:
+        row = group[0].row
+        with torch.cuda.stream(self.copy_stream):
+            staging = torch.empty((len(r), row.shape[1]), dtype=torch.uint8, device=self.device)
+            for pc in group:
+                staging[:, pc.col:pc.col + pc.user.shape[1]].copy_(pc.user.index_select(0, r))
+            for slot0, i0, n in slot_runs:
+                row[slot0:slot0 + n].copy_(staging[i0:i0 + n], non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(self.copy_stream)
+        return _Events([ev])
 
     def _dump_plane(self, pc, r, s, slot_runs, dma) -> _Events:
         with torch.cuda.stream(self.copy_stream):

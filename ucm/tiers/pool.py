@@ -358,7 +358,11 @@ class SlotPoolTier(Tier):
                                  f"one of the pool's {self.planes} planes of {self.plane_bytes} bytes")
             if k > 1:  # the pool plane as (slots * k, width) rows
                 pool = tuple(v.reshape(-1, width) if v is not None else None for v in pool)
-            views.append(PlaneCopy(user, *pool))
+                views.append(PlaneCopy(user, *pool))
+            else:  # with where it sits in its pool plane, so neighbours can share one DMA
+                p, col = divmod(offset, self.plane_bytes)
+                views.append(PlaneCopy(user, *pool, row=self.pool[p],
+                                       row_uva=self.pool_uva[p] if self.pool_uva is not None else None, col=col))
             offset += k * width
         return views
 
