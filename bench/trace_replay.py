@@ -5,7 +5,7 @@ DRAM tier smaller than the trace's working set.
 
 Usage:
   python3 bench/trace_replay.py --model DIR [--trace FILE] [--requests 300] [--time-scale 10]
-        [--modes full,native,ucm_lru,ucm_best] [--best-policy chainlfu] [--cpu-gib X] [--out DIR] ...
+        [--modes full,native,ucm_lru,ucm_best] [--best-policy prefixlfu] [--cpu-gib X] [--out DIR] ...
   python3 bench/trace_replay.py --mode table --out DIR [--from DIR2,DIR3]      (merge parts, table, plot)
 
 Trace: one request per line, {"timestamp": ms, "input_length": tokens, "output_length": tokens,
@@ -22,7 +22,7 @@ every mode, so vLLM's own KV cache is the HBM tier), the engine core in this pro
   native    vLLM's OffloadingConnector, cpu_bytes_to_use = --cpu-gib
   ucm_lru   UnifiedCacheConnectorV1, Hydra form {"ucm_config": "dram", "ucm_overrides":
             ["eviction=lru", "store.max_cache_size=<--cpu-gib>"]}
-  ucm_best  the same with eviction=--best-policy (default chainlfu)
+  ucm_best  the same with eviction=--best-policy (default prefixlfu, docs/policies.md)
 --cpu-gib defaults to 1/4 of the working set (distinct blocks the replayed prompts use x block tokens
 x KV bytes per token). The loop enqueues each request once its arrival time has passed, steps the
 engine and reads first-token times from the in-process scheduler (num_output_tokens >= 1).
@@ -71,7 +71,7 @@ def parse_args(argv=None):
     ap.add_argument("--scale", type=float, default=None,
                     help="divide the trace's lengths by this; default 512 / --block-tokens")
     ap.add_argument("--max-output", type=int, default=32, help="max_tokens = min(output_length, this)")
-    ap.add_argument("--best-policy", default="chainlfu", help="eviction of ucm_best (a conf/eviction/ name)")
+    ap.add_argument("--best-policy", default="prefixlfu", help="eviction of ucm_best (a conf/eviction/ name)")
     ap.add_argument("--cpu-gib", type=float, default=None,
                     help="DRAM of native offloading and ucm; default 1/4 of the working set's KV bytes")
     ap.add_argument("--ws-fraction", type=float, default=0.25, help="the default --cpu-gib, x working set")
