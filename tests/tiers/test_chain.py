@@ -1,4 +1,6 @@
 """The chain: demotion on eviction, promotion on load, lookup across tiers, warm restart."""
+import os
+
 import torch
 
 from ucm.tiers import OK, create_store
@@ -78,3 +80,20 @@ def test_dump_of_a_block_committed_below_the_head_is_skipped(chain):
     put(chain, ["k0"], seed=99)  # other bytes under the same id: skipped
     code, out = get(chain, "k0")
     assert code == 0 and torch.equal(out, first)
+
+
+def test_demotion_to_disk_does_not_wait_for_the_file(tmp_path):
+    """DRAM evicts into the disk tier: the block is hittable (from memory) at once, its file is
+    written in the background, and flush() waits for it; a restart then finds it."""
+    cfg = {"kv_block_size": BLOCK, "max_cache_size": 1 * BLOCK, "disk": {"path": str(tmp_path / "d")}}
+    with create_store("dram_disk", cfg) as store:
+        first = put(store, ["a"], seed=1)["a"]
+        put(store, ["b"], seed=2)  # the 1-block DRAM evicts "a" into the disk tier
+        disk = store.tier("disk")
+        assert store.lookup(["a"]) == [True] and not store.head.holds(b"a")
+        code, out = get(store, "a")
+        assert code == OK and torch.equal(out, first)
+        store.flush()
+        assert not disk._writing and os.path.exists(disk.file_of(b"a"))
+    with create_store("dram_disk", cfg) as again:
+        assert again.lookup(["a"]) == [True]

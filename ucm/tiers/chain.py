@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -34,6 +35,7 @@ class TierChain(Store):
         for upper, lower in zip(tiers, tiers[1:]):
             upper.demote_to = lower
         self._promoter = CopyEngine("chain-promote")
+        self._readers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ucm-chain-read")
         self._writing: dict[bytes, Tier] = {}  # dumped, uncommitted block -> the tier holding its pieces
         self._lock = threading.Lock()
         self.counters = dict(promoted=0, lower_hits=0)
@@ -90,12 +92,53 @@ class TierChain(Store):
             task.add_task(head)
             for j, parts in enumerate(head.planes):
                 task.planes[j].extend(parts)
-        rest = [i for i in range(len(keys)) if i not in set(in_head)]
-        lower = self.load(*pieces_of_blocks([keys[i] for i in rest], planes, [rows[i] for i in rest], offset))
-        task.add_task(lower)
+        held = set(in_head)
+        rest = [i for i in range(len(keys)) if i not in held]
+        lower = self._promoter.run(self._load_lower_blocks, task, [keys[i] for i in rest], planes,
+                                   [rows[i] for i in rest], offset)
+        task.add(lower)
         for parts in task.planes:
             parts.append(lower)
         return task
+
+    def _read_any(self, key: bytes):
+        """(tier, bytes) from the fastest tier holding ``key`` now, or (None, None)."""
+        return next(((t, d) for t in self.tiers if (d := t.read_block(key)) is not None), (None, None))
+
+    def _load_lower_blocks(self, task: Task, keys: list[bytes], planes, rows, offset: int) -> None:
+        """Blocks below the head: read in parallel (file reads and checksums release the GIL),
+        promoted into the head, then copied from there in one batched load; a block the head would
+        not take (admission, or evicted again by a later promotion) is copied from its bytes."""
+        found = list(self._readers.map(self._read_any, keys))
+        up, direct = [], []
+        for key, row, (tier, data) in zip(keys, rows, found):
+            if data is None:
+                task.fail(key, NOT_FOUND)
+                continue
+            if tier is not self.head:
+                self.counters["lower_hits"] += 1
+                if self.head.write_block(key, data):
+                    self.counters["promoted"] += 1
+                    up.append((key, row, data))
+                    continue
+                direct.append((key, row, data))
+            else:
+                up.append((key, row, data))
+        if up:
+            sub = self.head.load_blocks([k for k, _, _ in up], planes, [r for _, r, _ in up], offset)
+            if not sub.wait(self.timeout_s):
+                for key, _, _ in up:
+                    task.fail(key, IO_ERROR)
+            direct += [(k, r, d) for k, r, d in up if k in sub.failed]
+        for key, row, data in direct:
+            try:
+                _, offs, dsts = pieces_of_blocks([key], planes, [row], offset)
+                for off, dst in zip(offs, dsts):
+                    dst = as_bytes(dst)
+                    dst.copy_(data[off:off + dst.numel()])
+            except Exception as exc:
+                log.error("ucm: copy of block %s failed: %s", key[:16].hex(), exc)
+                task.fail(key, IO_ERROR)
 
     def pin(self, block_ids, owner: str) -> list[bool]:
         """Pins in the head only: blocks below it load through a promotion, which can fail."""
@@ -150,10 +193,16 @@ class TierChain(Store):
                 log.error("ucm: copy of block %s from %s failed: %s", key[:16].hex(), tier.name, exc)
                 task.fail(key, IO_ERROR)
 
+    def flush(self) -> None:
+        """Wait for background writes of every tier (demotions to disk)."""
+        for t in self.tiers:
+            getattr(t, "flush", lambda: None)()
+
     def stats(self) -> dict:
         return dict(self.counters, tiers=[t.stats() for t in self.tiers])
 
     def close(self) -> None:
         self._promoter.close()
+        self._readers.shutdown(wait=True)
         for t in self.tiers:
             t.close()

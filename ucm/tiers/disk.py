@@ -42,6 +42,10 @@ class DiskTier(Tier):
         self._files: dict[bytes, int] = {}  # committed key -> file bytes
         self._used = 0
         self._staged: dict[bytes, tuple[torch.Tensor, list[Task]]] = {}  # dumped, not committed
+        # demoted blocks whose file is still being written: committed (hittable) already, read
+        # from memory until the file lands, so a demotion never waits for the disk
+        self._writing: dict[bytes, torch.Tensor] = {}
+        self._writer = CopyEngine("disk-write")
         self._lock = threading.RLock()
         self._copies = CopyEngine("disk-copy")
         self._io = CopyEngine("disk-io")
@@ -140,6 +144,7 @@ class DiskTier(Tier):
 
     def _forget(self, key: bytes) -> None:
         self._used -= self._files.pop(key)
+        self._writing.pop(key, None)
         try:
             os.unlink(self.file_of(key))
         except FileNotFoundError:
@@ -251,10 +256,52 @@ class DiskTier(Tier):
                 return None
             self.eviction.touch(key)
             self.counters["loaded_blocks"] += 1
-        return self._read_file(key)
+            pending = self._writing.get(key)
+        return pending if pending is not None else self._read_file(key)
 
     def write_block(self, key: bytes, data: torch.Tensor) -> bool:
-        return self._store(key, data) == 0
+        """A block demoted from the tier above: admitted and hittable at once, its file written on
+        a background thread (the caller, often the model's own thread, never waits for the disk).
+        ``data`` must not change afterwards."""
+        with self._lock:
+            if key in self._files:
+                self.eviction.touch(key)
+                return True
+            if not self.admission.admit(key) or not self._make_room(self._file_bytes(key), key):
+                self.counters["refused"] += 1
+                return False
+            self._files[key] = self._file_bytes(key)
+            self._used += self._files[key]
+            self._writing[key] = data
+            self.eviction.insert(key)
+        self._writer.run(self._write_pending, key, data)
+        return True
+
+    def _write_pending(self, key: bytes, data: torch.Tensor) -> None:
+        try:
+            self._write_file(key, data)
+            ok = True
+        except OSError as exc:
+            log.error("ucm: disk write of block %s failed: %s", key[:16].hex(), exc)
+            ok = False
+        with self._lock:
+            if self._writing.get(key) is not data:  # evicted (or replaced) meanwhile
+                if key not in self._files and ok:
+                    try:
+                        os.unlink(self.file_of(key))
+                    except FileNotFoundError:
+                        pass
+                return
+            del self._writing[key]
+            if ok:
+                self.counters["written"] += 1
+            else:
+                self._used -= self._files.pop(key)
+                self.eviction.remove(key)
+
+    def flush(self) -> None:
+        """Wait until every demoted block's file is written."""
+        self._writer.run(lambda: None).wait(self.timeout_s)
 
     def stats(self) -> dict:
         with self._lock:
@@ -262,5 +309,6 @@ class DiskTier(Tier):
                         max_size=self.max_size)
 
     def close(self) -> None:
+        self._writer.close()  # pending demotions reach their files first
         self._copies.close()
         self._io.close()
