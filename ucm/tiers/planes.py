@@ -75,7 +75,11 @@ class RowPlan:
             r = torch.tensor(self.rows, dtype=torch.long)
             s = torch.tensor(self.slots, dtype=torch.long)
             if device.type != "cpu":
-                r, s = r.to(device, non_blocking=True), s.to(device, non_blocking=True)
+                # through pinned memory: a copy from pageable memory first waits for the copy
+                # stream (and so the model's stream) to drain, stalling the CPU that launches the
+                # model's next kernels and, with several loads in a step, serialising them
+                r = r.pin_memory().to(device, non_blocking=True)
+                s = s.pin_memory().to(device, non_blocking=True)
             self._index[key] = (r, s)
         return self._index[key]
 

@@ -1,0 +1,185 @@
+"""Where a ucm prefix hit spends its time: one prefix_ttft cell, instrumented.
+
+    python3 bench/profile_layerwise.py --model /tmp/models/q7 --lengths 16000 --concurrency 4 --out $OUT
+
+Runs the ``ucm`` mode of bench/prefix_ttft.py (same engine, same warm-up) for one input length and
+concurrency, times ``hbm``-free passes (fresh store pass, then the 80 % hit pass), and records:
+
+- CPU seconds per connector hook (scheduler lookup+pin, ``start_load_kv``, ``wait_for_layer_load``,
+  ``save_kv_layer``) and per copier call, with how many plane groups took the whole-row DMA path,
+  the per-plane DMA path or the UVA kernel path, and the runs of consecutive slots they moved;
+- a torch.profiler trace of one 80 % hit pass (CUDA kernels and copies per stream), written
+  gzipped as ``profile_<L>_<c>.json.gz`` (chrome://tracing, Perfetto) and summarised per stream:
+  busy time, first/last activity, and how much of the copy stream overlaps the compute stream.
+
+Writes ``profile_layerwise.json`` with all of it into --out. Not a benchmark: it slows the hooks a
+little to time them; compare its TTFTs only with each other.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import prefix_ttft  # noqa: E402
+
+CPU = collections.defaultdict(lambda: [0, 0.0])  # name -> [calls, seconds]
+PATHS = collections.Counter()  # copier path -> plane groups
+RUNS = []  # runs per copier call
+
+
+def _timed(owner, name: str, label: str) -> None:
+    fn = getattr(owner, name)
+
+    def wrapper(*args, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kw)
+        finally:
+            c = CPU[label]
+            c[0] += 1
+            c[1] += time.perf_counter() - t0
+
+    setattr(owner, name, wrapper)
+
+
+def instrument() -> None:
+    from ucm.integration.vllm import lookup_rpc, scheduler, worker
+    from ucm.tiers import planes
+
+    _timed(scheduler.UcmScheduler, "get_num_new_matched_tokens", "scheduler.get_num_new_matched_tokens")
+    _timed(lookup_rpc.RankedLookup, "lookup", "scheduler.lookup")
+    _timed(lookup_rpc.RankedLookup, "pin", "scheduler.pin")
+    _timed(scheduler.UcmScheduler, "build_connector_meta", "scheduler.build_connector_meta")
+    for name in ("start_load_kv", "wait_for_layer_load", "save_kv_layer", "wait_for_save", "finish_layer_loads",
+                 "finished_loads", "poll_dumps"):
+        _timed(worker.UcmWorker, name, f"worker.{name}")
+    _timed(planes.CudaPlaneCopier, "submit", "copier.submit")
+
+    orig_groups = planes.row_groups
+
+    def row_groups(pcs):
+        groups = orig_groups(pcs)
+        for g in groups:
+            PATHS["whole-row group" if len(g) > 1 else ("single plane, contiguous" if g[0].pool.is_contiguous()
+                                                        else "single plane, strided (UVA kernel)")] += 1
+        return groups
+
+    planes.row_groups = row_groups
+    orig_submit = planes.CudaPlaneCopier.submit
+
+    def submit(self, pcs, plan, to_pool):
+        RUNS.append(dict(to_pool=bool(to_pool), rows=len(plan), runs=len(plan.runs)))
+        return orig_submit(self, pcs, plan, to_pool)
+
+    planes.CudaPlaneCopier.submit = submit
+
+
+def stream_summary(trace: dict) -> dict:
+    """Per CUDA stream: busy ms (union of its kernel/memcpy intervals), span, and the overlap of
+    every other stream with the busiest one (the model's)."""
+    by_stream = collections.defaultdict(list)
+    for ev in trace.get("traceEvents", []):
+        if ev.get("ph") != "X" or ev.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset"):
+            continue
+        stream = ev.get("args", {}).get("stream", ev.get("tid"))
+        by_stream[stream].append((ev["ts"], ev["ts"] + ev.get("dur", 0), ev.get("cat")))
+
+    def union(iv):
+        out = []
+        for a, b in sorted(iv):
+            if out and a <= out[-1][1]:
+                out[-1][1] = max(out[-1][1], b)
+            else:
+                out.append([a, b])
+        return out
+
+    unions = {s: union([(a, b) for a, b, _ in iv]) for s, iv in by_stream.items()}
+    busy = {s: sum(b - a for a, b in u) for s, u in unions.items()}
+    if not busy:
+        return {}
+    main = max(busy, key=busy.get)
+    t0 = min(a for u in unions.values() for a, _ in u)
+    out = {}
+    for s, u in unions.items():
+        overlap = 0.0
+        for a, b in u:
+            for c, d in unions[main]:
+                overlap += max(0.0, min(b, d) - max(a, c))
+        cats = collections.Counter(c for _, _, c in by_stream[s])
+        out[str(s)] = dict(busy_ms=round(busy[s] / 1e3, 3), first_ms=round((u[0][0] - t0) / 1e3, 3),
+                           last_ms=round((u[-1][1] - t0) / 1e3, 3), events=dict(cats),
+                           overlap_with_main_ms=None if s == main else round(overlap / 1e3, 3),
+                           main=s == main)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--lengths", default="16000")
+    ap.add_argument("--concurrency", default="1,4")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--load-mode", default="layerwise", choices=["layerwise", "async"])
+    ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/profile_layerwise")
+    args, rest = ap.parse_known_args()
+    a = prefix_ttft.parse_args(["--model", args.model, "--modes", "ucm", "--lengths", args.lengths,
+                                "--concurrency", args.concurrency, "--reps", str(args.reps),
+                                "--decode-batch", "0", "--out", args.out] + rest)
+    os.makedirs(args.out, exist_ok=True)
+    import torch
+
+    cuda = torch.cuda.is_available()
+    prefix_ttft.mode_env(a, "ucm", cuda)
+    instrument()
+    ktc = prefix_ttft.kv_transfer_config(a, "ucm", 1, "")
+    ktc["kv_connector_extra_config"]["ucm_load_mode"] = args.load_mode
+    b = prefix_ttft.Bench(a, "ucm", cuda, ktc=ktc)
+    b.warmup()
+    res = dict(info=b.info, load_mode=args.load_mode, cells=[])
+    for L in a.lengths:
+        for c in a.concurrency:
+            CPU.clear(), PATHS.clear(), RUNS.clear()
+            reps = [b.connector_cell(L, c) for _ in range(a.reps)]
+            cell = dict(L=L, c=c, ttft={k: statistics.median(r[k]["mean_s"] for r in reps) for k in reps[0]},
+                        cpu_s={k: dict(calls=v[0], seconds=round(v[1], 5), per_rep_ms=round(1e3 * v[1] / a.reps, 3))
+                               for k, v in sorted(CPU.items())},
+                        copier_paths=dict(PATHS),
+                        load_calls=[r for r in RUNS if not r["to_pool"]][-8:])
+            # one more 80 % pass under the profiler
+            A = b.fresh(c, L)
+            b.timed(A)
+            b.drain()
+            b.reset_gpu()
+            P = b.partial(A, L)
+            acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+            with torch.profiler.profile(activities=acts) as prof:
+                t = b.timed(P)
+                if cuda:
+                    torch.cuda.synchronize()
+            cell["profiled_ttft_s"] = t["mean_s"]
+            path = os.path.join(args.out, f"trace_{L}_{c}.json")
+            prof.export_chrome_trace(path)
+            with open(path) as f:
+                trace = json.load(f)
+            cell["streams"] = stream_summary(trace)
+            with open(path, "rb") as f, gzip.open(path + ".gz", "wb") as g:
+                g.write(f.read())
+            os.unlink(path)
+            res["cells"].append(cell)
+            print(json.dumps(cell, indent=1, default=str), flush=True)
+            prefix_ttft.write_json(os.path.join(args.out, "profile_layerwise.json"), res)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
