@@ -6,6 +6,8 @@
 #   the pure-Python wheels of .whl/ (omegaconf, hydra-core, antlr4, cachetools) unzipped to /tmp/ucm_site,
 #   this checkout on PYTHONPATH (no pip install), the model made once in /tmp/models/q7.
 # Writes into $OUT (default /tmp/prefix_ttft): the per-mode parts, the merged result, and log.txt.
+# BENCH=bench/trace_replay.py or BENCH=bench/profile_layerwise.py runs that script instead, with the
+# same set-up and the same --model/--out.
 set -o pipefail
 OUT=${OUT:-/tmp/prefix_ttft}
 mkdir -p "$OUT"
@@ -20,6 +22,6 @@ export PYTHONUNBUFFERED=1
   python3 -c 'import omegaconf, hydra, cachetools, ucm.integration.vllm.uc_connector as c; print("ucm connector importable:", c.__file__)' || exit 1
   [ -f /tmp/models/q7/config.json ] || python3 .gpu/make_model.py --preset qwen2.5-7b --out /tmp/models/q7 || exit 1
   echo "== setup done after $SECONDS s"
-  python3 bench/prefix_ttft.py --model /tmp/models/q7 --out "$OUT" "$@"
+  python3 "${BENCH:-bench/prefix_ttft.py}" --model /tmp/models/q7 --out "$OUT" "$@"
   echo "== exit $? after $SECONDS s"
 } 2>&1 | tee -a "$OUT/log.txt"
