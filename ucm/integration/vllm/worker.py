@@ -190,7 +190,11 @@ class UcmWorker:
         self.finish_layer_loads()  # a step that never reached its end (none in practice)
         if meta is None or not meta.loads or not self.layers:
             return
+        batch = []  # layer-wise loads with row views: one store call for all of them (below)
         for spec in meta.loads:
+            if spec.layerwise and self._planes is not None:
+                batch.append(spec)
+                continue
             ids, offs, dsts, staging = [], [], [], []
             where: dict[bytes, list[int]] = {}
             for h, b in zip(spec.block_hashes, spec.block_ids):
@@ -219,6 +223,28 @@ class UcmWorker:
                 self._loading[spec.req_id] = (task, where, staging, time.perf_counter())
             self.stats.add(loaded_blocks=len(where), loaded_bytes=len(where) * self.block_bytes,
                            layerwise_blocks=len(where) if spec.layerwise else 0)
+        if batch:
+            self._start_layer_loads(batch)
+
+    def _start_layer_loads(self, specs: list) -> None:
+        """One load for every layer-wise request of the step: its plan issues layer 0 of all of them,
+        then layer 1, ... (the step's attention of layer l needs layer l of every request; one call
+        per request would queue request 2's layer 0 behind all of request 1's layers)."""
+        keys, rows, where = [], [], {}
+        for spec in specs:
+            mine = set()
+            for h, b in zip(spec.block_hashes, spec.block_ids):
+                key = self.keys.rank_key(h, self.rank)
+                keys.append(key)
+                rows.append(b)
+                where.setdefault(key, []).append(b)
+                mine.add(key)
+            self.stats.add(loaded_blocks=len(mine), loaded_bytes=len(mine) * self.block_bytes,
+                           layerwise_blocks=len(mine))
+        task = self.store.load_blocks(keys, self._planes, rows)
+        self._layer_loads.append(_LayerLoad(",".join(s.req_id for s in specs), task, where, [], time.perf_counter()))
+        for spec in specs:
+            self.store.unpin(spec.req_id)  # the load itself now keeps its blocks resident
 
     @torch.inference_mode(False)
     def wait_for_layer_load(self, layer_name: str) -> None:
