@@ -76,3 +76,25 @@ def test_keys_differ_by_model_layout_and_rank():
     assert keys.root_hash(dict(ns)) == keys.root_hash(dict(reversed(list(ns.items()))))  # stable, order-free
     h = b"\x01" * 32
     assert keys.KeyMaker.rank_key(h, 0) != keys.KeyMaker.rank_key(h, 1)
+
+
+def test_block_hash_chain_is_a_prefix_chain_and_covers_extra_keys():
+    """Block i's hash depends on every token before it (a chain), resumes where it stopped, and
+    differs when vLLM's extra keys differ (here the cache salt, which goes into block 0)."""
+    import types
+
+    from ucm.integration.vllm import compat
+
+    def req(tokens, salt=None):
+        return types.SimpleNamespace(all_token_ids=tokens, mm_features=[], lora_request=None, cache_salt=salt,
+                                     prompt_embeds=None)
+
+    toks = list(range(100, 164))
+    whole = compat.block_hash_chain(req(toks), 0, 4, b"root", 16)
+    assert len(set(whole)) == 4
+    assert compat.block_hash_chain(req(toks), 2, 4, whole[1], 16) == whole[2:]
+    changed = compat.block_hash_chain(req(toks[:20] + [7] + toks[21:]), 0, 4, b"root", 16)
+    assert changed[0] == whole[0] and all(a != b for a, b in zip(changed[1:], whole[1:]))
+    salted = compat.block_hash_chain(req(toks, salt="tenant-a"), 0, 4, b"root", 16)
+    assert all(a != b for a, b in zip(salted, whole))
+    assert compat.block_hash_chain(req(toks), 0, 4, b"other root", 16)[3] != whole[3]

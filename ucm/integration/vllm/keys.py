@@ -13,7 +13,7 @@ from typing import Any
 
 from ucm.integration.vllm import compat
 
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: ucm's own SHA-256 block chain (compat.block_hash_chain)
 
 
 def namespace(vllm_config: Any, spec: dict, tp_size: int) -> dict:
