@@ -6,6 +6,10 @@ Layouts (what a vLLM worker hands the store):
 - whole-block: one piece per block (vLLM's cross-layer layout), --whole-kib each, scattered ids.
 Each through both APIs: the seed's piece API (dump/load with one tensor per piece) and the batched
 row API (dump_blocks/load_blocks with one tensor per plane). The pool uses one plane per piece.
+- vllm: the connector's own path on vLLM's real layout (0.26 FlashAttention, 0.32 CPU: K and V packed,
+  one (num_blocks, --vllm-layer-kib) tensor per layer; pool: one plane per layer): dumps reserve once
+  and write layer by layer (``reserve_blocks`` + ``write_planes``), loads are one ``load_blocks``
+  over every layer, as the worker does.
 
 Prints a table and writes JSON (--out). Runs on a GPU (device tensors, pinned pool) and on the
 CPU (host tensors, plain pool). Example:
@@ -55,7 +59,7 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
                fragmented: bool = False) -> dict:
     """Dump ``blocks`` scattered blocks of a vLLM-like cache into the store, then load them into a
     second cache at other scattered rows; best of ``reps`` for each direction."""
-    n_planes = 2 * layers if layout == "per-layer" else 1
+    n_planes = {"per-layer": 2 * layers, "vllm": layers}.get(layout, 1)
     block_bytes = piece * n_planes
     total = blocks * 2  # the "GPU cache" holds twice the blocks we move
     src = [torch.randint(0, 255, (total, piece), dtype=torch.uint8, device=device) for _ in range(n_planes)]
@@ -75,12 +79,17 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
         store._free = collections.deque(free)
 
     def dump(ids):
+        if api == "connector":  # reserve once, then one write per layer (after its attention)
+            bw = store.reserve_blocks(ids, rows)
+            for layer, t in enumerate(src):
+                store.write_planes(bw, [t], offset=layer * piece)
+            return bw.task
         if api == "blocks":
             return store.dump_blocks(ids, src, rows)
         return store.dump([i for i in ids for _ in src], offs * len(ids), [t[r] for r in rows for t in src])
 
     def load(ids):
-        if api == "blocks":
+        if api in ("blocks", "connector"):
             return store.load_blocks(ids, dst, dst_rows)
         return store.load([i for i in ids for _ in dst], offs * len(ids), [t[r] for r in dst_rows for t in dst])
 
@@ -121,6 +130,8 @@ def main():
     ap.add_argument("--whole-kib", type=int, default=1024)
     ap.add_argument("--plain-mib", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--vllm-layer-kib", type=int, default=32,
+                    help="vllm layout: one layer of one block, K and V (Qwen2.5-7B, 16-token blocks: 32)")
     ap.add_argument("--fragmented", action="store_true", help="also run the blocks API with shuffled free slots")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -131,9 +142,11 @@ def main():
     for kib in args.piece_kib:  # keep the moved bytes comparable: fewer blocks for bigger blocks
         block = (kib << 10) * 2 * args.layers
         runs.append(("per-layer", kib << 10, max(16, (args.blocks * (args.whole_kib << 10)) // block)))
+    vllm_block = (args.vllm_layer_kib << 10) * args.layers
+    vllm_run = ("vllm", args.vllm_layer_kib << 10, max(16, (args.blocks * (args.whole_kib << 10)) // vllm_block))
     rows = []
-    plan = [(r, a, False) for r in runs for a in ("pieces", "blocks")]
-    plan += [(r, "blocks", True) for r in runs] if args.fragmented else []
+    plan = [(r, a, False) for r in runs for a in ("pieces", "blocks")] + [(vllm_run, "connector", False)]
+    plan += [(r, "blocks", True) for r in runs] + [(vllm_run, "connector", True)] if args.fragmented else []
     for (layout, piece, blocks), api, frag in tqdm(plan, desc="layouts"):
         r = run_layout(device, layout, api, blocks, piece, args.layers, args.reps, frag)
         r["dump_ratio"] = r["dump_gbps"] / plain["d2h"]
@@ -145,9 +158,9 @@ def main():
             "command": "python bench/dram_bandwidth.py " + " ".join(sys.argv[1:])}
     print(f"{meta['gpu']} | torch {meta['torch']} | plain {args.plain_mib} MiB copy: "
           f"h2d {plain['h2d']:.1f} GB/s, d2h {plain['d2h']:.1f} GB/s")
-    print(f"{'layout':17} {'api':7} {'piece':>8} {'blocks':>7} {'MiB':>7} {'dump GB/s':>10} {'x plain':>8} {'load GB/s':>10} {'x plain':>8}")
+    print(f"{'layout':17} {'api':9} {'piece':>8} {'blocks':>7} {'MiB':>7} {'dump GB/s':>10} {'x plain':>8} {'load GB/s':>10} {'x plain':>8}")
     for r in rows:
-        print(f"{r['layout']:17} {r['api']:7} {r['piece_bytes'] >> 10:>6}Ki {r['blocks']:>7} {r['bytes'] >> 20:>7} "
+        print(f"{r['layout']:17} {r['api']:9} {r['piece_bytes'] >> 10:>6}Ki {r['blocks']:>7} {r['bytes'] >> 20:>7} "
               f"{r['dump_gbps']:>10.2f} {r['dump_ratio']:>8.2f} {r['load_gbps']:>10.2f} {r['load_ratio']:>8.2f}")
     if args.out:
         with open(args.out, "w") as f:
