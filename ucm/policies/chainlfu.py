@@ -166,13 +166,18 @@ class ChainLFUPolicy(EvictionPolicy):
             if len(seq) >= self.max_sequence:
                 self._flush(seq)
 
+    def value(self, n: int) -> int:
+        """The priority above ``L`` of a block with ``n`` half-unit sightings (here ``n`` itself;
+        subclasses reshape it)."""
+        return n
+
     def _flush(self, seq: list) -> None:
         if self.tail_first and len(seq) > 1:  # one key was just placed last: nothing to do
-            count, L = self._count, self.L
+            count, L, value = self._count, self.L, self.value
             for key in reversed(seq):
                 n = count.get(key)
                 if n is not None:
-                    self._place(key, L + n)
+                    self._place(key, L + value(n))
         seq.clear()
 
     def replay_requests(self, keys, starts, flags, r0: int, r1: int) -> None:

@@ -116,15 +116,6 @@ class PrefixLFUPolicy(ChainLFUPolicy):
         self._hits = 0
         self._inserting = False
 
-    def _flush(self, seq: list) -> None:
-        if self.tail_first and len(seq) > 1:
-            count, L, value = self._count, self.L, self.value
-            for key in reversed(seq):
-                n = count.get(key)
-                if n is not None:
-                    self._place(key, L + value(n))
-        seq.clear()
-
     def replay_requests(self, keys, starts, flags, r0: int, r1: int) -> None:
         """Simulator fast path, same result as the tier protocol with ``begin_sequence()`` before
         each request: replays requests ``r0..r1-1`` (raw mode), setting ``flags[i] = 1`` on hits."""
