@@ -521,6 +521,20 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_outputs(stem: str, res: dict, md: str, plot) -> str:
+    """``stem``.json and .md, and .png through ``plot(res, path)`` where matplotlib is installed;
+    returns the extensions written."""
+    write_json(stem + ".json", res)
+    with open(stem + ".md", "w") as fh:
+        fh.write(md)
+    try:
+        plot(res, stem + ".png")
+        return "json, md, png"
+    except ImportError as e:  # no matplotlib here: run --mode table where it is
+        print(f"no plot ({e}): run --mode table with a Python that has matplotlib")
+        return "json, md"
+
+
 NATIVE_SHM_GLOB = "/dev/shm/vllm_offload_*"  # vLLM 0.26's native CPU buffer, left behind by a killed run
 
 

@@ -13,7 +13,7 @@ import os
 import re
 import statistics
 
-from prefix_ttft import MODE_COLUMNS, MODES, ROW_KEYS, write_json
+from prefix_ttft import MODE_COLUMNS, MODES, ROW_KEYS, write_outputs
 
 SEED_SPEEDUP = 3.3  # the seed's headline speed-up at 80 % hits
 
@@ -243,17 +243,9 @@ def report(out: str, from_dirs: list[str]) -> dict:
                decode={m: parts[m]["decode"] for m in MODES if m in parts and parts[m].get("decode")},
                generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     stem = os.path.join(out, f"prefix_ttft_{gpu_slug(res['gpu'])}_{date}")
-    write_json(stem + ".json", res)
-    with open(stem + ".md", "w") as fh:
-        fh.write(markdown(res))
-    ext = "json, md"
-    try:
-        from plot_prefix_ttft import plot
+    from plot_prefix_ttft import plot
 
-        plot(res, stem + ".png")
-        ext += ", png"
-    except ImportError as e:  # no matplotlib here: run --mode table where it is
-        print(f"no plot ({e}): run --mode table with a Python that has matplotlib")
+    ext = write_outputs(stem, res, markdown(res), plot)
     print(markdown(res))
     print(f"wrote {stem}.{{{ext}}}", flush=True)
     return res

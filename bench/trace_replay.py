@@ -486,15 +486,7 @@ def report(out: str, from_dirs: list[str]) -> dict:
                            and r.get("finish") is not None] for m in order},
                generated=utc_now())
     stem = os.path.join(out, f"trace_replay_{gpu_slug(res['gpu'])}_{date}")
-    write_json(stem + ".json", res)
-    with open(stem + ".md", "w") as fh:
-        fh.write(markdown(res))
-    ext = "json, md"
-    try:
-        plot(res, stem + ".png")
-        ext += ", png"
-    except ImportError as e:
-        print(f"no plot ({e}): run --mode table with a Python that has matplotlib")
+    ext = prefix_ttft.write_outputs(stem, res, markdown(res), plot)
     print(f"wrote {stem}.{{{ext}}}")
     print(markdown(res))
     return res
