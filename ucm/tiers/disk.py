@@ -159,8 +159,9 @@ class DiskTier(Tier):
             self.counters["evictions"] += 1
         return True
 
-    def _store(self, key: bytes, data: torch.Tensor) -> int:
-        """Admit and write one committed block; returns OK, REFUSED or IO_ERROR."""
+    def _store(self, key: bytes, data: torch.Tensor, background: bool = False) -> int:
+        """Admit and write one committed block; returns OK, REFUSED or IO_ERROR. With
+        ``background`` the block is hittable at once (read from ``data`` until its file lands)."""
         with self._lock:
             if key in self._files:
                 self.eviction.touch(key)
@@ -170,6 +171,12 @@ class DiskTier(Tier):
                 return REFUSED
             self._files[key] = self._file_bytes(key)  # reserve the bytes before writing
             self._used += self._files[key]
+            if background:
+                self._writing[key] = data
+                self.eviction.insert(key)
+        if background:
+            self._writer.run(self._write_pending, key, data)
+            return 0
         try:
             self._write_file(key, data)
         except OSError as exc:
@@ -263,19 +270,7 @@ class DiskTier(Tier):
         """A block demoted from the tier above: admitted and hittable at once, its file written on
         a background thread (the caller, often the model's own thread, never waits for the disk).
         ``data`` must not change afterwards."""
-        with self._lock:
-            if key in self._files:
-                self.eviction.touch(key)
-                return True
-            if not self.admission.admit(key) or not self._make_room(self._file_bytes(key), key):
-                self.counters["refused"] += 1
-                return False
-            self._files[key] = self._file_bytes(key)
-            self._used += self._files[key]
-            self._writing[key] = data
-            self.eviction.insert(key)
-        self._writer.run(self._write_pending, key, data)
-        return True
+        return self._store(key, data, background=True) == 0
 
     def _write_pending(self, key: bytes, data: torch.Tensor) -> None:
         try:

@@ -75,7 +75,8 @@ class UcmScheduler:
         hashes = self.keys.hashes(st.keys, last)[first:]
         hit = 0
         # the same decision for every rank: a block counts only if all ranks hold it
-        present = self.lookup.lookup([[self.keys.rank_key(h, r) for h in hashes] for r in range(self.keys.tp_size)])
+        per_rank = [[self.keys.rank_key(h, r) for h in hashes] for r in range(self.keys.tp_size)]
+        present = self.lookup.lookup(per_rank)
         for p in present:
             if not p:
                 break
@@ -85,7 +86,7 @@ class UcmScheduler:
         if hit and self.layerwise:
             rid = request.request_id
             self.pinned.add(rid)
-            if self.lookup.pin([[self.keys.rank_key(h, r) for h in hashes[:hit]] for r in range(self.keys.tp_size)], rid):
+            if self.lookup.pin([keys[:hit] for keys in per_rank], rid):
                 st.layerwise = True
                 return hit * bs, False
             self._unpin(rid)

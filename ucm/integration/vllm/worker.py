@@ -4,8 +4,9 @@ One stored block = one vLLM block of one TP rank: every layer's K and V, layer a
 ``layer_index * layer_bytes`` (the pieces of a layer in vLLM's own layout, K before V).
 
 - Layer-wise loads (hits the scheduler pinned in the store's memory tier): ``start_load_kv``
-  submits one load per request (all its blocks, every layer in order, on the store's load stream)
-  and the request computes its new tokens in this same step; ``wait_for_layer_load`` makes the
+  submits one load for all such requests of the step (every layer in order, layer 0 of every
+  request first, on the store's load stream) and the requests compute their new tokens in this
+  same step; ``wait_for_layer_load`` makes the
   model wait for that layer only (on CUDA the compute stream waits for the layer's copy event: no
   CPU stall), so layer l+1 copies while layer l computes. Pinned blocks cannot miss; should a
   copy fail anyway, its blocks are reported through ``get_block_ids_with_load_errors``.
@@ -92,7 +93,8 @@ def _decrement(counts: dict, key) -> None:
 
 
 class _LayerLoad:
-    """One request's load in the running step: waited for layer by layer."""
+    """A load feeding the running step (one or more requests: ``req_id`` names them all), waited
+    for layer by layer."""
     __slots__ = ("req_id", "task", "where", "staging", "t0")
 
     def __init__(self, req_id: str, task: Any, where: dict, staging: list, t0: float):
@@ -195,10 +197,11 @@ class UcmWorker:
             if spec.layerwise and self._planes is not None:
                 batch.append(spec)
                 continue
-            ids, offs, dsts, staging = [], [], [], []
+            ids, offs, dsts, staging, keys = [], [], [], [], []
             where: dict[bytes, list[int]] = {}
             for h, b in zip(spec.block_hashes, spec.block_ids):
                 key = self.keys.rank_key(h, self.rank)
+                keys.append(key)
                 where.setdefault(key, []).append(b)
                 if self._planes is not None:
                     continue
@@ -212,8 +215,7 @@ class UcmWorker:
                         offs.append(layer.offset + po)
                         dsts.append(dst)
             if self._planes is not None:
-                task = self.store.load_blocks([self.keys.rank_key(h, self.rank) for h in spec.block_hashes],
-                                              self._planes, list(spec.block_ids))
+                task = self.store.load_blocks(keys, self._planes, list(spec.block_ids))
             else:
                 task = self.store.load(ids, offs, dsts)
             if spec.layerwise:
