@@ -115,3 +115,40 @@ def test_default_max_cache_size_is_5_gib():
     from ucm.tiers.settings import StoreSettings
 
     assert StoreSettings().max_cache_size == 5368709120
+
+
+class _Pending:
+    """A copy that never finishes by itself, counting how often it is polled."""
+
+    def __init__(self):
+        self.polls = 0
+        self.finished = False
+
+    def done(self):
+        self.polls += 1
+        return self.finished
+
+    def wait(self, timeout):
+        return self.finished
+
+
+def test_dumps_into_a_full_pool_do_not_poll_loads_per_block():
+    """Reserving many new blocks in a full pool while a load is in flight costs O(1) polls of that
+    load per call, not one per evicted block (on CUDA each poll is an event query on the model's
+    thread); a finished load that nobody waited for still stops protecting its blocks."""
+    slots = 64
+    with create_store("UcmDramStore", {"kv_block_size": BLOCK, "max_cache_size": BLOCK * slots}) as tier:
+        put(tier, [f"old{i}" for i in range(slots)])
+        pending = _Pending()
+        load = tier.load([b"old0"], [0], [torch.empty(BLOCK, dtype=torch.uint8)])
+        tier.wait(load)
+        load = tier.load([b"old1"], [0], [torch.empty(BLOCK, dtype=torch.uint8)])
+        load.add(pending)  # now it is in flight until we say so
+        new = [f"new{i}" for i in range(slots - 2)]
+        put(tier, new)
+        assert pending.polls <= 4
+        assert tier.lookup(new) == [True] * len(new)
+        assert tier.lookup(["old1"]) == [True]  # protected by the load in flight
+        pending.finished = True  # done, never waited for: the next dump that needs it evicts it
+        put(tier, ["last0", "last1"])
+        assert tier.lookup(["last0", "last1"]) == [True, True]

@@ -119,9 +119,12 @@ def row_groups(planes: list[PlaneCopy]) -> list[list[PlaneCopy]]:
 class _Events:
     def __init__(self, events):
         self.events = events
+        self._done = False
 
     def done(self) -> bool:
-        return all(e.query() for e in self.events)
+        if not self._done:  # remembered: callers poll many times
+            self._done = all(e.query() for e in self.events)
+        return self._done
 
     def wait(self, timeout: float) -> bool:
         from ucm.tiers.copy import _EventCompletion

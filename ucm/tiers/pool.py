@@ -301,8 +301,13 @@ class SlotPoolTier(Tier):
         if not self.admission.admit(key, victim):
             return None
         if not self._free:
-            self._reap()
             victim = self.eviction.evict(self._reading, incoming=key)
+            if victim is None and self._inflight:
+                # only now: loads finished without a wait may still protect blocks. Reaping before
+                # every eviction queried each load in flight per new block (thousands of event
+                # queries per step on the GPU, on the model's thread)
+                self._reap()
+                victim = self.eviction.evict(self._reading, incoming=key)
             if victim is None:
                 return None
             vblk = self._blocks.pop(victim)
