@@ -188,3 +188,59 @@ def test_whole_row_dma_groups_round_trip_on_cuda(planes):
         assert store.wait(task) == OK
         for s, d in zip(src, dst):
             assert torch.equal(d[back], s[rows])
+
+
+def test_open_blocks_reads_layer_by_layer_and_keeps_blocks_until_the_last(pool_store, dev):
+    """``open_blocks`` finds and protects the blocks once; each ``read_planes`` copies one layer;
+    the blocks stay resident (not evictable) until the read with ``last=True`` is done."""
+    src = kv_cache(device=dev)
+    rows = [4, 7, 1]
+    ids = [f"o{r}" for r in rows]
+    assert pool_store.wait(pool_store.dump_blocks(ids, src, rows)) == OK
+    pool_store.commit(ids)
+    dst = [torch.zeros_like(t) for t in src]
+    back = [20, 21, 22]
+    br = pool_store.open_blocks(ids + ["missing"], back + [23])
+    assert br.task.failed == {b"missing": NOT_FOUND}
+    for layer in range(LAYERS):
+        assert pool_store._reading.keys() >= {i.encode() for i in ids}, "protected while layers remain"
+        parts = pool_store.read_planes(br, dst[2 * layer:2 * layer + 2], offset=2 * layer * ROW,
+                                       last=layer == LAYERS - 1)
+        assert len(parts) == 2
+    assert pool_store.wait(br.task) == NOT_FOUND
+    assert not pool_store._reading, "released after the last layer"
+    for s, d in zip(src, dst):
+        assert torch.equal(d[back], s[rows])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the two-stream DMA path is CUDA-only")
+@pytest.mark.parametrize("shuffled", [False, True], ids=["slot-runs", "fragmented"])
+def test_many_layers_through_the_staging_ring_on_cuda(shuffled):
+    """More layers than staging buffers, each plane big enough for the DMA path: DMAs of one layer
+    overlap the previous layer's kernel on the other stream; every byte must still land, both ways,
+    through reserve/write and open/read as vLLM's connector calls them."""
+    layers, n = 12, 700  # 700 rows x 1 KiB a plane
+    block = 2 * layers * ROW
+    with create_store("UcmDramStore", {"kv_block_size": block, "max_cache_size": (n + 8) * block,
+                                       "planes": layers}) as store:
+        if shuffled:
+            import random
+            random.Random(5).shuffle(store._free)
+        g = torch.Generator().manual_seed(9)
+        src = [torch.randint(-100, 100, (n + 40, ROW), dtype=torch.int16, generator=g).cuda()
+               for _ in range(layers)]  # one packed K+V plane of 2 x 512 bytes per layer, like vLLM 0.26
+        rows = list(range(40, 40 + n))
+        ids = [f"L{r}" for r in rows]
+        bw = store.reserve_blocks(ids, rows)
+        for layer in range(layers):
+            store.write_planes(bw, [src[layer]], offset=layer * 2 * ROW)
+        assert store.wait(bw.task) == OK
+        store.commit(ids)
+        dst = [torch.zeros_like(t) for t in src]
+        back = list(reversed(range(n)))
+        br = store.open_blocks(ids, back)
+        for layer in range(layers):
+            store.read_planes(br, [dst[layer]], offset=layer * 2 * ROW, last=layer == layers - 1)
+        assert store.wait(br.task) == OK
+        for s, d in zip(src, dst):
+            assert torch.equal(d[back], s[rows])

@@ -57,8 +57,8 @@ def main() -> None:
         third = engine.generate(llm, texts)
         res["failure_totals"] = stats.totals()
         res["injected_failures"] = injected["failed"]
-        store.load = type(store).load.__get__(store)  # undo the wrappers
-        store.load_blocks = type(store).load_blocks.__get__(store)
+        for name in ("load", "load_blocks", "open_blocks", "read_planes"):  # undo the wrappers
+            setattr(store, name, getattr(type(store), name).__get__(store))
         _failing_load(store, every=3, garbage=False)
         fourth = engine.generate(llm, texts)
         res["store"] = store.stats()

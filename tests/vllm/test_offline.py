@@ -86,8 +86,32 @@ def _failing_load(store, every: int, garbage: bool = True):
         hits["failed"] += len(bad)
         return wrapper
 
+    orig_open, orig_read = store.open_blocks, store.read_planes
+    bad_rows = {}  # id(BlockRead) -> rows of its failed blocks
+
+    def open_blocks(block_ids, rows):  # the layer-by-layer path
+        order = list(dict.fromkeys(bytes(b) for b in block_ids))
+        bad = set(order[every - 1::every])
+        keep = [i for i, b in enumerate(block_ids) if bytes(b) not in bad]
+        br = orig_open([block_ids[i] for i in keep], [rows[i] for i in keep])
+        for b in bad:
+            br.task.fail(b, NOT_FOUND)
+        bad_rows[id(br)] = [rows[i] for i, b in enumerate(block_ids) if bytes(b) in bad]
+        hits["failed"] += len(bad)
+        return br
+
+    def read_planes(br, planes, offset=0, last=False):
+        parts = orig_read(br, planes, offset=offset, last=last)
+        if garbage:
+            for plane in planes:
+                for r in bad_rows.get(id(br), ()):
+                    plane[r].fill_(7.0)
+        return parts
+
     store.load = load
     store.load_blocks = load_blocks
+    store.open_blocks = open_blocks
+    store.read_planes = read_planes
     return hits
 
 

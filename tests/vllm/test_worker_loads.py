@@ -6,6 +6,7 @@ import torch
 
 from ucm.integration.vllm.keys import KeyMaker
 from ucm.integration.vllm.metadata import LoadSpec, UcmConnectorMetadata
+from ucm.integration.vllm import worker as worker_mod
 from ucm.integration.vllm.worker import UcmWorker
 from ucm.tiers import create_store
 
@@ -18,7 +19,7 @@ def kv_caches(seed: int) -> dict[str, torch.Tensor]:
             for i in range(LAYERS)}
 
 
-def test_layerwise_loads_of_a_step_are_one_store_call_in_layer_order():
+def test_layerwise_loads_of_a_step_are_one_store_call_in_layer_order(monkeypatch):
     whole = LAYERS * 2 * ROW
     store = create_store("UcmDramStore", {"kv_block_size": whole, "max_cache_size": 64 * whole, "planes": LAYERS})
     keys = KeyMaker(b"root", 16, 1)
@@ -31,9 +32,11 @@ def test_layerwise_loads_of_a_step_are_one_store_call_in_layer_order():
     dst = {name: torch.zeros_like(kv) for name, kv in src.items()}
     worker = UcmWorker(store, keys, 0, BLOCKS, whole)
     worker.register_kv_caches(dst)
-    calls = []
-    real = store.load_blocks
-    store.load_blocks = lambda *a, **k: calls.append(a[0]) or real(*a, **k)
+    calls, layers_read = [], []
+    real_open, real_read = store.open_blocks, store.read_planes
+    store.open_blocks = lambda *a, **k: calls.append(a[0]) or real_open(*a, **k)
+    store.read_planes = lambda br, planes, **k: layers_read.append(k["offset"]) or real_read(br, planes, **k)
+    monkeypatch.setattr(worker_mod, "LOOKAHEAD", 1)  # launch one layer ahead of the model's
     # two requests sharing h0, h1 (a common prefix); both pinned by the scheduler beforehand
     a = LoadSpec("a", stored[:4], [10, 11, 12, 13], layerwise=True)
     b = LoadSpec("b", stored[:2] + stored[4:], [20, 21, 22, 23], layerwise=True)
@@ -41,9 +44,14 @@ def test_layerwise_loads_of_a_step_are_one_store_call_in_layer_order():
     worker.start_load_kv(UcmConnectorMetadata(loads=[a, b], seq=1))
     assert len(calls) == 1 and len(calls[0]) == 8, "one store call for the step's layer-wise loads"
     assert not store._pins, "pins are released once the load holds its blocks"
-    for name in dst:
+    assert len(layers_read) == 1, "layer 0 launched up front, the others as the model reaches them"
+    assert store._reading, "the read keeps its blocks resident until every layer is copied"
+    for i, name in enumerate(dst):
         worker.wait_for_layer_load(name)
+        assert len(layers_read) == min(LAYERS, i + 2)
+    assert layers_read == [i * 2 * ROW for i in range(LAYERS)], "each layer once, in model order"
     assert worker.get_block_ids_with_load_errors() == set()
+    assert not store._reading, "blocks released once the read ended and its copies are done"
     for name in dst:
         for kv_row, src_row in [(10, 0), (11, 1), (12, 2), (13, 3), (20, 0), (21, 1), (22, 4), (23, 5)]:
             assert torch.equal(dst[name][:, kv_row], src[name][:, src_row]), (name, kv_row)

@@ -21,7 +21,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
-from typing import Optional, Protocol, Union
+from typing import Any, Optional, Protocol, Union
 
 import torch
 
@@ -127,7 +127,12 @@ class Task:
         self._parts.append(part)
 
     def on_done(self, fn: Callable[[], None]) -> None:
-        self._finalizers.append(fn)
+        """Run ``fn`` once the task is done (at once if it was seen done already)."""
+        with self._lock:
+            if not self._finished:
+                self._finalizers.append(fn)
+                return
+        fn()
 
     def add_task(self, child: "Task") -> None:
         """Wait for ``child`` too, and take over its failures when done."""
@@ -186,6 +191,22 @@ class BlockWrite:
     plans: list = field(default_factory=list)
 
 
+@dataclass
+class BlockRead:
+    """A load whose planes are copied one layer at a time (``Store.open_blocks``): the blocks are
+    found (and kept resident) once; ``read_planes`` launches one layer's copies, the call with
+    ``last=True`` ends the read. Blocks not found are in ``task.failed`` from the start."""
+
+    store: "Store"
+    block_ids: list
+    rows: list
+    task: Task
+    k: int = 1
+    max_row: int = -1
+    plan: Any = None
+    pinned: dict = field(default_factory=dict)
+
+
 class Store(ABC):
     """The seed's store contract (see the module docstring)."""
 
@@ -227,6 +248,19 @@ class Store(ABC):
     def write_planes(self, bw: BlockWrite, planes: Sequence[torch.Tensor], offset: int = 0) -> None:
         """One layer's planes of a reserved dump, at byte ``offset`` of each block."""
         bw.task.add_task(self.dump_blocks(bw.block_ids, planes, bw.rows, offset))
+
+    def open_blocks(self, block_ids: Sequence[BlockId], rows: Sequence) -> BlockRead:
+        """Start a load read layer by layer with ``read_planes`` (see ``BlockRead``)."""
+        return BlockRead(self, list(block_ids), list(rows), Task("load"))
+
+    def read_planes(self, br: BlockRead, planes: Sequence[torch.Tensor], offset: int = 0,
+                    last: bool = False) -> list:
+        """One layer's planes of an opened load, at byte ``offset`` of each block: one completion
+        per plane (also added to ``br.task``). ``last=True`` on the final call releases the blocks
+        once the copies are done."""
+        child = self.load_blocks(br.block_ids, planes, br.rows, offset)
+        br.task.add_task(child)
+        return [child for _ in planes]
 
     def pin(self, block_ids: Sequence[BlockId], owner: str) -> list[bool]:
         """Keep the blocks committed in this store's fastest tier resident until ``unpin(owner)``;

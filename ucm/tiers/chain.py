@@ -140,6 +140,13 @@ class TierChain(Store):
                 log.error("ucm: copy of block %s failed: %s", key[:16].hex(), exc)
                 task.fail(key, IO_ERROR)
 
+    def open_blocks(self, block_ids, rows):
+        """Read layer by layer from the head when it holds every block (pinned hits); else the
+        default (each layer a whole ``load_blocks``). ``read_planes`` goes to ``br.store``."""
+        if all(self.head.holds(k) for k in to_keys(block_ids)):
+            return self.head.open_blocks(block_ids, rows)
+        return super().open_blocks(block_ids, rows)
+
     def pin(self, block_ids, owner: str) -> list[bool]:
         """Pins in the head only: blocks below it load through a promotion, which can fail."""
         return self.head.pin(block_ids, owner)

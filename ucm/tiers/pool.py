@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from ucm.policies import AdmissionPolicy, EvictionPolicy
-from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, BlockWrite, Task, Tier, as_bytes, check_pieces,
+from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, BlockRead, BlockWrite, Task, Tier, as_bytes, check_pieces,
                             log, to_keys)
 from ucm.tiers.copy import CopyEngine
 from ucm.tiers.planes import CudaPlaneCopier, PlaneCopy, RowPlan, copy_planes_cpu, cuda_view, rows_view
@@ -70,6 +70,7 @@ class SlotPoolTier(Tier):
         self._reading: dict[bytes, int] = {}  # key -> loads in flight + pins (protected from eviction)
         self._pins: dict[str, list[bytes]] = {}  # owner -> keys it pinned (each counted in _reading)
         self._inflight: list[Task] = []
+        self._views: dict[tuple, list[PlaneCopy]] = {}  # see _plane_views
         self._lock = threading.RLock()
         self._dumps = CopyEngine(f"{name}-dump", device)
         self._loads = CopyEngine(f"{name}-load", device)
@@ -176,6 +177,26 @@ class SlotPoolTier(Tier):
             task.add(part)
         self._track_read(task, pinned)
         return task
+
+    def open_blocks(self, block_ids: Sequence[BlockId], rows: Sequence) -> BlockRead:
+        """Find the blocks once (kept from eviction until the read ends) and prepare the row plan;
+        ``read_planes`` then only launches each layer's copies, so a caller can start on layer 0
+        before it has paid for launching every layer."""
+        keys, k, max_row = self._check_rows(block_ids, rows)
+        br = BlockRead(self, keys, list(rows), Task("load"), k=k, max_row=max_row)
+        br.plan = self._plan(keys, rows, k, br.task, pinned=br.pinned)
+        return br
+
+    def read_planes(self, br: BlockRead, planes: Sequence[torch.Tensor], offset: int = 0,
+                    last: bool = False) -> list:
+        if br.store is not self:
+            raise ValueError("read_planes needs a BlockRead from this store's open_blocks")
+        parts = self._submit_planes(self._plane_views(planes, offset, br.k, br.max_row), br.plan, False)
+        for part in parts:
+            br.task.add(part)
+        if last:
+            self._track_read(br.task, br.pinned)
+        return parts
 
     def reserve_blocks(self, block_ids: Sequence[BlockId], rows: Sequence) -> BlockWrite:
         """Decide once which blocks a layer-by-layer dump writes (skipped, refused, given a slot)
@@ -342,7 +363,10 @@ class SlotPoolTier(Tier):
         return keys, k, max(flat, default=-1)
 
     def _plane_views(self, planes, offset: int, k: int, max_row: int) -> list[PlaneCopy]:
-        """One PlaneCopy per caller plane, checked against the pool's layout."""
+        """One PlaneCopy per caller plane, checked against the pool's layout. Made once per set of
+        planes: a caller (vLLM's KV cache) passes the same tensors every step, and building the
+        views cost ~40 µs a plane, on the model's thread. A cached entry keeps its tensors alive,
+        so no other tensor can have the same address."""
         if not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be a non-negative int, got {offset!r}")
         for j, t in enumerate(planes):
@@ -350,6 +374,16 @@ class SlotPoolTier(Tier):
                 raise ValueError(f"planes[{j}] must be a tensor whose first dimension indexes rows")
             if max_row >= t.shape[0]:
                 raise ValueError(f"rows must index the planes' first dimension (< {t.shape[0]}), got {max_row}")
+        key = (offset, k, *((t.device, t.data_ptr(), t.dtype, t.shape, t.stride()) for t in planes))
+        views = self._views.get(key)
+        if views is None:
+            views = self._make_plane_views(planes, offset, k)
+            if len(self._views) >= 256:
+                self._views.clear()
+            self._views[key] = views
+        return views
+
+    def _make_plane_views(self, planes, offset: int, k: int) -> list[PlaneCopy]:
         end = offset + k * sum(t.numel() * t.element_size() // t.shape[0] for t in planes)
         if end > self.block_size:
             raise ValueError(f"offset + the planes' rows = {end} bytes exceeds kv_block_size {self.block_size}")
