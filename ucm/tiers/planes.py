@@ -6,7 +6,8 @@ vLLM block) and ``pool_rows`` is a (slots, width) view of the pool. Instead of o
 - on the CPU: row copies on a worker thread (one job per plane, so each plane completes on its own);
 - GPU <-> pinned pool, long slot runs: a gather into a device staging buffer and one DMA per run of
   consecutive slots (the copy engines run at the link rate, no SMs used); loads DMA runs into
-  staging and scatter it with one kernel;
+  staging and scatter it with one kernel; DMAs and kernels on two streams with two staging buffers
+  in turn, so one plane's DMA overlaps its neighbour's kernel;
 - GPU <-> pinned pool, fragmented slots: one gather/scatter kernel that reads or writes the pinned
   pool directly through unified virtual addressing;
 - GPU <-> device pool (HBM tier): one gather/scatter kernel.
@@ -14,6 +15,7 @@ Each plane's completion is its own event, so a caller can wait for one layer whi
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -151,22 +153,67 @@ def copy_planes_cpu(planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> No
                 user[r].copy_(pool[s])
 
 
+class _Ring:
+    """Two staging buffers used in turn: the producer stream fills one while the consumer stream
+    still drains the other, so DMAs and gather/scatter kernels overlap in bounded memory."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.bufs: list[Optional[torch.Tensor]] = [None, None]
+        self.free: list[Optional[torch.cuda.Event]] = [None, None]  # consumer done with buffer i
+        self.i = 0
+
+    def take(self, rows: int, width: int, producer) -> tuple[int, torch.Tensor]:
+        b, self.i = self.i, self.i ^ 1
+        if self.free[b] is not None:
+            producer.wait_event(self.free[b])
+        need = rows * width
+        if self.bufs[b] is None or self.bufs[b].numel() < need:
+            with torch.cuda.stream(producer):  # the old buffer's memory is reused only after the wait above
+                self.bufs[b] = torch.empty(need, dtype=torch.uint8, device=self.device)
+        return b, self.bufs[b][:need].view(rows, width)
+
+
+def _record(stream) -> torch.cuda.Event:
+    ev = torch.cuda.Event()
+    ev.record(stream)
+    return ev
+
+
 class CudaPlaneCopier:
-    """Issues plane copies on one copy stream: gathers, DMAs and scatters, in order."""
+    """Plane copies on two streams: DMAs between pinned host memory and staging on the copy stream
+    (the copy engines, no SMs), gathers/scatters and UVA kernels on the kernel stream. A layer's
+    DMA overlaps the previous layer's scatter (loads) or the next layer's gather (dumps), so the
+    link does not idle while a kernel runs. Loads' DMAs wait for nothing (they touch only the
+    pinned pool, whose blocks are protected, and staging); every kernel that touches the caller's
+    tensors runs after the work queued on the caller's stream when the copy was submitted."""
 
     def __init__(self, device: torch.device, priority: int = 0):
         self.device = device
         self.copy_stream = torch.cuda.Stream(device, priority=priority)
+        self.kernel_stream = torch.cuda.Stream(device, priority=priority)
+        self._rings = {True: _Ring(device), False: _Ring(device)}  # per direction (to_pool)
+        self._lock = threading.Lock()  # the rings' turns (a chain also loads from its promoter thread)
 
     def submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list[_Events]:
-        self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with self._lock:
+            return self._submit(planes, plan, to_pool)
+
+    def _submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list[_Events]:
+        self.kernel_stream.wait_stream(torch.cuda.current_stream(self.device))
+        fresh = (self.device.type, self.device.index) not in plan._index
         with torch.cuda.stream(self.copy_stream):
             r, s = plan.index(self.device)
+        if fresh:  # made on the copy stream, read by kernels too
+            self.kernel_stream.wait_event(_record(self.copy_stream))
+            r.record_stream(self.kernel_stream)
+            s.record_stream(self.kernel_stream)
+        ring = self._rings[bool(to_pool)]
         done = []
         for group in row_groups(planes):
             if len(group) > 1 and group[0].row_uva is not None \
                     and group[0].row.shape[1] * len(plan) >= MIN_RUN_BYTES * len(plan.runs):
-                ev = (self._dump_rows if to_pool else self._load_rows)(group, r, plan.runs)
+                ev = (self._dump_rows if to_pool else self._load_rows)(group, r, plan.runs, ring)
                 done.extend(ev for _ in group)  # the planes of a group land together
                 continue
             for pc in group:
@@ -174,59 +221,67 @@ class CudaPlaneCopier:
                 dma = (pc.pool_uva is not None and pc.pool.is_contiguous()
                        and width * len(plan) >= MIN_RUN_BYTES * len(plan.runs))
                 if to_pool:
-                    done.append(self._dump_plane(pc, r, s, plan.runs, dma))
+                    done.append(self._dump_plane(pc, r, s, plan.runs, dma, ring))
                 else:
-                    done.append(self._load_plane(pc, r, s, plan.runs, dma))
+                    done.append(self._load_plane(pc, r, s, plan.runs, dma, ring))
         return done
 
-    def _load_rows(self, group: list[PlaneCopy], r, slot_runs) -> _Events:
+    def _dma_in(self, ring: _Ring, rows: int, width: int, src: torch.Tensor, slot_runs) -> tuple[int, torch.Tensor]:
+        """Slot runs of ``src`` (pool rows) into a staging buffer, on the copy stream; the kernel
+        stream then waits for them."""
+        b, staging = ring.take(rows, width, self.copy_stream)
+        with torch.cuda.stream(self.copy_stream):
+            for slot0, i0, n in slot_runs:
+                staging[i0:i0 + n].copy_(src[slot0:slot0 + n], non_blocking=True)
+            self.kernel_stream.wait_event(_record(self.copy_stream))
+        return b, staging
+
+    def _dma_out(self, ring: _Ring, b: int, staging: torch.Tensor, dst: torch.Tensor, slot_runs) -> _Events:
+        """A gathered staging buffer into slot runs of ``dst`` (pool rows), on the copy stream."""
+        self.copy_stream.wait_event(_record(self.kernel_stream))
+        with torch.cuda.stream(self.copy_stream):
+            for slot0, i0, n in slot_runs:
+                dst[slot0:slot0 + n].copy_(staging[i0:i0 + n], non_blocking=True)
+            ev = _record(self.copy_stream)
+        ring.free[b] = ev
+        return _Events([ev])
+
+    def _load_rows(self, group: list[PlaneCopy], r, slot_runs, ring: _Ring) -> _Events:
         """Whole pool rows (e.g. a layer's K and V) DMA'd by slot run into staging, then one
         scatter kernel per caller plane."""
-        row = group[0].row
-        with torch.cuda.stream(self.copy_stream):
-            staging = torch.empty((len(r), row.shape[1]), dtype=torch.uint8, device=self.device)
-            for slot0, i0, n in slot_runs:
-                staging[i0:i0 + n].copy_(row[slot0:slot0 + n], non_blocking=True)
+        b, staging = self._dma_in(ring, len(r), group[0].row.shape[1], group[0].row, slot_runs)
+        with torch.cuda.stream(self.kernel_stream):
             for pc in group:
                 pc.user.index_copy_(0, r, staging[:, pc.col:pc.col + pc.user.shape[1]])
-            ev = torch.cuda.Event()
-            ev.record(self.copy_stream)
+            ev = ring.free[b] = _record(self.kernel_stream)
         return _Events([ev])
 
-    def _dump_rows(self, group: list[PlaneCopy], r, slot_runs) -> _Events:
+    def _dump_rows(self, group: list[PlaneCopy], r, slot_runs, ring: _Ring) -> _Events:
         row = group[0].row
-        with torch.cuda.stream(self.copy_stream):
-            staging = torch.empty((len(r), row.shape[1]), dtype=torch.uint8, device=self.device)
+        b, staging = ring.take(len(r), row.shape[1], self.kernel_stream)
+        with torch.cuda.stream(self.kernel_stream):
             for pc in group:
                 staging[:, pc.col:pc.col + pc.user.shape[1]].copy_(pc.user.index_select(0, r))
-            for slot0, i0, n in slot_runs:
-                row[slot0:slot0 + n].copy_(staging[i0:i0 + n], non_blocking=True)
-            ev = torch.cuda.Event()
-            ev.record(self.copy_stream)
-        return _Events([ev])
+        return self._dma_out(ring, b, staging, row, slot_runs)
 
-    def _dump_plane(self, pc, r, s, slot_runs, dma) -> _Events:
-        with torch.cuda.stream(self.copy_stream):
-            staging = pc.user.index_select(0, r)
-            if dma:
-                for slot0, i0, n in slot_runs:
-                    pc.pool[slot0:slot0 + n].copy_(staging[i0:i0 + n], non_blocking=True)
-            else:
-                (pc.pool_uva if pc.pool_uva is not None else pc.pool).index_copy_(0, s, staging)
-            ev = torch.cuda.Event()
-            ev.record(self.copy_stream)
-        return _Events([ev])
+    def _dump_plane(self, pc, r, s, slot_runs, dma, ring: _Ring) -> _Events:
+        if dma:
+            b, staging = ring.take(len(r), pc.user.shape[1], self.kernel_stream)
+            with torch.cuda.stream(self.kernel_stream):
+                torch.index_select(pc.user, 0, r, out=staging)
+            return self._dma_out(ring, b, staging, pc.pool, slot_runs)
+        with torch.cuda.stream(self.kernel_stream):  # one kernel writes the pool (UVA or HBM)
+            (pc.pool_uva if pc.pool_uva is not None else pc.pool).index_copy_(0, s, pc.user.index_select(0, r))
+            return _Events([_record(self.kernel_stream)])
 
-    def _load_plane(self, pc, r, s, slot_runs, dma) -> _Events:
-        with torch.cuda.stream(self.copy_stream):
-            if dma:  # DMA the runs into staging, then one scatter kernel (HBM speed, a few µs)
-                staging = torch.empty((len(r), pc.user.shape[1]), dtype=torch.uint8, device=self.device)
-                for slot0, i0, n in slot_runs:
-                    staging[i0:i0 + n].copy_(pc.pool[slot0:slot0 + n], non_blocking=True)
+    def _load_plane(self, pc, r, s, slot_runs, dma, ring: _Ring) -> _Events:
+        if dma:  # DMA the runs into staging, then one scatter kernel (HBM speed, a few µs)
+            b, staging = self._dma_in(ring, len(r), pc.user.shape[1], pc.pool, slot_runs)
+            with torch.cuda.stream(self.kernel_stream):
                 pc.user.index_copy_(0, r, staging)
-            else:
-                src = pc.pool_uva if pc.pool_uva is not None else pc.pool
-                pc.user.index_copy_(0, r, src.index_select(0, s))
-            ev = torch.cuda.Event()
-            ev.record(self.copy_stream)
-        return _Events([ev])
+                ev = ring.free[b] = _record(self.kernel_stream)
+            return _Events([ev])
+        with torch.cuda.stream(self.kernel_stream):
+            src = pc.pool_uva if pc.pool_uva is not None else pc.pool
+            pc.user.index_copy_(0, r, src.index_select(0, s))
+            return _Events([_record(self.kernel_stream)])
