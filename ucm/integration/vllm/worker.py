@@ -4,11 +4,13 @@ One stored block = one vLLM block of one TP rank: every layer's K and V, layer a
 ``layer_index * layer_bytes`` (the pieces of a layer in vLLM's own layout, K before V).
 
 - Layer-wise loads (hits the scheduler pinned in the store's memory tier): ``start_load_kv``
-  submits one load for all such requests of the step (every layer in order, layer 0 of every
-  request first, on the store's load stream) and the requests compute their new tokens in this
-  same step; ``wait_for_layer_load`` makes the
-  model wait for that layer only (on CUDA the compute stream waits for the layer's copy event: no
-  CPU stall), so layer l+1 copies while layer l computes. Pinned blocks cannot miss; should a
+  opens one read for all such requests of the step (``open_blocks``: blocks found and protected
+  once) and launches its first LOOKAHEAD layers (layer 0 of every request first, on the store's
+  load streams); the requests compute their new tokens in this same step. ``wait_for_layer_load``
+  launches the layers up to LOOKAHEAD ahead and makes the model wait for that layer only (on
+  CUDA the compute stream waits for the layer's copy event: no CPU stall), so later layers copy
+  while layer l computes, and the forward's first kernel does not wait for the CPU to launch
+  every layer's copies. Pinned blocks cannot miss; should a
   copy fail anyway, its blocks are reported through ``get_block_ids_with_load_errors``.
 - Other loads run between steps (vLLM's asynchronous load path): ``start_load_kv`` submits them
   and returns; ``get_finished`` reports the requests whose loads are done, while other requests
