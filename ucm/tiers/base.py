@@ -51,6 +51,8 @@ def to_key(block_id: BlockId, where: str = "block_ids") -> bytes:
 def to_keys(block_ids: Sequence[BlockId]) -> list[bytes]:
     if isinstance(block_ids, (str, bytes)) or not isinstance(block_ids, Sequence):
         raise ValueError(f"block_ids must be a list of str or bytes ids, got {type(block_ids).__name__}")
+    if all(type(b) is bytes for b in block_ids):  # the connector's case: no per-id call (a hot path)
+        return list(block_ids)
     return [to_key(b, f"block_ids[{i}]") for i, b in enumerate(block_ids)]
 
 
