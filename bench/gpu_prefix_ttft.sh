@@ -4,10 +4,11 @@
 # Sets up what the GPU image lacks, then runs bench/prefix_ttft.py on a random-weight Qwen2.5-7B:
 #   vLLM 0.26.0 from the stashed bundle (.gpu/device_setup.sh, unpacked once per machine),
 #   the pure-Python wheels of .whl/ (omegaconf, hydra-core, antlr4, cachetools) unzipped to /tmp/ucm_site,
-#   this checkout on PYTHONPATH (no pip install), the model made once in /tmp/models/q7.
+#   this checkout on PYTHONPATH (no pip install), the model made once in /tmp/models/<preset>.
 # Writes into $OUT (default /tmp/prefix_ttft): the per-mode parts, the merged result, and log.txt.
 # BENCH=bench/trace_replay.py or BENCH=bench/profile_layerwise.py runs that script instead, with the
-# same set-up and the same --model/--out.
+# same set-up and the same --model/--out. PRESET=qwen2.5-32b NO_WEIGHTS=1 makes a config-only 32B-shaped
+# model instead (with --load-format dummy --tp 2 on a 2-GPU machine).
 set -o pipefail
 OUT=${OUT:-/tmp/prefix_ttft}
 mkdir -p "$OUT"
@@ -20,8 +21,9 @@ export PYTHONUNBUFFERED=1
   for w in .whl/*.whl; do python3 -m zipfile -e "$w" /tmp/ucm_site || exit 1; done
   export PYTHONPATH="/tmp/ucm_site:$PWD:$PYTHONPATH"
   python3 -c 'import omegaconf, hydra, cachetools, ucm.integration.vllm.uc_connector as c; print("ucm connector importable:", c.__file__)' || exit 1
-  [ -f /tmp/models/q7/config.json ] || python3 .gpu/make_model.py --preset qwen2.5-7b --out /tmp/models/q7 || exit 1
+  MODEL=/tmp/models/${PRESET:-qwen2.5-7b}
+  [ -f $MODEL/config.json ] || python3 .gpu/make_model.py --preset ${PRESET:-qwen2.5-7b} --out $MODEL ${NO_WEIGHTS:+--no-weights} || exit 1
   echo "== setup done after $SECONDS s"
-  python3 "${BENCH:-bench/prefix_ttft.py}" --model /tmp/models/q7 --out "$OUT" "$@"
+  python3 "${BENCH:-bench/prefix_ttft.py}" --model $MODEL --out "$OUT" "$@"
   echo "== exit $? after $SECONDS s"
 } 2>&1 | tee -a "$OUT/log.txt"

@@ -83,7 +83,11 @@ def parse_args(argv=None):
                     help="engine core in this process: all prompts queued before the first step (default on)")
     ap.add_argument("--model-runner", default="auto", choices=["auto", "v1", "v2"],
                     help="VLLM_USE_V2_MODEL_RUNNER for every mode but native_best (always v1)")
-    ap.add_argument("--cpu-gib", type=float, default=16.0, help="DRAM of native offloading and of ucm")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size (the stores then live in the "
+                    "worker processes: connector counters, ucm100_bytes included, are not seen)")
+    ap.add_argument("--load-format", default=None,
+                    help="vLLM load_format, e.g. dummy (random weights from a config: .gpu/make_model.py --no-weights)")
+    ap.add_argument("--cpu-gib", type=float, default=16.0, help="DRAM of native offloading and of ucm (per TP rank)")
     ap.add_argument("--disk-path", default=os.environ.get("UCM_BENCH_DISK", "/tmp/ucm_bench_disk"),
                     help="ucm_disk spills into a fresh subfolder of this, removed at the end")
     ap.add_argument("--disk-gib", type=float, default=20.0, help="ucm_disk: byte cap of the disk tier")
@@ -212,6 +216,10 @@ class Bench:
             kw["block_size"] = a.block_size or 32
         if a.max_num_batched_tokens:
             kw["max_num_batched_tokens"] = a.max_num_batched_tokens
+        if a.tp > 1:
+            kw["tensor_parallel_size"] = a.tp
+        if a.load_format:
+            kw["load_format"] = a.load_format
         kw.update(engine_kw or {})
         if ktc is not None:
             from vllm.config.kv_transfer import KVTransferConfig
@@ -244,7 +252,7 @@ class Bench:
             use_v2_model_runner=getattr(vc, "use_v2_model_runner", None),
             env_VLLM_USE_V2_MODEL_RUNNER=os.environ.get("VLLM_USE_V2_MODEL_RUNNER"),
             cross_layer_kv_cache=self._cross_layer_shape(), engine_in_process=self.core is not None,
-            kv_transfer_config=ktc, native_stats_recorded=hooked, enforce_eager=True,
+            kv_transfer_config=ktc, native_stats_recorded=hooked, enforce_eager=True, tp=a.tp, load_format=a.load_format,
             lengths=a.lengths, concurrency=a.concurrency, reps=a.reps, hit=a.hit,
         )
         if mode == "ucm_disk":

@@ -1,6 +1,6 @@
 """Where a ucm prefix hit spends its time: one prefix_ttft cell, instrumented.
 
-    python3 bench/profile_layerwise.py --model /tmp/models/q7 --lengths 16000 --concurrency 4 --out $OUT
+    python3 bench/profile_layerwise.py --model /tmp/models/qwen2.5-7b --lengths 16000 --concurrency 4 --out $OUT
 
 Runs the ``ucm`` mode of bench/prefix_ttft.py (same engine, same warm-up) for one input length and
 concurrency, times ``hbm``-free passes (fresh store pass, then the 80 % hit pass), and records:

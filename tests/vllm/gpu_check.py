@@ -1,10 +1,13 @@
 """The connector on a GPU with vLLM 0.26 (not part of the CPU suite; run by hand on the device):
 
-    source .gpu/device_setup.sh && PYTHONPATH=$PWD:$PYTHONPATH python3 -m tests.vllm.gpu_check --out $OUT [--load-mode async]
+    source .gpu/device_setup.sh && PYTHONPATH=$PWD:$PYTHONPATH python3 -m tests.vllm.gpu_check --out $OUT [--load-mode async] [--tp 2]
 
 Tiny random-weight Llama in bf16 (FlashAttention), vLLM's prefix cache off: a run without ucm,
 then with ucm (DRAM): first pass dumps, second pass must hit every full block with the same greedy
 tokens; then an injected load failure must be recomputed with the same tokens. Writes a JSON.
+With ``--tp 2`` (two GPUs) the stores live in the worker processes: no failure injection and no
+connector counters; the check is identical greedy tokens and every full block hit (no garbling
+across ranks).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ def main() -> None:
     ap.add_argument("--out", default=".")
     ap.add_argument("--model-dir", default="/tmp/ucm-tiny-bf16")
     ap.add_argument("--load-mode", default="layerwise", choices=["layerwise", "async"])
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size (2: two GPUs)")
     a = ap.parse_args()
     import torch
 
@@ -33,7 +37,7 @@ def main() -> None:
                      device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
     model = make_tiny_model(a.model_dir, hidden_size=256, num_heads=4, num_kv_heads=2, head_dim=64,
                             intermediate_size=512, dtype="bfloat16")
-    kw = dict(dtype="bfloat16", gpu_memory_utilization=0.2, block_size=16)
+    kw = dict(dtype="bfloat16", gpu_memory_utilization=0.2, block_size=16, tensor_parallel_size=a.tp)
     if os.environ.get("UCM_GPU_ASYNC_SCHEDULING") is not None:
         kw["async_scheduling"] = os.environ["UCM_GPU_ASYNC_SCHEDULING"] == "1"
     res["engine_kwargs"] = kw
@@ -44,6 +48,8 @@ def main() -> None:
     res["baseline_s"] = time.time() - t0
     t0 = time.time()
     res["load_mode"] = a.load_mode
+    if a.tp > 1:
+        return _check_tp(a, res, model, kw, texts, base, t0)
     with engine.llm(model, engine.ktc(config={"max_cache_size": 256 << 20}, ucm_load_mode=a.load_mode), **kw) as llm:
         store = engine.live_store()
         stats.reset_totals()
@@ -78,6 +84,24 @@ def main() -> None:
                  and (res["second_totals"]["layerwise_blocks"] > 0) == (a.load_mode == "layerwise"))
     print(json.dumps(res, indent=1, default=str))
     with open(os.path.join(a.out, f"gpu_check_{a.load_mode}.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+
+
+def _check_tp(a, res: dict, model: str, kw: dict, texts: list, base: list, t0: float) -> None:
+    from tests.vllm import engine
+
+    with engine.llm(model, engine.ktc(config={"max_cache_size": 256 << 20}, ucm_load_mode=a.load_mode), **kw) as llm:
+        first = engine.generate(llm, texts)
+        second = engine.generate(llm, texts)
+    res["connector_s"] = time.time() - t0
+    res["cached"] = dict(first=[o["cached"] for o in first], second=[o["cached"] for o in second])
+    res["expected_second"] = [(o["prompt_len"] - 1) // 16 * 16 for o in second]
+    res["tokens_equal"] = dict(first=[o["tokens"] for o in first] == [o["tokens"] for o in base],
+                               second=[o["tokens"] for o in second] == [o["tokens"] for o in base])
+    res["runs"] = dict(base=base, second=second)
+    res["ok"] = all(res["tokens_equal"].values()) and res["cached"]["second"] == res["expected_second"]
+    print(json.dumps(res, indent=1, default=str))
+    with open(os.path.join(a.out, f"gpu_check_tp{a.tp}_{a.load_mode}.json"), "w") as f:
         json.dump(res, f, indent=1, default=str)
 
 
