@@ -179,32 +179,33 @@ class Task:
 
 
 @dataclass
-class BlockWrite:
+class BlockCall:
+    """A block-API call spread over a model's layers: its blocks, their rows in the caller's
+    planes (``k`` rows per block), the highest row, and the task the layers' copies join."""
+
+    store: "Store"
+    block_ids: list
+    rows: list
+    task: Task
+    k: int = 1
+    max_row: int = -1
+
+
+@dataclass
+class BlockWrite(BlockCall):
     """A dump whose planes arrive one layer at a time (``Store.reserve_blocks``): which blocks are
     written is decided once; ``write_planes`` adds each layer's copies to ``task``. Wait for ``task``
     and commit the blocks after the last layer."""
 
-    store: "Store"
-    block_ids: list
-    rows: list
-    task: Task
-    k: int = 1
-    max_row: int = -1
     plans: list = field(default_factory=list)
 
 
 @dataclass
-class BlockRead:
+class BlockRead(BlockCall):
     """A load whose planes are copied one layer at a time (``Store.open_blocks``): the blocks are
     found (and kept resident) once; ``read_planes`` launches one layer's copies, the call with
     ``last=True`` ends the read. Blocks not found are in ``task.failed`` from the start."""
 
-    store: "Store"
-    block_ids: list
-    rows: list
-    task: Task
-    k: int = 1
-    max_row: int = -1
     plan: Any = None
     pinned: dict = field(default_factory=dict)
 
