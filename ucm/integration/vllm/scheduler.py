@@ -75,7 +75,7 @@ class UcmScheduler:
         hashes = self.keys.hashes(st.keys, last)[first:]
         hit = 0
         # the same decision for every rank: a block counts only if all ranks hold it
-        per_rank = [[self.keys.rank_key(h, r) for h in hashes] for r in range(self.keys.tp_size)]
+        per_rank = [self.keys.rank_keys(hashes, r) for r in range(self.keys.tp_size)]
         present = self.lookup.lookup(per_rank)
         for p in present:
             if not p:

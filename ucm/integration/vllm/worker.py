@@ -210,8 +210,7 @@ class UcmWorker:
                 continue
             ids, offs, dsts, staging, keys = [], [], [], [], []
             where: dict[bytes, list[int]] = {}
-            for h, b in zip(spec.block_hashes, spec.block_ids):
-                key = self.keys.rank_key(h, self.rank)
+            for key, b in zip(self.keys.rank_keys(spec.block_hashes, self.rank), spec.block_ids):
                 keys.append(key)
                 where.setdefault(key, []).append(b)
                 if self._planes is not None:
@@ -244,9 +243,8 @@ class UcmWorker:
         then layer 1, ... (the step's attention of layer l needs layer l of every request; one call
         per request would queue request 2's layer 0 behind all of request 1's layers)."""
         keys, rows, where = [], [], {}
-        suffix = KeyMaker.rank_key(b"", self.rank)
         for spec in specs:
-            mine = [h + suffix for h in spec.block_hashes]  # = rank_key, without a call per block
+            mine = self.keys.rank_keys(spec.block_hashes, self.rank)
             keys += mine
             rows += spec.block_ids
             for key, b in zip(mine, spec.block_ids):
@@ -460,8 +458,7 @@ class UcmWorker:
     def _begin_step(self, meta: UcmConnectorMetadata) -> _Dump:
         keys, rows, seen = [], [], set()
         for spec in meta.dumps:
-            for h, b in zip(spec.block_hashes, spec.block_ids):
-                key = self.keys.rank_key(h, self.rank)
+            for key, b in zip(self.keys.rank_keys(spec.block_hashes, self.rank), spec.block_ids):
                 if key in seen or key in self._inflight:
                     continue  # an earlier pending dump writes the same bytes already
                 seen.add(key)
