@@ -87,6 +87,10 @@ def parse_args(argv=None):
                     "worker processes: connector counters, ucm100_bytes included, are not seen)")
     ap.add_argument("--load-format", default=None,
                     help="vLLM load_format, e.g. dummy (random weights from a config: .gpu/make_model.py --no-weights)")
+    ap.add_argument("--ucm-load-mode", default=None, choices=["layerwise", "async"],
+                    help="ucm modes: the connector's ucm_load_mode (default: the connector's, layerwise)")
+    ap.add_argument("--ucm-cross-layer", action="store_true",
+                    help="ucm modes: ucm_cross_layer (vLLM's cross-layer KV layout; with --model-runner v1)")
     ap.add_argument("--cpu-gib", type=float, default=16.0, help="DRAM of native offloading and of ucm (per TP rank)")
     ap.add_argument("--disk-path", default=os.environ.get("UCM_BENCH_DISK", "/tmp/ucm_bench_disk"),
                     help="ucm_disk spills into a fresh subfolder of this, removed at the end")
@@ -179,6 +183,10 @@ def kv_transfer_config(a, mode: str, bpt: int, disk_dir: str):
         extra = {"ucm_connector_name": "dram_disk",
                  "ucm_connector_config": {"max_cache_size": disk_dram_bytes(a, bpt),
                                           "disk": {"path": disk_dir, "max_size": int(a.disk_gib * GiB)}}}
+    if a.ucm_load_mode:
+        extra["ucm_load_mode"] = a.ucm_load_mode
+    if a.ucm_cross_layer:
+        extra["ucm_cross_layer"] = True
     return dict(kv_connector="UnifiedCacheConnectorV1", kv_connector_module_path=UCM_MODULE,
                 kv_role="kv_both", kv_connector_extra_config=extra)
 

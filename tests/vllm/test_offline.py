@@ -33,10 +33,13 @@ def test_shared_prefix_second_pass_loads_from_dram(tiny_model, baseline, mode):
     engine.assert_same_outputs(second, baseline["shared"])
 
 
-def test_earlier_finished_request_hits_in_later_call(tiny_model, baseline):
-    """One prompt at a time: each later call hits what the finished earlier request dumped."""
+@pytest.mark.parametrize("cross_layer", [False, True], ids=["per-layer", "cross-layer-asked"])
+def test_earlier_finished_request_hits_in_later_call(tiny_model, baseline, cross_layer):
+    """One prompt at a time: each later call hits what the finished earlier request dumped. With
+    ``ucm_cross_layer`` asked for, vLLM CPU (no cross-layer layout) still hands per-layer tensors:
+    ucm then copies them into one-row blocks and loads between steps, with the same outputs."""
     texts = engine.prompts("shared")
-    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20})) as llm:
+    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20}, ucm_cross_layer=cross_layer)) as llm:
         stats.reset_totals()
         outs = [engine.generate(llm, [t])[0] for t in texts]
     # the first request hits nothing; each later one hits the 6 shared-prefix blocks

@@ -13,6 +13,7 @@ def test_seed_form_defaults():
                                      "ucm_connector_config": {"max_cache_size": 5368709120, "kv_block_size": 262144}})
     assert s.store_name == "UcmDramStore" and s.store_config["max_cache_size"] == 5368709120
     assert s.hydra_config is None and s.load_failure_policy == "recompute" and s.load_mode == "layerwise"
+    assert s.cross_layer is False and settings.parse_extra_config({"ucm_cross_layer": True}).cross_layer
     assert settings.given_block_size(s) == 262144
 
 
@@ -31,6 +32,7 @@ def test_hydra_form():
     ({"ucm_connector_config": 5}, "mapping"),
     ({"ucm_load_failure_policy": "retry"}, "recompute"),
     ({"ucm_load_mode": "sync"}, "ucm_load_mode must be one of"),
+    ({"ucm_cross_layer": "yes"}, "ucm_cross_layer must be true or false"),
 ])
 def test_bad_extra_config_names_the_key(extra, words):
     with pytest.raises(ValueError, match=words):
@@ -71,8 +73,8 @@ def test_keys_differ_by_model_layout_and_rank():
               kv_heads=2, head_size=32, device="cuda", tp_size=1)
     roots = {keys.root_hash(dict(ns, **{k: v})) for k, v in
              [("model", "m"), ("model", "other"), ("dtype", "float16"), ("block_size", 32), ("tp_size", 2),
-              ("device", "cpu"), ("page_bytes", 4096)]}
-    assert len(roots) == 7
+              ("device", "cpu"), ("page_bytes", 4096), ("layout", "cross_layer")]}
+    assert len(roots) == 8
     assert keys.root_hash(dict(ns)) == keys.root_hash(dict(reversed(list(ns.items()))))  # stable, order-free
     h = b"\x01" * 32
     assert keys.KeyMaker.rank_key(h, 0) != keys.KeyMaker.rank_key(h, 1)

@@ -56,3 +56,53 @@ def test_layerwise_loads_of_a_step_are_one_store_call_in_layer_order(monkeypatch
         for kv_row, src_row in [(10, 0), (11, 1), (12, 2), (13, 3), (20, 0), (21, 1), (22, 4), (23, 5)]:
             assert torch.equal(dst[name][:, kv_row], src[name][:, src_row]), (name, kv_row)
     store.close()
+
+
+def test_cross_layer_layout_dumps_whole_rows_at_the_step_end_and_loads_them_back():
+    """vLLM's cross-layer KV cache (``ucm_cross_layer``): one (blocks, layers, ...) tensor; a block's
+    layers are one row, dumped whole at the end of the step and loaded back between steps."""
+    from ucm.integration.vllm.metadata import DumpSpec
+
+    nb, whole = 24, LAYERS * 2 * ROW
+    store = create_store("UcmDramStore", {"kv_block_size": whole, "max_cache_size": 16 * whole, "planes": 1})
+    keys = KeyMaker(b"root", 16, 1)
+    g = torch.Generator().manual_seed(3)
+    src = torch.randn((nb, LAYERS, 2, ROW // 4), generator=g)  # block-major: a block = one row
+    writer = UcmWorker(store, keys, 0, nb, whole)
+    writer.register_cross_layers(src)
+    hashes = [f"x{i}".encode() for i in range(4)]
+    meta = UcmConnectorMetadata(dumps=[DumpSpec("a", hashes, [3, 4, 9, 17])], seq=1)
+    for i in range(LAYERS):
+        writer.save_kv_layer(meta, f"model.layers.{i}.self_attn.attn")  # no per-layer copies
+    assert writer.pending_dumps() == 0
+    writer.wait_for_save(meta)
+    writer.close()  # commits the step's dump
+    assert store.lookup([keys.rank_key(h, 0) for h in hashes]) == [True] * 4
+
+    dst = torch.zeros_like(src)
+    reader = UcmWorker(store, keys, 0, nb, whole)
+    reader.register_cross_layers(dst)
+    spec = LoadSpec("b", hashes, [0, 1, 2, 20], layerwise=False)
+    reader.start_load_kv(UcmConnectorMetadata(loads=[spec], seq=1))
+    done = set()
+    for _ in range(200):
+        done |= reader.finished_loads()
+        if done:
+            break
+    assert done == {"b"} and reader.get_block_ids_with_load_errors() == set()
+    for d_row, s_row in [(0, 3), (1, 4), (2, 9), (20, 17)]:
+        assert torch.equal(dst[d_row], src[s_row])
+    assert not dst[5:20].any()
+    store.close()
+
+
+def test_cross_layer_tensor_that_is_not_block_major_is_refused():
+    import pytest
+
+    whole = LAYERS * 2 * ROW
+    store = create_store("UcmDramStore", {"kv_block_size": whole, "max_cache_size": 4 * whole, "planes": 1})
+    worker = UcmWorker(store, KeyMaker(b"root", 16, 1), 0, 24, whole)
+    layer_major = torch.zeros((LAYERS, 24, 2, ROW // 4))
+    with pytest.raises(ValueError, match="ucm_cross_layer"):
+        worker.register_cross_layers(layer_major)
+    store.close()

@@ -50,7 +50,7 @@ import vllm
 
 __all__ = ["KVConnectorBase_V1", "KVConnectorMetadata", "KVConnectorRole", "KVConnectorWorkerMetadata", "KVConnectorPromMetrics",
            "KVConnectorStats", "HOST_HIT_SOURCE", "VLLM_VERSION", "block_hash_chain", "block_views",
-           "device_type", "kv_cache_spec_summary", "layer_index", "make_recompute_on_load_failure",
+           "cross_layer_rows", "device_type", "kv_cache_spec_summary", "layer_index", "make_recompute_on_load_failure",
            "tp_rank_and_size", "writable_alias"]
 
 VLLM_VERSION: str = getattr(vllm, "__version__", "unknown")
@@ -159,6 +159,19 @@ def layer_planes(kv_layer: torch.Tensor, num_blocks: int) -> Optional[list[torch
         return None
     ok = all(p.is_contiguous() and p.shape[0] == num_blocks for p in planes)
     return planes if ok else None
+
+
+def cross_layer_rows(kv_cache: torch.Tensor, num_blocks: Optional[int], block_bytes: int) -> torch.Tensor:
+    """vLLM's cross-layer KV cache (``register_cross_layers_kv_cache``, 0.26's V1 model runner) as
+    one contiguous plane of ``(num_blocks, block_bytes)`` rows: every layer of block b in row b.
+    Raises if the tensor is not laid out block-major."""
+    t = writable_alias(kv_cache)
+    nbytes = t.numel() * t.element_size()
+    rows = num_blocks or t.shape[0]
+    if not t.is_contiguous() or t.shape[0] != rows or nbytes != rows * block_bytes:
+        raise ValueError(f"ucm: the cross-layer KV cache {tuple(t.shape)} (contiguous: {t.is_contiguous()}) is not "
+                         f"{rows} contiguous blocks of {block_bytes} bytes; run without ucm_cross_layer")
+    return t.reshape(-1).view(torch.uint8).view(rows, block_bytes)
 
 
 def kv_cache_spec_summary(kv_cache_config: Any, vllm_config: Any) -> dict:

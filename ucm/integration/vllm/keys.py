@@ -16,12 +16,15 @@ from ucm.integration.vllm import compat
 KEY_VERSION = 2  # 2: ucm's own SHA-256 block chain (compat.block_hash_chain)
 
 
-def namespace(vllm_config: Any, spec: dict, tp_size: int) -> dict:
+def namespace(vllm_config: Any, spec: dict, tp_size: int, cross_layer: bool = False) -> dict:
     model = vllm_config.model_config
-    return dict(v=KEY_VERSION, model=str(model.model), revision=str(getattr(model, "revision", None)),
-                dtype=spec["dtype"], block_size=spec["block_size"], layers=spec["num_layers"],
-                page_bytes=spec["page_bytes"], kv_heads=spec["num_kv_heads"], head_size=spec["head_size"],
-                device=compat.device_type(), tp_size=tp_size)
+    ns = dict(v=KEY_VERSION, model=str(model.model), revision=str(getattr(model, "revision", None)),
+              dtype=spec["dtype"], block_size=spec["block_size"], layers=spec["num_layers"],
+              page_bytes=spec["page_bytes"], kv_heads=spec["num_kv_heads"], head_size=spec["head_size"],
+              device=compat.device_type(), tp_size=tp_size)
+    if cross_layer:  # a block's bytes in vLLM's cross-layer order: never mixed with per-layer blocks
+        ns["layout"] = "cross_layer"
+    return ns
 
 
 def root_hash(ns: dict) -> bytes:

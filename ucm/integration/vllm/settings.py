@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 KNOWN_KEYS = ("ucm_connector_name", "ucm_connector_config", "ucm_config", "ucm_overrides",
-              "ucm_load_failure_policy", "ucm_load_mode")
+              "ucm_load_failure_policy", "ucm_load_mode", "ucm_cross_layer")
 #: "layerwise": hits pinned in the store's memory tier load during the request's own step, layer
 #: by layer ahead of its attention; other hits (disk) load between steps. "async": every hit
 #: loads between steps (the request waits, others compute).
@@ -35,6 +35,9 @@ class ConnectorSettings:
     hydra_overrides: list = field(default_factory=list)
     load_failure_policy: str = "recompute"
     load_mode: str = "layerwise"
+    #: ask vLLM for its cross-layer KV layout (V1 model runner only): a block's layers are one
+    #: contiguous row, stored and moved whole; loads then run between steps (no layer-wise loads)
+    cross_layer: bool = False
 
 
 def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
@@ -69,6 +72,10 @@ def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
     if mode not in LOAD_MODES:
         raise ValueError(f"ucm: ucm_load_mode must be one of {list(LOAD_MODES)}, got {mode!r}")
     s.load_mode = mode
+    cross = extra.get("ucm_cross_layer", False)
+    if not isinstance(cross, bool):
+        raise ValueError(f"ucm: ucm_cross_layer must be true or false, got {cross!r}")
+    s.cross_layer = cross
     return s
 
 

@@ -38,7 +38,8 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
         settings.resolve_block_size(settings.given_block_size(cfg), piece, whole)  # fail early
 
         rank, tp_size = compat.tp_rank_and_size(vllm_config)
-        ns = keys.namespace(vllm_config, spec, tp_size)
+        self._cross_layer = cfg.cross_layer
+        ns = keys.namespace(vllm_config, spec, tp_size, cross_layer=cfg.cross_layer)
         self._keys = keys.KeyMaker(keys.root_hash(ns), spec["block_size"], tp_size)
         engine_id = str(self._kv_transfer_config.engine_id)
         self._store_key: Optional[str] = None
@@ -49,10 +50,11 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
         if role == KVConnectorRole.SCHEDULER:
             self._lookup = lookup_rpc.RankedLookup(engine_id, tp_size)
             self._scheduler = UcmScheduler(self._lookup, self._keys, spec["block_size"],
-                                           layerwise=cfg.load_mode == "layerwise")
+                                           layerwise=cfg.load_mode == "layerwise" and not cfg.cross_layer)
         else:
             self._store_key = lookup_rpc.store_key(engine_id, rank)
-            store = stores.acquire(self._store_key, lambda: settings.build_store(cfg, whole, spec["num_layers"])[0])
+            planes = 1 if cfg.cross_layer else spec["num_layers"]  # cross-layer: a block is one row
+            store = stores.acquire(self._store_key, lambda: settings.build_store(cfg, whole, planes)[0])
             self._server = lookup_rpc.LookupServer(store, lookup_rpc.socket_path(engine_id, rank))
             num_blocks = getattr(kv_cache_config, "num_blocks", None) if kv_cache_config is not None else None
             self._worker = UcmWorker(store, self._keys, rank, num_blocks, whole)
@@ -65,10 +67,20 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
     def requires_kv_delivery(self) -> bool:
         return False  # a cache: a dropped dump is a later miss, never lost output
 
+    @property
+    def prefer_cross_layer_blocks(self) -> bool:
+        """``ucm_cross_layer``: ask vLLM (0.26's V1 model runner) for one KV tensor in which a
+        block's layers are contiguous; it then calls ``register_cross_layers_kv_cache``."""
+        return self._cross_layer
+
     # ---- worker side --------------------------------------------------------------------------
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]):
         assert self._worker is not None
         self._worker.register_kv_caches(kv_caches)
+
+    def register_cross_layers_kv_cache(self, kv_cache: torch.Tensor, attn_backend: Any = None):
+        assert self._worker is not None
+        self._worker.register_cross_layers(kv_cache)
 
     def handle_preemptions(self, kv_connector_metadata: Any) -> None:
         # Called before the step runs (both versions), with the step's plan: waits for the dumps of

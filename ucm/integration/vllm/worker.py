@@ -145,6 +145,9 @@ class UcmWorker:
         self._layer_loads: list[_LayerLoad] = []  # this step's layer-wise loads
         self._plane_range: dict[str, range] = {}  # layer name -> its planes in self._planes
         self._layer_order: list[_Layer] = []
+        self._planes: Optional[list[torch.Tensor]] = None
+        self._cross = False  # vLLM's cross-layer layout: a block is one row, dumped at the step's end
+        self._dump_parts = 0  # save calls a complete dump gets: one per layer, or one (cross-layer)
         # dumps: the step being written (None between steps), and every dump not yet committed
         self._step: Optional[_Dump] = None
         self._pending: list[_Dump] = []
@@ -188,9 +191,20 @@ class UcmWorker:
         if offset != self.block_bytes:
             raise ValueError(f"ucm: the KV cache holds {offset} bytes per block over {len(names)} layers, "
                              f"but the connector computed {self.block_bytes} from vLLM's KV cache spec")
+        self._dump_parts = len(self.layers)
         log.info("ucm: registered %d KV layers, %d blocks, %d bytes per stored block (rank %d), layout %s, "
                  "copies %s", len(names), self.num_blocks, offset, self.rank, tuple(first.shape),
                  "batched per layer" if self._planes is not None else "per block piece")
+
+    def register_cross_layers(self, kv_cache: torch.Tensor) -> None:
+        """vLLM's cross-layer layout (``ucm_cross_layer``, V1 model runner): every layer of a block
+        is one contiguous row, so a stored block moves as one row (one DMA per run of blocks).
+        Loads run between steps; a step's new blocks are dumped whole at its end (``wait_for_save``)."""
+        rows = compat.cross_layer_rows(kv_cache, self.num_blocks, self.block_bytes)
+        self.num_blocks = rows.shape[0]
+        self._planes, self._cross, self._dump_parts = [rows], True, 1
+        log.info("ucm: registered vLLM's cross-layer KV cache %s: %d blocks of %d bytes, whole-row copies (rank %d)",
+                 tuple(kv_cache.shape), rows.shape[0], self.block_bytes, self.rank)
 
     # ---- loads ------------------------------------------------------------------------------
     # Loads are asynchronous, between steps (vLLM's WAITING_FOR_REMOTE_KVS): a request's blocks
@@ -201,11 +215,11 @@ class UcmWorker:
     @torch.inference_mode(False)  # views handed to copy threads must not be inference tensors
     def start_load_kv(self, meta: Optional[UcmConnectorMetadata]) -> None:
         self.finish_layer_loads()  # a step that never reached its end (none in practice)
-        if meta is None or not meta.loads or not self.layers:
+        if meta is None or not meta.loads or not self._dump_parts:  # nothing registered yet
             return
         batch = []  # layer-wise loads with row views: one store call for all of them (below)
         for spec in meta.loads:
-            if spec.layerwise and self._planes is not None:
+            if spec.layerwise and self._planes is not None and not self._cross:
                 batch.append(spec)
                 continue
             ids, offs, dsts, staging, keys = [], [], [], [], []
@@ -404,8 +418,14 @@ class UcmWorker:
         d.layers += 1
 
     def wait_for_save(self, meta: Optional[UcmConnectorMetadata]) -> None:
-        """End of the step: the step's dump stays pending (committed by a later hook once done)."""
+        """End of the step: the step's dump stays pending (committed by a later hook once done).
+        Cross-layer layout: the step's new blocks are dumped here, whole rows after the forward."""
         self.note_meta(meta)
+        if self._cross and meta is not None and meta.dumps and self._step is None:
+            d = self._step = self._begin_step(meta)
+            if d.keys:
+                d.tasks.append(self.store.dump_blocks(d.keys, self._planes, d.rows))
+            d.layers = 1
         if self._step is not None:
             self._end_step()
         self.poll_dumps()
@@ -492,7 +512,7 @@ class UcmWorker:
         blocks whose every piece landed, of a dump that got every layer, become hittable."""
         self._pending.remove(d)
         failed: set[bytes] = set()
-        all_bad = d.layers != len(self.layers)
+        all_bad = d.layers != self._dump_parts
         for task in {id(t): t for t in d.tasks}.values():
             if self.store.wait(task) != 0:
                 ids = set(task.failed_ids)
