@@ -15,6 +15,7 @@ COLUMNS = [  # (row key, label, colour): GPU baselines grey, native blue, ucm gr
     ("native_best80_s", "native best 80%", "#3f3fbf"), ("native_best100_s", "native best 100%", "#a6a6e6"),
     ("ucm80_s", "ucm DRAM 80%", "#2ca02c"), ("ucm100_s", "ucm DRAM 100%", "#98df8a"),
     ("ucm_disk80_s", "ucm disk 80%", "#ff7f0e"),
+    ("ucm_async80_s", "ucm async 80%", "#17becf"), ("ucm_async100_s", "ucm async 100%", "#9edae5"),
 ]
 
 
