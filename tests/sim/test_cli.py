@@ -70,3 +70,16 @@ def test_sweep_joblib_launcher(tmp_path, fixture_trace):
                  "eviction=lru,arc", "capacity_blocks=300", "progress=false", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert p.returncode == 0, p.stderr
     assert len(list(csv.DictReader(open(sweep / "sweep.csv")))) == 2
+
+
+def test_sweep_submitit_launcher_local(tmp_path, fixture_trace):
+    """The cluster path of docs/policies.md: Hydra's submitit launcher, with submitit's local
+    executor (each job pickled and run in a process of its own, as on Slurm), feeds the same
+    collector: one CSV row per job."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is not installed")
+    sweep = tmp_path / "sweep"
+    p = run_sim(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", f"trace={fixture_trace}",
+                 "eviction=lru,arc", "capacity_blocks=300", "progress=false", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader(open(sweep / "sweep.csv")))
+    assert sorted(r["eviction"] for r in rows) == ["arc", "lru"]
