@@ -52,3 +52,24 @@ def test_tinylfu_estimate_never_undercounts_much():
     for i in range(500):
         c = i % 7
         assert a.estimate(i) >= min(c, 15)   # count-min never underestimates (no aging here)
+
+
+def test_tinylfu_unrolled_paths_equal_the_generic_indexes():
+    """depth 4 (the default) unrolls the index computation in record/estimate for speed: the
+    counters it touches and the estimates are those of ``_indexes``."""
+    import random
+
+    a = TinyLFUAdmission(width=256, sample_factor=100)  # no aging within the test
+    rng = random.Random(1)
+    keys = [rng.randrange(1000) for _ in range(3000)] + [b"bytes-key", "str-key"] * 5
+    for k in keys:
+        before = [bytearray(r) for r in a._rows]
+        was_door = k in a._door
+        a.record(k)
+        if was_door:
+            want = [bytearray(r) for r in before]
+            for i, j in enumerate(a._indexes(k)):
+                want[i][j] = min(15, want[i][j] + 1)
+            assert a._rows == want
+        generic = min(a._rows[i][j] for i, j in enumerate(a._indexes(k))) + (k in a._door)
+        assert a.estimate(k) == generic

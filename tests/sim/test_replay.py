@@ -161,3 +161,19 @@ def test_belady_beats_every_policy_with_skip_partial():
     opt = simulate(t, mode="prefix", eviction="belady", capacity_blocks=500, skip_partial=True)
     for name in POLICIES:
         assert simulate(t, mode="prefix", eviction=name, capacity_blocks=500, skip_partial=True)["hits"] <= opt["hits"]
+
+
+@pytest.mark.parametrize("eviction", ["lru", "arc", "s3fifo", "sieve"])
+@pytest.mark.parametrize("admission", ["reuse", "tinylfu"])
+def test_one_tier_admission_fast_path_equals_the_chain_path(eviction, admission):
+    """Raw mode, one tier behind an admission policy: the inlined loop decides exactly as
+    ``Chain.store`` does (same hits, same insertions and refusals)."""
+    from ucm.sim.replay import _raw_chain
+
+    t = synth.zipf(20000, 3000, 0.9, seed=3)
+    fast = replay_raw(t, Chain.build(eviction, admission, [300]))
+    chain = Chain.build(eviction, admission, [300])
+    flags = bytearray(t.n_accesses)
+    _raw_chain(chain, t, flags, 0, t.n_accesses)
+    assert fast.flags == flags
+    assert (fast.inserted, fast.rejected) == (chain.inserted, chain.rejected)

@@ -57,13 +57,42 @@ class TinyLFUAdmission(AdmissionPolicy):
 
     def estimate(self, key: Key) -> int:
         rows = self._rows
-        est = min([rows[i][j] for i, j in enumerate(self._indexes(key))])
+        if self.depth == 4:  # _indexes unrolled (the simulator calls this twice per miss)
+            h = (hash(key) * _MUL) & _M64
+            h ^= h >> 29
+            h = (h * 0xBF58476D1CE4E5B9) & _M64
+            h ^= h >> 32
+            m = self._mask
+            r0, r1, r2, r3 = rows
+            est = min(r0[(h ^ (h >> 7)) & m], r1[((h >> 16) ^ (h >> 23)) & m],
+                      r2[((h >> 32) ^ (h >> 39)) & m], r3[((h >> 48) ^ (h >> 55)) & m])
+        else:
+            est = min([rows[i][j] for i, j in enumerate(self._indexes(key))])
         return est + 1 if key in self._door else est
 
     def record(self, key: Key) -> None:
         door = self._door
         if key not in door:
             door.add(key)
+        elif self.depth == 4:  # _indexes unrolled: every sighting comes through here
+            h = (hash(key) * _MUL) & _M64
+            h ^= h >> 29
+            h = (h * 0xBF58476D1CE4E5B9) & _M64
+            h ^= h >> 32
+            m = self._mask
+            r0, r1, r2, r3 = self._rows
+            j = (h ^ (h >> 7)) & m
+            if r0[j] < 15:
+                r0[j] += 1
+            j = ((h >> 16) ^ (h >> 23)) & m
+            if r1[j] < 15:
+                r1[j] += 1
+            j = ((h >> 32) ^ (h >> 39)) & m
+            if r2[j] < 15:
+                r2[j] += 1
+            j = ((h >> 48) ^ (h >> 55)) & m
+            if r3[j] < 15:
+                r3[j] += 1
         else:
             rows = self._rows
             i = 0

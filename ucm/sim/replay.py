@@ -116,6 +116,7 @@ def replay_raw(trace: Trace, chain: Chain, progress: Optional[Callable[[int], No
     head = chain.ev[0]
     hooks = _begin(chain.ev)
     simple = len(chain.ev) == 1 and isinstance(chain.ad[0], AlwaysAdmit) and not hooks
+    admitted = len(chain.ev) == 1 and not isinstance(chain.ad[0], AlwaysAdmit) and not hooks
     hooked = len(chain.ev) == 1 and isinstance(chain.ad[0], AlwaysAdmit) and len(hooks) == 1
     fast_requests = getattr(head, "replay_requests", None) if hooked else None
     if fast_requests is not None:
@@ -138,6 +139,8 @@ def replay_raw(trace: Trace, chain: Chain, progress: Optional[Callable[[int], No
             _raw_generic(head, keys, flags, lo, hi)
         elif hooked:
             _raw_hooked(head, hooks[0], trace, flags, lo, hi)
+        elif admitted:
+            _raw_admitted(chain, keys, flags, lo, hi)
         else:
             _raw_chain(chain, trace, flags, lo, hi)
         if progress:
@@ -191,6 +194,41 @@ def _raw_generic(ev, keys, flags, lo: int, hi: int) -> None:
                 if evict(incoming=k) is None:
                     break
             insert(k)
+
+
+def _raw_admitted(chain: Chain, keys, flags, lo: int, hi: int) -> None:
+    """One tier behind an admission policy: ``Chain.store(0, k)`` inlined (same decisions, same
+    counters), without its per-access generality."""
+    ev, ad = chain.ev[0], chain.ad[0]
+    record, admit = ad.record, ad.admit
+    cap = ev.capacity
+    touch, insert, evict = ev.touch, ev.insert, ev.evict
+    contains, length = ev.__contains__, ev.__len__
+    order = ev._order if type(ev) is LRUPolicy and isinstance(getattr(ev, "_order", None), OrderedDict) else None
+    peek = getattr(ev, "peek_victim", None)
+    rejected = inserted = 0
+    for i in range(lo, hi):
+        k = keys[i]
+        record(k)
+        if contains(k):
+            touch(k)
+            flags[i] = 1
+            continue
+        if length() >= cap:
+            victim = peek() if peek is not None else (next(iter(order)) if order else None)
+            if not admit(k, victim):
+                rejected += 1
+                continue
+            while length() >= cap:
+                if evict(incoming=k) is None:
+                    break
+        elif not admit(k, None):
+            rejected += 1
+            continue
+        insert(k)
+        inserted += 1
+    chain.rejected += rejected
+    chain.inserted[0] += inserted
 
 
 def _raw_hooked(ev, begin, trace: Trace, flags, lo: int, hi: int) -> None:
