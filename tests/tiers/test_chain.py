@@ -97,3 +97,28 @@ def test_demotion_to_disk_does_not_wait_for_the_file(tmp_path):
         assert not disk._writing and os.path.exists(disk.file_of(b"a"))
     with create_store("dram_disk", cfg) as again:
         assert again.lookup(["a"]) == [True]
+
+
+def test_demotion_buffers_are_recycled_and_bytes_stay_exact(tmp_path):
+    """A DRAM victim is copied into a spare buffer that the disk tier gives back once its file is
+    written; later demotions reuse those buffers (no fresh allocation per block), a block read while
+    its file is pending comes back as a copy, and every block reads back exactly."""
+    cfg = {"kv_block_size": BLOCK, "max_cache_size": 2 * BLOCK, "disk": {"path": str(tmp_path / "d")}}
+    with create_store("dram_disk", cfg) as store:
+        dram, disk = store.head, store.tier("disk")
+        data = {}
+        for n in range(6):
+            data.update(put(store, [f"k{n}"], seed=n))
+        store.flush()
+        spare = {t.data_ptr() for t in dram._spares._free}
+        assert spare, "written demotions gave their buffers back"
+        disk._writer.run(lambda: __import__("time").sleep(0.3))  # hold the writer: the next file stays pending
+        for n in range(6, 10):
+            data.update(put(store, [f"k{n}"], seed=n))
+        pending = next(iter(disk._writing.items()), None)
+        assert pending is not None and pending[1].data_ptr() in spare, "a recycled buffer was used"
+        assert disk.read_block(pending[0]).data_ptr() != pending[1].data_ptr(), "pending reads are copies"
+        store.flush()
+        for k, want in data.items():
+            code, out = get(store, k)
+            assert code == OK and torch.equal(out, want), k

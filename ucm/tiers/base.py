@@ -178,6 +178,29 @@ class Task:
         return f"Task({self.kind}, done={self._finished}, failed={len(self.failed)})"
 
 
+class SpareBuffers:
+    """Host buffers of one size, recycled: a tier copies each block it demotes into one, and the
+    tier below gives it back when written. A fresh 1-2 MB tensor per demoted block costs its page
+    faults, ~4x the copy itself (on the model's thread, inside a dump's reservation)."""
+
+    def __init__(self, nbytes: int, keep: int = 256):
+        self.nbytes, self.keep = nbytes, keep
+        self._free: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> torch.Tensor:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        with torch.inference_mode(False):  # a normal tensor: reused later outside inference mode too
+            return torch.empty(self.nbytes, dtype=torch.uint8)
+
+    def give(self, t: torch.Tensor) -> None:
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(t)
+
+
 @dataclass
 class BlockCall:
     """A block-API call spread over a model's layers: its blocks, their rows in the caller's
@@ -303,7 +326,9 @@ class Tier(Store):
 
     ``read_block`` returns a host copy of a committed block (None if absent or unreadable);
     ``write_block`` stores a whole committed block (subject to admission; True if it is resident
-    afterwards). When a tier evicts a block it hands the bytes to ``demote_to``, if set.
+    afterwards) and calls ``release(data)``, if given, exactly once when it no longer needs
+    ``data`` (at once, or after a background write), so the caller may reuse the buffer. When a
+    tier evicts a block it hands the bytes to ``demote_to``, if set.
     """
 
     name: str = "tier"
@@ -322,7 +347,8 @@ class Tier(Store):
     def read_block(self, key: bytes) -> Optional[torch.Tensor]: ...
 
     @abstractmethod
-    def write_block(self, key: bytes, data: torch.Tensor) -> bool: ...
+    def write_block(self, key: bytes, data: torch.Tensor,
+                    release: Optional[Callable[[torch.Tensor], None]] = None) -> bool: ...
 
     @abstractmethod
     def stats(self) -> dict: ...

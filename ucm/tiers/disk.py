@@ -159,23 +159,30 @@ class DiskTier(Tier):
             self.counters["evictions"] += 1
         return True
 
-    def _store(self, key: bytes, data: torch.Tensor, background: bool = False) -> int:
+    def _store(self, key: bytes, data: torch.Tensor, background: bool = False, release=None) -> int:
         """Admit and write one committed block; returns OK, REFUSED or IO_ERROR. With
-        ``background`` the block is hittable at once (read from ``data`` until its file lands)."""
+        ``background`` the block is hittable at once (read from ``data`` until its file lands);
+        ``release(data)`` once ``data`` is not needed any more (background writes only)."""
         with self._lock:
             if key in self._files:
                 self.eviction.touch(key)
-                return 0
-            if not self.admission.admit(key) or not self._make_room(self._file_bytes(key), key):
+                code = 0
+            elif not self.admission.admit(key) or not self._make_room(self._file_bytes(key), key):
                 self.counters["refused"] += 1
-                return REFUSED
-            self._files[key] = self._file_bytes(key)  # reserve the bytes before writing
-            self._used += self._files[key]
-            if background:
-                self._writing[key] = data
-                self.eviction.insert(key)
+                code = REFUSED
+            else:
+                code = None
+                self._files[key] = self._file_bytes(key)  # reserve the bytes before writing
+                self._used += self._files[key]
+                if background:
+                    self._writing[key] = data
+                    self.eviction.insert(key)
+        if code is not None:  # nothing to write
+            if release is not None:
+                release(data)
+            return code
         if background:
-            self._writer.run(self._write_pending, key, data)
+            self._writer.run(self._write_pending, key, data, release)
             return 0
         try:
             self._write_file(key, data)
@@ -264,35 +271,42 @@ class DiskTier(Tier):
             self.eviction.touch(key)
             self.counters["loaded_blocks"] += 1
             pending = self._writing.get(key)
-        return pending if pending is not None else self._read_file(key)
+            if pending is not None:  # a copy: the tier above may reuse the buffer once written
+                return pending.clone()
+        return self._read_file(key)
 
-    def write_block(self, key: bytes, data: torch.Tensor) -> bool:
+    def write_block(self, key: bytes, data: torch.Tensor, release=None) -> bool:
         """A block demoted from the tier above: admitted and hittable at once, its file written on
         a background thread (the caller, often the model's own thread, never waits for the disk).
-        ``data`` must not change afterwards."""
-        return self._store(key, data, background=True) == 0
+        ``data`` must not change until ``release(data)``, called once the file is written (or
+        at once when nothing is written)."""
+        return self._store(key, data, background=True, release=release) == 0
 
-    def _write_pending(self, key: bytes, data: torch.Tensor) -> None:
+    def _write_pending(self, key: bytes, data: torch.Tensor, release=None) -> None:
         try:
             self._write_file(key, data)
             ok = True
         except OSError as exc:
             log.error("ucm: disk write of block %s failed: %s", key[:16].hex(), exc)
             ok = False
-        with self._lock:
-            if self._writing.get(key) is not data:  # evicted (or replaced) meanwhile
-                if key not in self._files and ok:
-                    try:
-                        os.unlink(self.file_of(key))
-                    except FileNotFoundError:
-                        pass
-                return
-            del self._writing[key]
-            if ok:
-                self.counters["written"] += 1
-            else:
-                self._used -= self._files.pop(key)
-                self.eviction.remove(key)
+        try:
+            with self._lock:
+                if self._writing.get(key) is not data:  # evicted (or replaced) meanwhile
+                    if key not in self._files and ok:
+                        try:
+                            os.unlink(self.file_of(key))
+                        except FileNotFoundError:
+                            pass
+                    return
+                del self._writing[key]
+                if ok:
+                    self.counters["written"] += 1
+                else:
+                    self._used -= self._files.pop(key)
+                    self.eviction.remove(key)
+        finally:
+            if release is not None:
+                release(data)
 
     def flush(self) -> None:
         """Wait until every demoted block's file is written."""

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from ucm.policies import AdmissionPolicy, EvictionPolicy
-from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, BlockRead, BlockWrite, Task, Tier, as_bytes, check_pieces,
+from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, BlockRead, BlockWrite, SpareBuffers, Task, Tier, as_bytes, check_pieces,
                             log, to_keys)
 from ucm.tiers.copy import CopyEngine
 from ucm.tiers.planes import CudaPlaneCopier, PlaneCopy, RowPlan, copy_planes_cpu, cuda_view, rows_view
@@ -71,6 +71,8 @@ class SlotPoolTier(Tier):
         self._pins: dict[str, list[bytes]] = {}  # owner -> keys it pinned (each counted in _reading)
         self._inflight: list[Task] = []
         self._views: dict[tuple, list[PlaneCopy]] = {}  # see _plane_views
+        # demoted blocks' copies, given back by the tier below once written (at most ~256 MiB kept)
+        self._spares = SpareBuffers(block_size, keep=max(4, min(256, (256 << 20) // block_size)))
         self._lock = threading.RLock()
         self._dumps = CopyEngine(f"{name}-dump", device)
         self._loads = CopyEngine(f"{name}-load", device)
@@ -236,20 +238,24 @@ class SlotPoolTier(Tier):
             self.eviction.touch(key)
             return self.pool[:, blk.slot].to("cpu", copy=True).reshape(-1)
 
-    def write_block(self, key: bytes, data: torch.Tensor) -> bool:
+    def write_block(self, key: bytes, data: torch.Tensor, release=None) -> bool:
         demoted = []
-        with self._lock:
-            blk = self._blocks.get(key)
-            if blk is not None:
-                if blk.committed:
-                    self.eviction.touch(key)
-                return blk.committed
-            blk = self._new_block(key, demoted)
-            if blk is None:
-                return False
-            self.pool[:, blk.slot].copy_(as_bytes(data).view(self.planes, self.plane_bytes))
-            blk.committed = True
-            self.eviction.insert(key)
+        try:
+            with self._lock:
+                blk = self._blocks.get(key)
+                if blk is not None:
+                    if blk.committed:
+                        self.eviction.touch(key)
+                    return blk.committed
+                blk = self._new_block(key, demoted)
+                if blk is None:
+                    return False
+                self.pool[:, blk.slot].copy_(as_bytes(data).view(self.planes, self.plane_bytes))
+                blk.committed = True
+                self.eviction.insert(key)
+        finally:
+            if release is not None:
+                release(data)  # copied (or not taken): the caller may reuse it
         self._demote(demoted)
         return True
 
@@ -347,7 +353,9 @@ class SlotPoolTier(Tier):
             vblk = self._blocks.pop(victim)
             self.counters["evictions"] += 1
             if self.demote_to is not None:  # copy out before the slot is reused
-                demoted.append((victim, self.pool[:, vblk.slot].to("cpu", copy=True).reshape(-1)))
+                buf = self._spares.take()
+                buf.view(self.planes, self.plane_bytes).copy_(self.pool[:, vblk.slot])
+                demoted.append((victim, buf))
             self._free.append(vblk.slot)
         return self._blocks.setdefault(key, _Block(self._free.popleft()))
 
@@ -478,7 +486,7 @@ class SlotPoolTier(Tier):
 
     def _demote(self, demoted: list) -> None:
         for key, data in demoted:  # outside the lock: the next tier may write a file
-            if self.demote_to.write_block(key, data):
+            if self.demote_to.write_block(key, data, release=self._spares.give):
                 self.counters["demoted"] += 1
 
     def _release(self, keys: list[bytes]) -> None:
