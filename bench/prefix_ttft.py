@@ -118,13 +118,18 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     a.lengths = [int(x) for x in a.lengths.split(",")]
     a.concurrency = [int(x) for x in a.concurrency.split(",")]
+    check_modes(ap, a, MODES)
+    return a
+
+
+def check_modes(ap, a, modes) -> None:
+    """``--modes`` as a list of known modes, and ``--model`` where an engine runs (shared by bench scripts)."""
     a.modes = [m for m in a.modes.split(",") if m]
-    bad = [m for m in a.modes if m not in MODES]
+    bad = [m for m in a.modes if m not in modes]
     if bad:
-        ap.error(f"unknown modes {bad}; choose from {MODES}")
+        ap.error(f"unknown modes {bad}; choose from {modes}")
     if (a.mode == "run" or a.worker) and not a.model:
         ap.error("--model is required")
-    return a
 
 
 def part_path(out: str, mode: str) -> str:
@@ -600,45 +605,61 @@ def run_worker(a, mode: str) -> None:
     os._exit(rc)
 
 
-def run_modes(a) -> int:
-    """One subprocess per mode (fresh GPU memory each), then the merged table; 1 if a mode failed."""
+def run_modes_in_subprocesses(script: str, a, command_env: str, report, share_deadline: bool = False) -> int:
+    """Each of ``a.modes`` in a subprocess of ``script`` (``--worker MODE``: fresh GPU memory each)
+    within ``a.deadline_s``, then ``report(a.out, [])``; 1 if a mode did not complete. With
+    ``share_deadline`` each mode gets an equal share of the time left and is told when it ends
+    (``--worker-deadline``, 20 s early, so it can finish what runs); else a mode may use it all."""
     t_start, failed = time.time(), []
-    os.environ["PREFIX_TTFT_COMMAND"] = " ".join(["python3"] + sys.argv)  # recorded by each mode
-    for mode in a.modes:
+    os.environ[command_env] = " ".join(["python3"] + sys.argv)  # recorded by each mode
+    for k, mode in enumerate(a.modes):
         left = None if a.deadline_s is None else a.deadline_s - (time.time() - t_start)
         if left is not None and left < 30:
             print(f"== {mode}: skipped, only {left:.0f} s left", flush=True)
             failed.append(mode)
             continue
-        argv = [sys.executable, os.path.abspath(__file__)] + sys.argv[1:] + ["--worker", mode]
-        print(f"== {utc_now()} mode {mode}", flush=True)
+        argv = [sys.executable, os.path.abspath(script)] + sys.argv[1:] + ["--worker", mode]
+        timeout = left
+        if share_deadline and left is not None:
+            share = left / (len(a.modes) - k)
+            argv += ["--worker-deadline", str(time.time() + max(10.0, share - 20))]
+            timeout = share + 60
+        print(f"== {utc_now()} mode {mode}" + (f" ({timeout:.0f} s at most)" if timeout else ""), flush=True)
         t0 = time.time()
         try:
-            rc = subprocess.run(argv, timeout=left).returncode
+            rc = subprocess.run(argv, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
-            rc = "timeout (finished cells kept)"
+            rc = "timeout (finished work kept)"
         print(f"== mode {mode}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
         if rc != 0:
             failed.append(mode)
-    from prefix_ttft_report import report  # bench/ is this script's folder
-
     report(a.out, [])
     if failed:
         print(f"== modes not completed: {failed}", flush=True)
     return 1 if failed else 0
 
 
-def main() -> None:
-    a = parse_args()
+def dispatch(a, run_worker, run_modes, report) -> None:
+    """A benchmark script's main: one mode's worker, the merge alone (``--mode table``), or every mode."""
     os.makedirs(a.out, exist_ok=True)
     if a.worker:
         run_worker(a, a.worker)
     elif a.mode == "table":
-        from prefix_ttft_report import report
-
         report(a.out, [d for d in a.from_dirs.split(",") if d])
     else:
         sys.exit(run_modes(a))
+
+
+def run_modes(a) -> int:
+    from prefix_ttft_report import report  # bench/ is this script's folder
+
+    return run_modes_in_subprocesses(__file__, a, "PREFIX_TTFT_COMMAND", report)
+
+
+def main() -> None:
+    from prefix_ttft_report import report
+
+    dispatch(parse_args(), run_worker, run_modes, report)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 import time
 
@@ -84,6 +83,8 @@ def parse_args(argv=None):
     ap.add_argument("--block-size", type=int, default=None, help="vLLM block size (default 16 GPU, 32 CPU)")
     ap.add_argument("--dtype", default=None, help="default bfloat16 on GPU, float32 on CPU")
     ap.add_argument("--model-runner", default="auto", choices=["auto", "v1", "v2"])
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    ap.add_argument("--load-format", default=None, help="vLLM load_format, e.g. dummy")
     ap.add_argument("--deadline-s", type=float, default=None,
                     help="all modes within this many seconds: each gets an equal share of what is left; a mode "
                          "out of time (20 s before its share ends) aborts what runs and keeps the requests done (cut_off)")
@@ -93,12 +94,7 @@ def parse_args(argv=None):
     ap.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--worker-deadline", type=float, default=None, help=argparse.SUPPRESS)  # unix time
     a = ap.parse_args(argv)
-    a.modes = [m for m in a.modes.split(",") if m]
-    bad = [m for m in a.modes if m not in MODES]
-    if bad:
-        ap.error(f"unknown modes {bad}; choose from {MODES}")
-    if (a.mode == "run" or a.worker) and not a.model:
-        ap.error("--model is required")
+    prefix_ttft.check_modes(ap, a, MODES)
     if a.scale is None:
         a.scale = TRACE_BLOCK / a.block_tokens
     # what prefix_ttft.Bench reads besides the above (its grid; unused here)
@@ -414,31 +410,7 @@ def settings_of(a, reqs: list[dict], ws: dict) -> dict:
 
 
 def run_modes(a) -> int:
-    t_start, failed = time.time(), []
-    os.environ["TRACE_REPLAY_COMMAND"] = " ".join(["python3"] + sys.argv)
-    for k, mode in enumerate(a.modes):
-        left = None if a.deadline_s is None else a.deadline_s - (time.time() - t_start)
-        if left is not None and left < 30:
-            print(f"== {mode}: skipped, only {left:.0f} s left", flush=True)
-            failed.append(mode)
-            continue
-        share = None if left is None else left / (len(a.modes) - k)
-        argv = [sys.executable, os.path.abspath(__file__)] + sys.argv[1:] + ["--worker", mode]
-        if share is not None:  # the replay stops enqueueing 20 s before its share ends, to finish what runs
-            argv += ["--worker-deadline", str(time.time() + max(10.0, share - 20))]
-        print(f"== {utc_now()} mode {mode}" + (f" ({share:.0f} s)" if share else ""), flush=True)
-        t0 = time.time()
-        try:
-            rc = subprocess.run(argv, timeout=None if share is None else share + 60).returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-        print(f"== mode {mode}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
-        if rc != 0:
-            failed.append(mode)
-    report(a.out, [])
-    if failed:
-        print(f"== modes not completed: {failed}", flush=True)
-    return 1 if failed else 0
+    return prefix_ttft.run_modes_in_subprocesses(__file__, a, "TRACE_REPLAY_COMMAND", report, share_deadline=True)
 
 
 # ---- merge: json, md, png (no vLLM) ----------------------------------------------------------------------
@@ -570,14 +542,7 @@ def plot(res: dict, path: str) -> None:
 
 
 def main() -> None:
-    a = parse_args()
-    os.makedirs(a.out, exist_ok=True)
-    if a.worker:
-        run_worker(a, a.worker)
-    elif a.mode == "table":
-        report(a.out, [d for d in a.from_dirs.split(",") if d])
-    else:
-        sys.exit(run_modes(a))
+    prefix_ttft.dispatch(parse_args(), run_worker, run_modes, report)
 
 
 if __name__ == "__main__":

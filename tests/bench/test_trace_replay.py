@@ -149,3 +149,16 @@ def test_report(tmp_path, monkeypatch):
     md = (tmp_path / "trace_replay_h200_2026-11-28.md").read_text()
     assert "| ucm_lru |" in md and "CPU Offloading" in md
     assert (tmp_path / "trace_replay_h200_2026-11-28.json").exists()
+
+
+def test_replay_args_carry_every_engine_option_of_prefix_ttft():
+    """ReplayBench hands its own parsed args to prefix_ttft.Bench, which builds the engine from
+    them: an engine option added to one script only broke the other's every mode (found in a CPU run)."""
+    import prefix_ttft as pt
+
+    engine_options = ("model", "gpu_util", "max_model_len", "max_num_batched_tokens", "block_size", "dtype",
+                      "model_runner", "tp", "load_format", "seed", "out")
+    ttft = vars(pt.parse_args(["--model", "m"]))
+    replay = vars(tr.parse_args(["--model", "m"]))
+    assert all(k in ttft for k in engine_options)
+    assert [k for k in engine_options if k not in replay] == []
