@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.policies.test_semantics import _LFUDAModel
 from tests.sim.conftest import DATA
 from ucm.policies import make_eviction
 from ucm.sim.core import load_trace
@@ -23,24 +24,19 @@ def fill(p, keys):
             p.insert(k)
 
 
-class _Model:
-    """Reference for prefixlfu: O(n) scans and a global stamp, the rules of the docstring spelled out."""
+class _Model(_LFUDAModel):
+    """Reference for prefixlfu: chainlfu's reference (O(n) scans, a global stamp) with a log value,
+    prefix-aware first sightings and tail-first order, the rules of the docstring spelled out."""
 
     def __init__(self, cap, history, new_weight, cont_weight, min_hits, scale, max_sequence):
-        self.cap, self.L, self.t = cap, 0, 0
+        super().__init__(cap, history, new_weight)
         self.new, self.cont = round(2 * new_weight), round(2 * cont_weight)
         self.min_hits, self.scale, self.most = min_hits, scale, max_sequence
-        self.prio, self.count, self.stamp = {}, {}, {}
-        self.hist, self.hmax = {}, max(1, int(history * cap))  # dict kept in LRU order
         self.seq = None          # keys placed in the current request (None: never begun)
-        self.hits, self.inserting, self.first = 0, False, self.new
+        self.hits, self.inserting = 0, False
 
-    def v(self, n):
+    def value(self, n):
         return int(round(self.scale * math.log1p(n / 2.0)))
-
-    def _place(self, k, n):
-        self.t += 1
-        self.count[k], self.prio[k], self.stamp[k] = n, self.L + self.v(n), self.t
 
     def _note(self, k):
         if self.seq is not None:
@@ -52,7 +48,7 @@ class _Model:
         if len(self.seq) > 1:
             for k in reversed(self.seq):
                 if k in self.count:
-                    self._place(k, self.count[k])
+                    self._set(k, self.count[k])
         self.seq.clear()
 
     def begin(self):
@@ -66,23 +62,15 @@ class _Model:
         if k in self.prio:
             if not self.inserting:
                 self.hits += 1
-            self._place(k, self.count[k] + 2)
+            self._set(k, self.count[k] + 2)
             self._note(k)
             return None
         if not self.inserting:
             self.inserting = True
             self.first = self.cont if (self.seq is not None and self.hits >= self.min_hits) else self.new
-        victim = None
-        if len(self.prio) >= self.cap:
-            victim = min(self.prio, key=lambda x: (self.prio[x], self.stamp[x]))
-            self.L = max(self.L, self.prio.pop(victim))
-            self.hist.pop(victim, None)
-            self.hist[victim] = self.count.pop(victim)
-            if len(self.hist) > self.hmax:
-                del self.hist[next(iter(self.hist))]
-            del self.stamp[victim]
+        victim = self.evict_one() if len(self.prio) >= self.cap else None
         h = self.hist.pop(k, None)
-        self._place(k, self.first if h is None else 2 + h)
+        self._set(k, self.first if h is None else 2 + h)
         self._note(k)
         return victim
 

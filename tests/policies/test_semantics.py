@@ -193,23 +193,30 @@ class _LFUDAModel:
         self.prio, self.count, self.stamp = {}, {}, {}
         self.hist, self.hmax = {}, max(1, int(history * cap))  # dict kept in LRU order
 
+    def value(self, n):
+        """Priority above L of n half-unit sightings (chainlfu: n itself; prefixlfu's model reshapes it)."""
+        return n
+
     def _set(self, k, n):
         self.t += 1
-        self.count[k], self.prio[k], self.stamp[k] = n, self.L + n, self.t
+        self.count[k], self.prio[k], self.stamp[k] = n, self.L + self.value(n), self.t
+
+    def evict_one(self):
+        """Drop the lowest priority, oldest first; L rises to it; its count goes to the history."""
+        victim = min(self.prio, key=lambda x: (self.prio[x], self.stamp[x]))
+        self.L = max(self.L, self.prio.pop(victim))
+        self.hist.pop(victim, None)
+        self.hist[victim] = self.count.pop(victim)
+        if len(self.hist) > self.hmax:
+            del self.hist[next(iter(self.hist))]
+        del self.stamp[victim]
+        return victim
 
     def access(self, k):
         if k in self.prio:
             self._set(k, self.count[k] + 2)
             return None
-        victim = None
-        if len(self.prio) >= self.cap:
-            victim = min(self.prio, key=lambda x: (self.prio[x], self.stamp[x]))
-            self.L = max(self.L, self.prio.pop(victim))
-            self.hist.pop(victim, None)
-            self.hist[victim] = self.count.pop(victim)
-            if len(self.hist) > self.hmax:
-                del self.hist[next(iter(self.hist))]
-            del self.stamp[victim]
+        victim = self.evict_one() if len(self.prio) >= self.cap else None
         h = self.hist.pop(k, None)
         self._set(k, self.first if h is None else 2 + h)
         return victim
