@@ -7,21 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.policies.test_semantics import _LFUDAModel
+from tests.policies.test_semantics import _LFUDAModel, fill
 from tests.sim.conftest import DATA
 from ucm.policies import make_eviction
 from ucm.sim.core import load_trace
 from ucm.sim.replay import Chain, _raw_generic, replay_raw
-
-
-def fill(p, keys):
-    for k in keys:
-        if k in p:
-            p.touch(k)
-        else:
-            while len(p) >= p.capacity:
-                p.evict(incoming=k)
-            p.insert(k)
 
 
 class _Model(_LFUDAModel):
