@@ -18,7 +18,10 @@ export PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.max,pcie.link.width.max --format=csv,noheader
   echo "cpus $(nproc); $(free -g | awk '/Mem:/{print "RAM " $2 " GiB"}'); /tmp on $(df -T /tmp | awk 'NR==2{print $2}')"
   source .gpu/device_setup.sh || exit 1
-  for w in .whl/*.whl; do python3 -m zipfile -e "$w" /tmp/ucm_site || exit 1; done
+  if [ ! -f /tmp/ucm_site/.complete ]; then  # once per machine (parallel jobs must not rewrite it)
+    for w in .whl/*.whl; do python3 -m zipfile -e "$w" /tmp/ucm_site || exit 1; done
+    touch /tmp/ucm_site/.complete
+  fi
   export PYTHONPATH="/tmp/ucm_site:$PWD:$PYTHONPATH"
   python3 -c 'import omegaconf, hydra, cachetools, ucm.integration.vllm.uc_connector as c; print("ucm connector importable:", c.__file__)' || exit 1
   MODEL=/tmp/models/${PRESET:-qwen2.5-7b}

@@ -16,6 +16,7 @@ COLUMNS = [  # (row key, label, colour): GPU baselines grey, native blue, ucm gr
     ("ucm80_s", "ucm DRAM 80%", "#2ca02c"), ("ucm100_s", "ucm DRAM 100%", "#98df8a"),
     ("ucm_disk80_s", "ucm disk 80%", "#ff7f0e"),
     ("ucm_async80_s", "ucm async 80%", "#17becf"), ("ucm_async100_s", "ucm async 100%", "#9edae5"),
+    ("ucm_batched80_s", "ucm batched 80%", "#8c564b"), ("ucm_batched100_s", "ucm batched 100%", "#c49c94"),
 ]
 
 

@@ -2,7 +2,7 @@
 """Prefix-hit TTFT of real vLLM: GPU prefix cache, vLLM's native CPU offloading and ucm (issue 5).
 
 Usage:
-  python3 bench/prefix_ttft.py --model DIR [--modes full,native,native_best,ucm,ucm_disk,ucm_async]
+  python3 bench/prefix_ttft.py --model DIR [--modes full,native,native_best,ucm,ucm_disk,ucm_async,ucm_batched]
         [--lengths 4000,8000,16000] [--concurrency 1,2,4] [--reps 3] [--hit 0.8] [--out DIR] ...
   python3 bench/prefix_ttft.py --mode table --out DIR [--from DIR2,DIR3]     (merge parts, table, plot)
 
@@ -27,6 +27,8 @@ writes --out/prefix_ttft_part_<mode>.json after every cell (a mode cut off keeps
                blocks are demoted to disk (and their page cache dropped) before the timed 80 % pass.
   ucm_async    ucm with "ucm_load_mode": "async" (every hit loads between steps), columns
                ucm_async80_s / ucm_async100_s beside the default layer-wise ucm.
+  ucm_batched  ucm with "ucm_layerwise_step_tokens": 0 (every hit of a step in that step, as vLLM
+               batches HBM hits), columns ucm_batched80_s / ucm_batched100_s.
 Connector modes, per repetition: fresh prompts with the connector on (full compute); a store pass
 (prompts A and B, untimed); GPU prefix cache reset, so every hit must come from the connector;
 100 % = A again; reset; 80 % = B[:80 %] + 20 % new tokens; reset. The connector store is never
@@ -49,7 +51,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = ("full", "native", "native_best", "ucm", "ucm_disk", "ucm_async")
+MODES = ("full", "native", "native_best", "ucm", "ucm_disk", "ucm_async", "ucm_batched")
 UCM_MODULE = "ucm.integration.vllm.uc_connector"
 GiB = 1 << 30
 
@@ -61,10 +63,11 @@ MODE_COLUMNS = {
     "ucm": {"hit80": "ucm80_s", "hit100": "ucm100_s"},
     "ucm_disk": {"hit80": "ucm_disk80_s"},
     "ucm_async": {"hit80": "ucm_async80_s", "hit100": "ucm_async100_s"},  # ucm with "ucm_load_mode": "async"
+    "ucm_batched": {"hit80": "ucm_batched80_s", "hit100": "ucm_batched100_s"},  # no step budget
 }
 ROW_KEYS = ("input_tokens", "concurrency", "full_s", "hbm80_s", "hbm100_s", "native80_s", "native100_s",
             "native_best80_s", "native_best100_s", "ucm80_s", "ucm100_s", "ucm_disk80_s", "ucm100_bytes",
-            "ucm_async80_s", "ucm_async100_s")
+            "ucm_async80_s", "ucm_async100_s", "ucm_batched80_s", "ucm_batched100_s")
 
 
 def parse_args(argv=None):
@@ -185,11 +188,13 @@ def kv_transfer_config(a, mode: str, bpt: int, disk_dir: str):
         if mode == "native_best":
             extra["block_size"] = 256  # 256-token offload chunks (the V1 runner gives the cross-layer layout)
         return dict(kv_connector="OffloadingConnector", kv_role="kv_both", kv_connector_extra_config=extra)
-    if mode in ("ucm", "ucm_async"):
+    if mode in ("ucm", "ucm_async", "ucm_batched"):
         extra = {"ucm_connector_name": "UcmDramStore",
                  "ucm_connector_config": {"max_cache_size": int(a.cpu_gib * GiB)}}
         if mode == "ucm_async":
             extra["ucm_load_mode"] = "async"
+        if mode == "ucm_batched":
+            extra["ucm_layerwise_step_tokens"] = 0
     else:  # ucm_disk: the seed's form naming the dram_disk chain (ucm/integration/vllm/settings.py)
         extra = {"ucm_connector_name": "dram_disk",
                  "ucm_connector_config": {"max_cache_size": disk_dram_bytes(a, bpt),

@@ -33,6 +33,39 @@ def test_shared_prefix_second_pass_loads_from_dram(tiny_model, baseline, mode):
     engine.assert_same_outputs(second, baseline["shared"])
 
 
+@pytest.mark.parametrize("step_tokens", [1, 0])
+def test_layerwise_hits_past_the_step_budget_wait_for_the_next_step(tiny_model, baseline, step_tokens):
+    """``ucm_layerwise_step_tokens``: 4 prompts with DRAM hits submitted together. With a budget of
+    1 new token, each step takes one of them (the others are asked again next step: 3 + 2 + 1
+    deferrals) and they finish one step apart; with 0 (no limit) all run in one step, as vLLM
+    batches them. Same hits and same tokens either way."""
+    texts = engine.prompts("shared")
+    cfg = engine.ktc(config={"max_cache_size": 64 << 20}, ucm_layerwise_step_tokens=step_tokens)
+    with engine.llm(tiny_model, cfg) as llm:
+        engine.generate(llm, texts)  # stores every block
+        stats.reset_totals()
+        eng = llm.llm_engine
+        from vllm import SamplingParams
+
+        sp = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+        for i, t in enumerate(texts):
+            eng.add_request(str(i), t, sp)
+        first_step: dict[str, int] = {}
+        step = 0
+        while eng.has_unfinished_requests():
+            step += 1
+            for out in eng.step():
+                if out.finished:
+                    first_step[out.request_id] = step
+        t = stats.totals()
+        second = engine.generate(llm, texts)
+    assert t["deferred"] == (6 if step_tokens else 0)
+    steps = sorted(first_step.values())
+    assert steps == ([steps[0] + i for i in range(4)] if step_tokens else [steps[0]] * 4)
+    assert t["hit_tokens"] == 4 * 9 * engine.BLOCK and t["layerwise_blocks"] == 4 * 9
+    engine.assert_same_outputs(second, baseline["shared"])
+
+
 @pytest.mark.parametrize("cross_layer", [False, True], ids=["per-layer", "cross-layer-asked"])
 def test_earlier_finished_request_hits_in_later_call(tiny_model, baseline, cross_layer):
     """One prompt at a time: each later call hits what the finished earlier request dumped. With

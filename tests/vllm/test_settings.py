@@ -14,6 +14,8 @@ def test_seed_form_defaults():
     assert s.store_name == "UcmDramStore" and s.store_config["max_cache_size"] == 5368709120
     assert s.hydra_config is None and s.load_failure_policy == "recompute" and s.load_mode == "layerwise"
     assert s.cross_layer is False and settings.parse_extra_config({"ucm_cross_layer": True}).cross_layer
+    assert s.layerwise_step_tokens == 1024
+    assert settings.parse_extra_config({"ucm_layerwise_step_tokens": 0}).layerwise_step_tokens == 0
     assert settings.given_block_size(s) == 262144
 
 
@@ -33,6 +35,8 @@ def test_hydra_form():
     ({"ucm_load_failure_policy": "retry"}, "recompute"),
     ({"ucm_load_mode": "sync"}, "ucm_load_mode must be one of"),
     ({"ucm_cross_layer": "yes"}, "ucm_cross_layer must be true or false"),
+    ({"ucm_layerwise_step_tokens": -1}, "ucm_layerwise_step_tokens must be an integer >= 0"),
+    ({"ucm_layerwise_step_tokens": "1k"}, "ucm_layerwise_step_tokens must be an integer >= 0"),
 ])
 def test_bad_extra_config_names_the_key(extra, words):
     with pytest.raises(ValueError, match=words):

@@ -8,6 +8,10 @@
   in ``async`` mode loads between steps: the request waits (WAITING_FOR_REMOTE_KVS) while other
   requests compute, and a failed block is recomputed before the request ever runs. Pins are
   released by the worker once the load is submitted, or here when the request ends without it.
+  Once the layer-wise hits a step took already compute ``step_tokens`` new tokens, a further
+  request with a hit is left for the next step (``None``: vLLM keeps it first in its queue). Such a
+  step keeps the GPU busy already: batching one more prefill into it delays every first token in
+  it by that prefill's compute, and the added request would finish no sooner in the next step.
 - ``update_state_after_alloc``: records the vLLM blocks the hit loads into.
 - ``build_connector_meta``: this step's loads, and dumps of every block that becomes full in this
   step (prompt and generated tokens), once per step even when requests share it (the store
@@ -27,7 +31,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from ucm.integration.vllm.keys import KeyMaker, RequestKeys
 from ucm.integration.vllm.metadata import DumpSpec, LoadSpec, UcmConnectorMetadata
@@ -45,9 +49,12 @@ class _ReqState:
 
 
 class UcmScheduler:
-    def __init__(self, lookup: Any, keys: KeyMaker, block_size: int, layerwise: bool = True):
+    def __init__(self, lookup: Any, keys: KeyMaker, block_size: int, layerwise: bool = True,
+                 step_tokens: int = 0):
         self.lookup = lookup  # lookup_rpc.RankedLookup: every rank's store
         self.layerwise = layerwise
+        self.step_tokens = step_tokens  # 0: no limit
+        self.step_new_tokens = 0  # new tokens of the layer-wise hits taken in the step being planned
         self.pinned: set[str] = set()  # requests holding pins whose load is not planned yet
         self.keys = keys
         self.block_size = block_size
@@ -61,7 +68,7 @@ class UcmScheduler:
         self.stats = UcmConnectorStats()
 
     # ---- hooks ------------------------------------------------------------------------------
-    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int, bool]:
+    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[Optional[int], bool]:
         st = self.reqs.get(request.request_id)
         if st is None or st.keys.request is not request:
             st = self.reqs[request.request_id] = _ReqState(RequestKeys(request))
@@ -84,10 +91,15 @@ class UcmScheduler:
         st.lookup = (first, hit)
         st.layerwise = False
         if hit and self.layerwise:
+            if self.step_tokens and self.step_new_tokens >= self.step_tokens:
+                st.lookup = (first, 0)
+                self.stats.add(deferred=1)
+                return None, False  # vLLM asks again in its next step
             rid = request.request_id
             self.pinned.add(rid)
             if self.lookup.pin([keys[:hit] for keys in per_rank], rid):
                 st.layerwise = True
+                self.step_new_tokens += request.num_tokens - (first + hit) * bs
                 return hit * bs, False
             self._unpin(rid)
         return hit * bs, hit > 0
@@ -115,6 +127,7 @@ class UcmScheduler:
 
     def build_connector_meta(self, scheduler_output: Any) -> UcmConnectorMetadata:
         self.seq += 1
+        self.step_new_tokens = 0  # the next schedule() plans a new step
         meta = UcmConnectorMetadata(seq=self.seq, delayed=self.delayed)
         self.delayed = []
         # Preempted requests' blocks are already free: the worker waits for their dumps before this

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 KNOWN_KEYS = ("ucm_connector_name", "ucm_connector_config", "ucm_config", "ucm_overrides",
-              "ucm_load_failure_policy", "ucm_load_mode", "ucm_cross_layer")
+              "ucm_load_failure_policy", "ucm_load_mode", "ucm_cross_layer", "ucm_layerwise_step_tokens")
 #: "layerwise": hits pinned in the store's memory tier load during the request's own step, layer
 #: by layer ahead of its attention; other hits (disk) load between steps. "async": every hit
 #: loads between steps (the request waits, others compute).
@@ -38,6 +38,11 @@ class ConnectorSettings:
     #: ask vLLM for its cross-layer KV layout (V1 model runner only): a block's layers are one
     #: contiguous row, stored and moved whole; loads then run between steps (no layer-wise loads)
     cross_layer: bool = False
+    #: layer-wise mode: a step takes one more request with a DRAM hit only while the hit requests it
+    #: already took compute fewer new tokens than this (0: no limit, vLLM's own batching). A prefill
+    #: of ~1k new tokens already keeps a GPU busy, so a second hit in the same step only delays the
+    #: first one's first token, and the second finishes no sooner than it would in the next step.
+    layerwise_step_tokens: int = 1024
 
 
 def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
@@ -76,6 +81,10 @@ def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
     if not isinstance(cross, bool):
         raise ValueError(f"ucm: ucm_cross_layer must be true or false, got {cross!r}")
     s.cross_layer = cross
+    step = extra.get("ucm_layerwise_step_tokens", 1024)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"ucm: ucm_layerwise_step_tokens must be an integer >= 0 (0: no limit), got {step!r}")
+    s.layerwise_step_tokens = step
     return s
 
 

@@ -13,7 +13,7 @@ from ucm.integration.vllm.compat import KVConnectorPromMetrics, KVConnectorStats
 
 COUNTERS = ("lookup_tokens", "hit_tokens", "loaded_blocks", "layerwise_blocks", "loaded_bytes", "load_seconds",
             "load_failed_blocks", "dumped_blocks", "dumped_bytes", "dump_seconds", "dump_failed_blocks",
-            "evictions", "refusals")
+            "evictions", "refusals", "deferred")
 
 _totals_lock = threading.Lock()
 _totals: dict[str, float] = dict.fromkeys(COUNTERS, 0)
@@ -84,6 +84,8 @@ _PROM = {  # counter -> (metric name, help)
     "dump_failed_blocks": ("vllm:ucm_dump_failed_blocks", "Blocks whose dump failed or was refused"),
     "evictions": ("vllm:ucm_evictions", "Blocks evicted from ucm tiers"),
     "refusals": ("vllm:ucm_refusals", "Blocks ucm refused to store (admission or full)"),
+    "deferred": ("vllm:ucm_deferred", "Times a request with a DRAM hit was left for the next step "
+                 "(ucm_layerwise_step_tokens)"),
 }
 
 

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# One device session on a machine with several GPUs: the issue-5 runs as parallel single-GPU jobs, one per
+# "lane" (a GPU whose host<->device copies do not slow another lane's: bench/gpu_lanes.py probe).
+# Usage, on the device, in a frozen snapshot (bench/README.md "A whole device session, several GPUs"):
+#   bash bench/gpu_session.sh probe    # after the first stash: wheels, lanes probe (-> /tmp/lanes), tier tests
+#   bash bench/gpu_session.sh grid     # after the second stash: vLLM + model, then the prefix grid jobs
+#   bash bench/gpu_session.sh replay   # the trace replay, one mode per lane
+#   bash bench/gpu_session.sh tp2      # TP = 2 (GPUs 0,1) beside the cross-layer run (another lane)
+# Each step leaves $OUT/<step>.tgz (everything it wrote) and $OUT/<step>.log: the device returns <= 8 files.
+# STEP_S (default 570) is the step's whole budget: jobs get deadlines that end inside it.
+set -o pipefail
+step=${1:?usage: gpu_session.sh probe|grid|replay|tp2}
+OUT=${OUT:-/tmp/gpu_session_out}
+W=/tmp/session/$step
+mkdir -p "$W" "$OUT"
+export PYTHONUNBUFFERED=1
+END=$(( $(date +%s) + ${STEP_S:-570} - 25 ))  # leave time to pack the results
+export END
+left() { echo $(( END - $(date +%s) - ${1:-0} )); }
+
+setup_ucm() {  # wheels + this checkout on PYTHONPATH (no vLLM)
+  if [ ! -f /tmp/ucm_site/.complete ]; then
+    for w in .whl/*.whl; do python3 -m zipfile -e "$w" /tmp/ucm_site || return 1; done
+    touch /tmp/ucm_site/.complete
+  fi
+  export PYTHONPATH="/tmp/ucm_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+lanes() { cat /tmp/lanes 2>/dev/null || python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))'; }
+
+run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed at the step's end
+  local args=() j
+  for j in "$@"; do args+=(--job "$j"); done
+  python3 bench/gpu_lanes.py run --lanes "$(lanes)" --log-dir "$W/logs" --timeout-s "$(left 5)" "${args[@]}"
+}
+
+{
+  date -u
+  nvidia-smi --query-gpu=index,name,memory.total,pcie.link.gen.max,pcie.link.width.max --format=csv,noheader
+  echo "cpus $(nproc); $(free -g | awk '/Mem:/{print "RAM " $2 " GiB"}')"
+  case $step in
+  probe)
+    setup_ucm || exit 1
+    nvidia-smi topo -m
+    python3 bench/gpu_lanes.py probe --out "$W/lanes.json" | tee "$W/probe.txt"
+    grep -o 'LANES=[0-9,]*' "$W/probe.txt" | tail -1 | cut -d= -f2 > /tmp/lanes
+    echo "lanes: $(cat /tmp/lanes)"
+    CUDA_VISIBLE_DEVICES=0 timeout "$(left)" python3 -m pytest -q -p no:cacheprovider tests/tiers 2>&1 | tail -5
+    ;;
+  grid)
+    # once: vLLM bundle, wheels, the 7B model (gpu_prefix_ttft.sh does it; --help runs nothing else)
+    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
+    grep -E "device_setup|setup done|importable" "$W/setup.log"
+    eval "source .gpu/device_setup.sh >/dev/null"; setup_ucm
+    D='--deadline-s $(( END - $(date +%s) - 40 ))'
+    run_jobs "OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes full,ucm $D" \
+      "OUT=$W/grid_native bash bench/gpu_prefix_ttft.sh --modes native_best,native --decode-batch 0 $D" \
+      "OUT=$W/grid_variants bash bench/gpu_prefix_ttft.sh --modes ucm_batched --decode-batch 0 $D" \
+      "mkdir -p $W/checks/async; source .gpu/device_setup.sh >/dev/null; python3 bench/dram_bandwidth.py --blocks 1024 --fragmented --out $W/checks/dram_bandwidth.json; python3 -m tests.vllm.gpu_check --out $W/checks --load-mode layerwise; python3 -m tests.vllm.gpu_check --out $W/checks/async --load-mode async" \
+      "BENCH=bench/profile_layerwise.py OUT=$W/profile bash bench/gpu_prefix_ttft.sh --lengths 16000 --concurrency 1,4"
+    # the three grid folders merged into one table (later folders win; each mode ran once)
+    python3 bench/prefix_ttft.py --mode table --out "$W/grid" --from "$W/grid_native,$W/grid_variants" 2>&1 | tail -3
+    ;;
+  replay)
+    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
+    R="BENCH=bench/trace_replay.py bash bench/gpu_prefix_ttft.sh --requests 200 --max-model-len 4096 --time-scale 4 --max-output 16 --ws-fraction 0.5 --num-gpu-blocks 8192"
+    D='--deadline-s $(( END - $(date +%s) - 40 ))'
+    eval "source .gpu/device_setup.sh >/dev/null"; setup_ucm
+    run_jobs "OUT=$W/full $R --modes full $D" "OUT=$W/native $R --modes native $D" \
+             "OUT=$W/ucm_lru $R --modes ucm_lru $D" "OUT=$W/ucm_best $R --modes ucm_best $D"
+    python3 bench/trace_replay.py --mode table --out "$W/full" --from "$W/native,$W/ucm_lru,$W/ucm_best" 2>&1 | tail -3
+    ;;
+  tp2)
+    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
+    eval "source .gpu/device_setup.sh >/dev/null"; setup_ucm
+    # TP = 2 needs two GPUs of its own: not through the lanes (GPUs 0 and 1); the cross-layer run on GPU 2
+    ( CUDA_VISIBLE_DEVICES=2 OUT=$W/cross_layer bash bench/gpu_prefix_ttft.sh --modes ucm --ucm-cross-layer \
+        --model-runner v1 --lengths 16000 --decode-batch 0 --deadline-s "$(left 60)" > "$W/cross_layer.log" 2>&1 ) &
+    CUDA_VISIBLE_DEVICES=0,1 PRESET=qwen2.5-32b NO_WEIGHTS=1 OUT=$W/tp2 timeout "$(left 100)" bash bench/gpu_prefix_ttft.sh \
+      --tp 2 --load-format dummy --lengths 16000 --modes full,ucm --decode-batch 0 --deadline-s "$(left 140)"
+    CUDA_VISIBLE_DEVICES=0,1 timeout "$(left 5)" python3 -m tests.vllm.gpu_check --out "$W/tp2_check" --tp 2 \
+      --model-dir /tmp/ucm-tiny-bf16-tp2 2>&1 | tail -20
+    wait
+    tail -15 "$W/cross_layer.log"
+    ;;
+  *) echo "unknown step $step"; exit 2 ;;
+  esac
+  echo "== $step done after $SECONDS s"
+} 2>&1 | tee "$OUT/$step.log"
+tar czf "$OUT/$step.tgz" -C /tmp/session "$step" && ls -l "$OUT"
