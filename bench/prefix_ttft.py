@@ -155,6 +155,8 @@ def mode_env(a, mode: str, cuda: bool) -> None:
     if runner != "auto":
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if runner == "v2" else "0"
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # the GPU bundle has no flashinfer
+    if getattr(a, "tp", 1) > 1:  # this process has touched CUDA before the engine: forked TP workers would fail
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("VLLM_NO_USAGE_STATS", "1")):
         os.environ.setdefault(k, v)
     if not cuda:  # vLLM CPU: a small KV space and one thread per op keep the engine light

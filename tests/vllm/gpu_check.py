@@ -25,7 +25,10 @@ def main() -> None:
     ap.add_argument("--model-dir", default="/tmp/ucm-tiny-bf16")
     ap.add_argument("--load-mode", default="layerwise", choices=["layerwise", "async"])
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size (2: two GPUs)")
+    ap.add_argument("--cross-layer", action="store_true",
+                    help="ucm_cross_layer (run with VLLM_USE_V2_MODEL_RUNNER=0: only the V1 runner has that layout)")
     a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
     import torch
 
     from tests.vllm import engine
@@ -41,6 +44,8 @@ def main() -> None:
     if os.environ.get("UCM_GPU_ASYNC_SCHEDULING") is not None:
         kw["async_scheduling"] = os.environ["UCM_GPU_ASYNC_SCHEDULING"] == "1"
     res["engine_kwargs"] = kw
+    res["env"] = {k: os.environ.get(k) for k in ("VLLM_USE_V2_MODEL_RUNNER", "UCM_GPU_ASYNC_SCHEDULING")}
+    res["cross_layer"] = a.cross_layer
     texts = engine.prompts("shared")
     t0 = time.time()
     with engine.llm(model, None, **kw) as llm:
@@ -50,7 +55,8 @@ def main() -> None:
     res["load_mode"] = a.load_mode
     if a.tp > 1:
         return _check_tp(a, res, model, kw, texts, base, t0)
-    with engine.llm(model, engine.ktc(config={"max_cache_size": 256 << 20}, ucm_load_mode=a.load_mode), **kw) as llm:
+    extra = dict(ucm_load_mode=a.load_mode, ucm_cross_layer=True) if a.cross_layer else dict(ucm_load_mode=a.load_mode)
+    with engine.llm(model, engine.ktc(config={"max_cache_size": 256 << 20}, **extra), **kw) as llm:
         store = engine.live_store()
         stats.reset_totals()
         first = engine.generate(llm, texts)
@@ -81,9 +87,10 @@ def main() -> None:
                                          for x, y in zip(o["logprobs"], b["logprobs"]))
     res["ok"] = (all(res["tokens_equal"].values()) and res["cached"]["second"] == res["expected_second"]
                  and res["failure_totals"]["load_failed_blocks"] > 0
-                 and (res["second_totals"]["layerwise_blocks"] > 0) == (a.load_mode == "layerwise"))
+                 and (res["second_totals"]["layerwise_blocks"] > 0) == (a.load_mode == "layerwise" and not a.cross_layer))
     print(json.dumps(res, indent=1, default=str))
-    with open(os.path.join(a.out, f"gpu_check_{a.load_mode}.json"), "w") as f:
+    name = f"gpu_check_{a.load_mode}{'_cross_layer' if a.cross_layer else ''}.json"
+    with open(os.path.join(a.out, name), "w") as f:
         json.dump(res, f, indent=1, default=str)
 
 

@@ -79,9 +79,15 @@ def test_cross_layer_layout_dumps_whole_rows_at_the_step_end_and_loads_them_back
     writer.close()  # commits the step's dump
     assert store.lookup([keys.rank_key(h, 0) for h in hashes]) == [True] * 4
 
-    dst = torch.zeros_like(src)
-    reader = UcmWorker(store, keys, 0, nb, whole)
-    reader.register_cross_layers(dst)
+    with torch.inference_mode():  # as vLLM allocates and registers its KV cache
+        dst = torch.zeros_like(src)
+        reader = UcmWorker(store, keys, 0, nb, whole)
+        reader.register_cross_layers(dst)
+    # the rows the copies write are a normal tensor: on CUDA the copier writes them outside inference
+    # mode (index_copy_ into an inference tensor raised there, 2026-11-28, H200)
+    (rows,) = reader._planes
+    assert not rows.is_inference()
+    rows[0, :1] = rows[0, :1]
     spec = LoadSpec("b", hashes, [0, 1, 2, 20], layerwise=False)
     reader.start_load_kv(UcmConnectorMetadata(loads=[spec], seq=1))
     done = set()
