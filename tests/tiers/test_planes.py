@@ -244,3 +244,25 @@ def test_many_layers_through_the_staging_ring_on_cuda(shuffled):
         assert store.wait(br.task) == OK
         for s, d in zip(src, dst):
             assert torch.equal(d[back], s[rows])
+
+
+def test_dump_under_inference_mode_then_load_outside_it(dev):
+    """vLLM calls some connector hooks under torch.inference_mode and some outside it, with the same
+    KV tensors. Views and staging the pool caches while dumping under it must still take the later
+    load's writes outside it (a view made under it is an inference tensor: the CUDA copier's
+    index_copy_ into one raised, 2026-11-28, H200, vLLM's cross-layer layout)."""
+    big = 700  # rows enough for the CUDA DMA/staging path
+    with create_store("UcmDramStore", {"kv_block_size": 2 * ROW, "max_cache_size": (big + 8) * 2 * ROW,
+                                       "planes": 1}) as store:
+        g = torch.Generator().manual_seed(4)
+        kv = torch.randint(-100, 100, (big + 10, ROW), dtype=torch.int16, generator=g).to(dev)
+        rows = list(range(5, 5 + big))
+        ids = [f"i{r}" for r in rows]
+        with torch.inference_mode():
+            assert store.wait(store.dump_blocks(ids, [kv], rows)) == OK
+        store.commit(ids)
+        assert not any(pc.user.is_inference() for views in store._views.values() for pc in views)
+        want = kv[rows].clone()
+        kv.zero_()
+        assert store.wait(store.load_blocks(ids, [kv], rows)) == OK
+        assert torch.equal(kv[rows], want)

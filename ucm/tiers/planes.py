@@ -196,7 +196,9 @@ class CudaPlaneCopier:
         self._lock = threading.Lock()  # the rings' turns (a chain also loads from its promoter thread)
 
     def submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list[_Events]:
-        with self._lock:
+        # outside inference mode: staging made under it would be an inference tensor, which a
+        # later copy outside it (vLLM calls some connector hooks under it, some not) may not write
+        with self._lock, torch.inference_mode(False):
             return self._submit(planes, plan, to_pool)
 
     def _submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list[_Events]:

@@ -398,7 +398,8 @@ class SlotPoolTier(Tier):
         key = (offset, k, *((t.device, t.data_ptr(), t.dtype, t.shape, t.stride()) for t in planes))
         views = self._views.get(key)
         if views is None:
-            views = self._make_plane_views(planes, offset, k)
+            with torch.inference_mode(False):  # a view made under it is an inference tensor: no writes outside
+                views = self._make_plane_views(planes, offset, k)
             if len(self._views) >= 256:
                 self._views.clear()
             self._views[key] = views

@@ -417,6 +417,7 @@ class UcmWorker:
         d.tasks.append(self.store.dump(ids, offs, srcs))
         d.layers += 1
 
+    @torch.inference_mode(False)
     def wait_for_save(self, meta: Optional[UcmConnectorMetadata]) -> None:
         """End of the step: the step's dump stays pending (committed by a later hook once done).
         Cross-layer layout: the step's new blocks are dumped here, whole rows after the forward."""
