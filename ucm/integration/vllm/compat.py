@@ -165,13 +165,9 @@ def layer_planes(kv_layer: torch.Tensor, num_blocks: int) -> Optional[list[torch
 def cross_layer_rows(kv_cache: torch.Tensor, num_blocks: Optional[int], block_bytes: int) -> torch.Tensor:
     """vLLM's cross-layer KV cache (``register_cross_layers_kv_cache``, 0.26's V1 model runner) as
     one contiguous plane of ``(num_blocks, block_bytes)`` rows: every layer of block b in row b.
-    Raises if the tensor is not laid out block-major. Always a normal tensor (see writable_alias),
-    even when vLLM registers it under inference mode."""
-    with torch.inference_mode(False):
-        return _cross_layer_rows(writable_alias(kv_cache), num_blocks, block_bytes)
-
-
-def _cross_layer_rows(t: torch.Tensor, num_blocks: Optional[int], block_bytes: int) -> torch.Tensor:
+    Raises if the tensor is not laid out block-major. Call it outside inference mode: a view made
+    under it is an inference tensor, which the copies outside it cannot write."""
+    t = writable_alias(kv_cache)
     nbytes = t.numel() * t.element_size()
     rows = num_blocks or t.shape[0]
     if not t.is_contiguous() or t.shape[0] != rows or nbytes != rows * block_bytes:

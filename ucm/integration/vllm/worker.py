@@ -161,6 +161,7 @@ class UcmWorker:
         self._store_counters = store_counters(self._store_stats())
 
     # ---- registration -----------------------------------------------------------------------
+    @torch.inference_mode(False)  # vLLM may register under it: views made there are inference tensors
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         names = sorted(kv_caches, key=compat.layer_index)
         first = kv_caches[names[0]]
@@ -196,6 +197,7 @@ class UcmWorker:
                  "copies %s", len(names), self.num_blocks, offset, self.rank, tuple(first.shape),
                  "batched per layer" if self._planes is not None else "per block piece")
 
+    @torch.inference_mode(False)
     def register_cross_layers(self, kv_cache: torch.Tensor) -> None:
         """vLLM's cross-layer layout (``ucm_cross_layer``, V1 model runner): every layer of a block
         is one contiguous row, so a stored block moves as one row (one DMA per run of blocks).
