@@ -18,14 +18,6 @@ END=$(( $(date +%s) + ${STEP_S:-570} - 25 ))  # leave time to pack the results
 export END
 left() { echo $(( END - $(date +%s) - ${1:-0} )); }
 
-setup_ucm() {  # wheels + this checkout on PYTHONPATH (no vLLM)
-  if [ ! -f /tmp/ucm_site/.complete ]; then
-    for w in .whl/*.whl; do python3 -m zipfile -e "$w" /tmp/ucm_site || return 1; done
-    touch /tmp/ucm_site/.complete
-  fi
-  export PYTHONPATH="/tmp/ucm_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-}
-
 lanes() { cat /tmp/lanes 2>/dev/null || python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))'; }
 
 run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed at the step's end
@@ -40,7 +32,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
   echo "cpus $(nproc); $(free -g | awk '/Mem:/{print "RAM " $2 " GiB"}')"
   case $step in
   probe)
-    setup_ucm || exit 1
+    source bench/ucm_site.sh || exit 1
     nvidia-smi topo -m
     python3 bench/gpu_lanes.py probe --out "$W/lanes.json" | tee "$W/probe.txt"
     grep -o 'LANES=[0-9,]*' "$W/probe.txt" | tail -1 | cut -d= -f2 > /tmp/lanes
@@ -51,7 +43,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # once: vLLM bundle, wheels, the 7B model (gpu_prefix_ttft.sh does it; --help runs nothing else)
     bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
     grep -E "device_setup|setup done|importable" "$W/setup.log"
-    eval "source .gpu/device_setup.sh >/dev/null"; setup_ucm
+    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
     D='--deadline-s $(( END - $(date +%s) - 40 ))'
     run_jobs "OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes full,ucm $D" \
       "OUT=$W/grid_native bash bench/gpu_prefix_ttft.sh --modes native_best,native --decode-batch 0 $D" \
@@ -65,14 +57,14 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
     R="BENCH=bench/trace_replay.py bash bench/gpu_prefix_ttft.sh --requests 200 --max-model-len 4096 --time-scale 4 --max-output 16 --ws-fraction 0.5 --num-gpu-blocks 8192"
     D='--deadline-s $(( END - $(date +%s) - 40 ))'
-    eval "source .gpu/device_setup.sh >/dev/null"; setup_ucm
+    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
     # two modes a job: trace_replay.py splits a job's deadline evenly between its modes
     run_jobs "OUT=$W/a $R --modes full,ucm_lru $D" "OUT=$W/b $R --modes native,ucm_best $D"
     python3 bench/trace_replay.py --mode table --out "$W/a" --from "$W/b" 2>&1 | tail -3
     ;;
   tp2)
     bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
-    eval "source .gpu/device_setup.sh >/dev/null"; setup_ucm
+    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
     # TP = 2 needs two GPUs of its own: not through the lanes (GPUs 0 and 1); the cross-layer run on GPU 2
     ( CUDA_VISIBLE_DEVICES=2 OUT=$W/cross_layer bash bench/gpu_prefix_ttft.sh --modes ucm --ucm-cross-layer \
         --model-runner v1 --lengths 16000 --decode-batch 0 --deadline-s "$(left 60)" > "$W/cross_layer.log" 2>&1 ) &
