@@ -104,3 +104,35 @@ def test_block_hash_chain_is_a_prefix_chain_and_covers_extra_keys():
     salted = compat.block_hash_chain(req(toks, salt="tenant-a"), 0, 4, b"root", 16)
     assert all(a != b for a, b in zip(salted, whole))
     assert compat.block_hash_chain(req(toks), 0, 4, b"other root", 16)[3] != whole[3]
+
+
+def test_a_prefix_seen_again_takes_its_keys_from_the_memo(monkeypatch):
+    """Keys of blocks whose vLLM block hash was seen before come from the memo (no hashing), equal
+    to hashing them; new blocks are hashed and remembered; the memo stays within its size; a
+    request hashed by vLLM at another granularity is hashed in full."""
+    import types
+
+    from ucm.integration.vllm import compat, keys
+
+    def req(tokens, vllm_hashes):
+        return types.SimpleNamespace(all_token_ids=tokens, num_tokens=len(tokens), block_hashes=vllm_hashes,
+                                     mm_features=[], lora_request=None, cache_salt=None, prompt_embeds=None)
+
+    hashed = []
+    real = compat.block_hash_chain
+    monkeypatch.setattr(compat, "block_hash_chain", lambda r, a, b, *x: hashed.append(b - a) or real(r, a, b, *x))
+    toks = list(range(100, 164))  # 4 blocks of 16
+    km = keys.KeyMaker(b"root", 16, 1, memo_entries=6)
+    first = km.hashes(keys.RequestKeys(req(toks, [b"v0", b"v1", b"v2", b"v3"])), 4)
+    assert hashed == [4] and first == real(req(toks, []), 0, 4, b"root", 16)
+    # the same first 3 blocks, a new 4th: 3 keys from the memo, one hashed
+    other = toks[:48] + [7] * 16
+    again = km.hashes(keys.RequestKeys(req(other, [b"v0", b"v1", b"v2", b"w3"])), 4)
+    assert hashed == [4, 1] and again == real(req(other, []), 0, 4, b"root", 16)
+    assert again[:3] == first[:3] and again[3] != first[3]
+    assert len(km._memo) == 5
+    km.hashes(keys.RequestKeys(req(toks, [b"x0", b"x1", b"x2", b"x3"])), 4)
+    assert len(km._memo) == 6 and b"v0" not in km._memo, "oldest entries dropped first"
+    # vLLM hashing 8-token blocks (a hybrid model): its hashes do not name our 16-token blocks
+    assert compat.vllm_block_hashes(req(toks, [b"v0"] * 8), 16) == ()
+    assert km.hashes(keys.RequestKeys(req(toks, [b"v0"] * 8)), 4) == first and hashed[-1] == 4

@@ -24,6 +24,7 @@ from __future__ import annotations
 import array
 import hashlib
 import pickle
+from collections.abc import Sequence
 from typing import Optional, Any
 
 import torch
@@ -51,7 +52,7 @@ import vllm
 __all__ = ["KVConnectorBase_V1", "KVConnectorMetadata", "KVConnectorRole", "KVConnectorWorkerMetadata", "KVConnectorPromMetrics",
            "KVConnectorStats", "HOST_HIT_SOURCE", "VLLM_VERSION", "block_hash_chain", "block_views",
            "cross_layer_rows", "device_type", "kv_cache_spec_summary", "layer_index", "make_recompute_on_load_failure",
-           "tp_rank_and_size", "writable_alias"]
+           "tp_rank_and_size", "vllm_block_hashes", "writable_alias"]
 
 VLLM_VERSION: str = getattr(vllm, "__version__", "unknown")
 
@@ -78,6 +79,15 @@ def block_hash_chain(request: Any, start_block: int, end_block: int, parent: byt
         parent = h.digest()
         out.append(parent)
     return out
+
+
+def vllm_block_hashes(request: Any, block_size: int) -> Sequence[Any]:
+    """vLLM's own prefix-cache hashes of ``request``'s full blocks, one per ``block_size`` tokens, or
+    ``()`` when vLLM hashes at another granularity (a hybrid model's smaller hash blocks) or not at all."""
+    hashes = getattr(request, "block_hashes", None)
+    if not hashes or len(hashes) != request.num_tokens // block_size:
+        return ()
+    return hashes
 
 
 def make_recompute_on_load_failure(kv_transfer_config: Any, policy: str) -> None:

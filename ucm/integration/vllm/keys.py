@@ -4,6 +4,11 @@ The chain root is a SHA-256 of the namespace (model, revision, KV dtype, block s
 count, per-layer page bytes, kv heads, head size, device type, TP size, key format version), so
 two models, dtypes, block sizes or layouts never share a key; each rank's key appends its TP rank.
 Keys are stable across processes and machines (no PYTHONHASHSEED needed).
+
+A prefix seen again (the case ucm exists for) skips the hashing: the scheduler remembers which ucm
+hash belongs to each of vLLM's own block hashes (already computed for its prefix cache, over the
+same tokens and extra keys, so equal vLLM hashes mean equal ucm hashes). vLLM's hashes are only
+good inside this process (their root is random without PYTHONHASHSEED), hence the memo, not keys.
 """
 from __future__ import annotations
 
@@ -41,18 +46,40 @@ class RequestKeys:
         self.hashes: list[bytes] = []
 
 
+# vLLM block hash -> ucm block hash entries kept (oldest dropped first): ~130 B each, 2M tokens of
+# 16-token blocks; a dropped entry only costs hashing its block again.
+MEMO_ENTRIES = 1 << 17
+
+
 class KeyMaker:
-    def __init__(self, root: bytes, block_size: int, tp_size: int):
+    def __init__(self, root: bytes, block_size: int, tp_size: int, memo_entries: int = MEMO_ENTRIES):
         self.root = root
         self.block_size = block_size
         self.tp_size = tp_size
+        self.memo_entries = memo_entries
+        self._memo: dict[bytes, bytes] = {}  # insertion-ordered: the first key is the oldest
 
     def hashes(self, rk: RequestKeys, num_blocks: int) -> list[bytes]:
         """Hashes of the first ``num_blocks`` full blocks of the request (computed once each)."""
         have = len(rk.hashes)
+        if num_blocks <= have:
+            return rk.hashes[:num_blocks]
+        theirs = compat.vllm_block_hashes(rk.request, self.block_size)
+        memo = self._memo
+        while have < num_blocks and have < len(theirs):  # blocks seen before: no hashing
+            h = memo.get(theirs[have])
+            if h is None:
+                break
+            rk.hashes.append(h)
+            have += 1
         if num_blocks > have:
             parent = rk.hashes[-1] if have else self.root
-            rk.hashes.extend(compat.block_hash_chain(rk.request, have, num_blocks, parent, self.block_size))
+            new = compat.block_hash_chain(rk.request, have, num_blocks, parent, self.block_size)
+            rk.hashes.extend(new)
+            for vh, h in zip(theirs[have:num_blocks], new):
+                memo[vh] = h
+            while len(memo) > self.memo_entries:
+                del memo[next(iter(memo))]
         return rk.hashes[:num_blocks]
 
     @staticmethod

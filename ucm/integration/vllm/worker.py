@@ -5,9 +5,9 @@ One stored block = one vLLM block of one TP rank: every layer's K and V, layer a
 
 - Layer-wise loads (hits the scheduler pinned in the store's memory tier): ``start_load_kv``
   opens one read for all such requests of the step (``open_blocks``: blocks found and protected
-  once) and launches its first LOOKAHEAD layers (layer 0 of every request first, on the store's
-  load streams); the requests compute their new tokens in this same step. ``wait_for_layer_load``
-  launches the layers up to LOOKAHEAD ahead and makes the model wait for that layer only (on
+  once) and launches layer 0's copies (of every request, on the store's load streams); the
+  requests compute their new tokens in this same step. ``wait_for_layer_load`` launches the
+  layers up to LOOKAHEAD ahead (two a layer until then) and makes the model wait for that layer only (on
   CUDA the compute stream waits for the layer's copy event: no CPU stall), so later layers copy
   while layer l computes, and the forward's first kernel does not wait for the CPU to launch
   every layer's copies. Pinned blocks cannot miss; should a
@@ -108,6 +108,14 @@ class _LayerLoad:
         self.req_id, self.task, self.where, self.staging, self.t0 = req_id, task, where, staging, t0
         self.planes, self.read = planes, read
         self.issued = 0  # layers whose copies are launched (``read`` only)
+
+
+def _lookahead(index: int) -> int:
+    """Layers of a layer-wise load launched once the model waits for layer ``index``: two more per
+    layer until LOOKAHEAD ahead. At a step's start the GPU waits for the CPU, so every copy
+    launched before the forward's first kernel (~0.4 ms of CPU each) delays the first token; later
+    the CPU runs ahead of the GPU and launching layers there costs nothing."""
+    return min(index + 1 + LOOKAHEAD, 2 * (index + 1))
 
 
 def _wait_part(part: Any, timeout: float) -> bool:
@@ -273,7 +281,7 @@ class UcmWorker:
             # layers launched as the model reaches them (LOOKAHEAD ahead): launching all 28 up
             # front kept the forward's first kernel waiting for the CPU (~3 ms at 16k, ~20 ms at 4 x 16k)
             ld = _LayerLoad(name, br.task, where, [], t0, planes=[[] for _ in self._planes], read=br)
-            self._issue_layers(ld, LOOKAHEAD)
+            self._issue_layers(ld, 1)  # the rest ramps up in wait_for_layer_load (_lookahead)
         else:  # a store without a per-layer read: every layer now
             task = self.store.load_blocks(keys, self._planes, rows)
             ld = _LayerLoad(name, task, where, [], t0, planes=getattr(task, "planes", None))
@@ -304,7 +312,7 @@ class UcmWorker:
         for ld in self._layer_loads:
             if ld.read is not None:
                 layer = self.layers.get(layer_name)
-                self._issue_layers(ld, layer.index + 1 + LOOKAHEAD if layer is not None else len(self._layer_order))
+                self._issue_layers(ld, _lookahead(layer.index) if layer is not None else len(self._layer_order))
             if planes is None or ld.planes is None or ld.staging:
                 self._wait_whole(ld, timeout)
                 continue
