@@ -5,11 +5,12 @@
 #   bash bench/gpu_session.sh probe    # after the first stash: wheels, lanes probe (-> /tmp/lanes), tier tests
 #   bash bench/gpu_session.sh grid     # after the second stash: vLLM + model, then the prefix grid jobs
 #   bash bench/gpu_session.sh replay   # the trace replay, one mode per lane
-#   bash bench/gpu_session.sh tp2      # TP = 2 (GPUs 0,1) beside the cross-layer run (another lane)
+#   bash bench/gpu_session.sh tp2      # TP = 2 (GPUs 0,1) beside the cross-layer runs (GPU 2) and the 16k row (GPU 3)
+#   bash bench/gpu_session.sh cells    # 4k / 8k cells with async scheduling on / off, replay with a small HBM
 # Each step leaves $OUT/<step>.tgz (everything it wrote) and $OUT/<step>.log: the device returns <= 8 files.
 # STEP_S (default 570) is the step's whole budget: jobs get deadlines that end inside it.
 set -o pipefail
-step=${1:?usage: gpu_session.sh probe|grid|replay|tp2}
+step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells}
 OUT=${OUT:-/tmp/gpu_session_out}
 W=/tmp/session/$step
 mkdir -p "$W" "$OUT"
@@ -23,7 +24,7 @@ lanes() { cat /tmp/lanes 2>/dev/null || python3 -c 'import torch; print(",".join
 run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed at the step's end
   local args=() j
   for j in "$@"; do args+=(--job "$j"); done
-  python3 bench/gpu_lanes.py run --lanes "$(lanes)" --log-dir "$W/logs" --timeout-s "$(left 5)" "${args[@]}"
+  python3 bench/gpu_lanes.py run --lanes "${LANES:-$(lanes)}" --log-dir "$W/logs" --timeout-s "$(left 5)" "${args[@]}"
 }
 
 {
@@ -65,15 +66,40 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
   tp2)
     bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
     source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
-    # TP = 2 needs two GPUs of its own: not through the lanes (GPUs 0 and 1); the cross-layer run on GPU 2
+    # TP = 2 needs two GPUs of its own: not through the lanes (GPUs 0 and 1); the cross-layer runs
+    # (V1 runner: prefix row, then gpu_check) on GPU 2; the 16k row and its profile on GPU 3
     ( CUDA_VISIBLE_DEVICES=2 OUT=$W/cross_layer bash bench/gpu_prefix_ttft.sh --modes ucm --ucm-cross-layer \
-        --model-runner v1 --lengths 16000 --decode-batch 0 --deadline-s "$(left 60)" > "$W/cross_layer.log" 2>&1 ) &
+        --model-runner v1 --lengths 16000 --decode-batch 0 --deadline-s "$(left 200)"
+      CUDA_VISIBLE_DEVICES=2 VLLM_USE_V2_MODEL_RUNNER=0 timeout "$(left 10)" python3 -m tests.vllm.gpu_check \
+        --out "$W/cross_layer_check" --cross-layer --model-dir /tmp/ucm-tiny-bf16-cl ) > "$W/cross_layer.log" 2>&1 &
+    if [ "$(nvidia-smi -L | wc -l)" -ge 4 ]; then
+      ( CUDA_VISIBLE_DEVICES=3 OUT=$W/row16k bash bench/gpu_prefix_ttft.sh --modes full,ucm --lengths 16000 \
+          --decode-batch 0 --deadline-s "$(left 200)"
+        CUDA_VISIBLE_DEVICES=3 BENCH=bench/profile_layerwise.py OUT=$W/profile timeout "$(left 10)" \
+          bash bench/gpu_prefix_ttft.sh --lengths 16000 --concurrency 1
+        CUDA_VISIBLE_DEVICES=3 timeout "$(left 10)" python3 -m tests.vllm.gpu_check --out "$W/check_layerwise" \
+          --model-dir /tmp/ucm-tiny-bf16-lw ) > "$W/row16k.log" 2>&1 &
+    fi
     CUDA_VISIBLE_DEVICES=0,1 PRESET=qwen2.5-32b NO_WEIGHTS=1 OUT=$W/tp2 timeout "$(left 100)" bash bench/gpu_prefix_ttft.sh \
       --tp 2 --load-format dummy --lengths 16000 --modes full,ucm --decode-batch 0 --deadline-s "$(left 140)"
     CUDA_VISIBLE_DEVICES=0,1 timeout "$(left 5)" python3 -m tests.vllm.gpu_check --out "$W/tp2_check" --tp 2 \
       --model-dir /tmp/ucm-tiny-bf16-tp2 > "$W/tp2_check.log" 2>&1; grep -E '"ok"|Error' "$W/tp2_check.log"
     wait
-    tail -15 "$W/cross_layer.log"
+    tail -15 "$W/cross_layer.log"; tail -5 "$W/row16k.log" 2>/dev/null
+    ;;
+  cells)
+    # the 4k and 8k cells again, vLLM's async scheduling on (lane 0) and off (lane 1), then the trace
+    # replay sized so DRAM matters (a smaller HBM tier) on the other two GPUs: four jobs at once on
+    # four GPUs (LANES: all of them; the host's copies then run at ~0.75 of one GPU alone)
+    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
+    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
+    D='--deadline-s $(( END - $(date +%s) - 40 ))'
+    C="bash bench/gpu_prefix_ttft.sh --lengths 4000,8000 --modes full,ucm,ucm_batched --decode-batch 0"
+    R="BENCH=bench/trace_replay.py bash bench/gpu_prefix_ttft.sh --requests ${REPLAY_N:-300} --max-model-len 4096 --time-scale 4 --max-output 16 --ws-fraction 0.5 --num-gpu-blocks ${REPLAY_HBM:-3072}"
+    LANES=${LANES:-$(python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))')} \
+    run_jobs "OUT=$W/async_on $C --async-scheduling on $D" "OUT=$W/async_off $C --async-scheduling off $D" \
+      "OUT=$W/replay_a $R --modes full,ucm_lru $D" "OUT=$W/replay_b $R --modes native,ucm_best $D"
+    python3 bench/trace_replay.py --mode table --out "$W/replay_a" --from "$W/replay_b" 2>&1 | tail -3
     ;;
   *) echo "unknown step $step"; exit 2 ;;
   esac

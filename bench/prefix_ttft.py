@@ -94,6 +94,9 @@ def parse_args(argv=None):
                     "worker processes: connector counters, ucm100_bytes included, are not seen)")
     ap.add_argument("--load-format", default=None,
                     help="vLLM load_format, e.g. dummy (random weights from a config: .gpu/make_model.py --no-weights)")
+    ap.add_argument("--async-scheduling", default="auto", choices=["auto", "on", "off"],
+                    help="vLLM's async scheduling (its batch queue plans step n + 1 before step n's output "
+                         "is read); auto: vLLM's default (on in 0.26)")
     ap.add_argument("--ucm-load-mode", default=None, choices=["layerwise", "async"],
                     help="ucm modes: the connector's ucm_load_mode (default: the connector's, layerwise)")
     ap.add_argument("--ucm-cross-layer", action="store_true",
@@ -246,6 +249,8 @@ class Bench:
             kw["tensor_parallel_size"] = a.tp
         if a.load_format:
             kw["load_format"] = a.load_format
+        if a.async_scheduling != "auto":
+            kw["async_scheduling"] = a.async_scheduling == "on"
         kw.update(engine_kw or {})
         if ktc is not None:
             from vllm.config.kv_transfer import KVTransferConfig
@@ -275,6 +280,7 @@ class Bench:
                        dtype=str(vc.model_config.dtype), kv_bytes_per_token=self.bpt),
             block_size=vc.cache_config.block_size, num_gpu_blocks=vc.cache_config.num_gpu_blocks,
             max_num_batched_tokens=vc.scheduler_config.max_num_batched_tokens,
+            async_scheduling=getattr(vc.scheduler_config, "async_scheduling", None),
             use_v2_model_runner=getattr(vc, "use_v2_model_runner", None),
             env_VLLM_USE_V2_MODEL_RUNNER=os.environ.get("VLLM_USE_V2_MODEL_RUNNER"),
             cross_layer_kv_cache=self._cross_layer_shape(), engine_in_process=self.core is not None,
