@@ -56,12 +56,18 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     ;;
   replay)
     bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
-    R="BENCH=bench/trace_replay.py bash bench/gpu_prefix_ttft.sh --requests 200 --max-model-len 4096 --time-scale 4 --max-output 16 --ws-fraction 0.5 --num-gpu-blocks 8192"
+    R="BENCH=bench/trace_replay.py bash bench/gpu_prefix_ttft.sh --requests ${REPLAY_N:-200} --max-model-len 4096 --time-scale 4 --max-output 16 --ws-fraction 0.5 --num-gpu-blocks ${REPLAY_HBM:-8192}"
     D='--deadline-s $(( END - $(date +%s) - 40 ))'
     source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
     # two modes a job: trace_replay.py splits a job's deadline evenly between its modes
-    run_jobs "OUT=$W/a $R --modes full,ucm_lru $D" "OUT=$W/b $R --modes native,ucm_best $D"
-    python3 bench/trace_replay.py --mode table --out "$W/a" --from "$W/b" 2>&1 | tail -3
+    if [ -n "$LANES" ]; then  # one mode a GPU
+      run_jobs "OUT=$W/a $R --modes full $D" "OUT=$W/b $R --modes native $D" "OUT=$W/c $R --modes ucm_lru $D" \
+        "OUT=$W/d $R --modes ucm_best $D"
+      python3 bench/trace_replay.py --mode table --out "$W/a" --from "$W/b,$W/c,$W/d" 2>&1 | tail -3
+    else
+      run_jobs "OUT=$W/a $R --modes full,ucm_lru $D" "OUT=$W/b $R --modes native,ucm_best $D"
+      python3 bench/trace_replay.py --mode table --out "$W/a" --from "$W/b" 2>&1 | tail -3
+    fi
     ;;
   tp2)
     bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }

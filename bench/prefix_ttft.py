@@ -97,6 +97,8 @@ def parse_args(argv=None):
     ap.add_argument("--async-scheduling", default="auto", choices=["auto", "on", "off"],
                     help="vLLM's async scheduling (its batch queue plans step n + 1 before step n's output "
                          "is read); auto: vLLM's default (on in 0.26)")
+    ap.add_argument("--ucm-step-tokens", type=int, default=None,
+                    help="ucm modes: \"ucm_layerwise_step_tokens\" (default: the connector's; ucm_batched is always 0)")
     ap.add_argument("--ucm-load-mode", default=None, choices=["layerwise", "async"],
                     help="ucm modes: the connector's ucm_load_mode (default: the connector's, layerwise)")
     ap.add_argument("--ucm-cross-layer", action="store_true",
@@ -198,6 +200,8 @@ def kv_transfer_config(a, mode: str, bpt: int, disk_dir: str):
                  "ucm_connector_config": {"max_cache_size": int(a.cpu_gib * GiB)}}
         if mode == "ucm_async":
             extra["ucm_load_mode"] = "async"
+        if getattr(a, "ucm_step_tokens", None) is not None:
+            extra["ucm_layerwise_step_tokens"] = a.ucm_step_tokens
         if mode == "ucm_batched":
             extra["ucm_layerwise_step_tokens"] = 0
     else:  # ucm_disk: the seed's form naming the dram_disk chain (ucm/integration/vllm/settings.py)
@@ -249,7 +253,7 @@ class Bench:
             kw["tensor_parallel_size"] = a.tp
         if a.load_format:
             kw["load_format"] = a.load_format
-        if a.async_scheduling != "auto":
+        if getattr(a, "async_scheduling", "auto") != "auto":  # trace_replay.py has no such flag
             kw["async_scheduling"] = a.async_scheduling == "on"
         kw.update(engine_kw or {})
         if ktc is not None:
