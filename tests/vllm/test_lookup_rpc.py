@@ -31,6 +31,7 @@ def test_ranked_lookup_over_ipc_needs_every_rank():
         look = lookup_rpc.RankedLookup(eid, 2)
         assert look.lookup([[b"a/tp0", b"b/tp0", b"c/tp0"], [b"a/tp1", b"b/tp1", b"c/tp1"]]) == [True, False, False]
         look.close()
+        assert look._disagreements == 1, "rank 0 holds b, rank 1 does not: warned about"
     finally:
         for s in servers:
             s.close()
@@ -70,3 +71,35 @@ def test_pins_travel_over_ipc_and_need_every_rank():
     finally:
         for s in servers:
             s.close()
+
+
+def test_scheduler_warns_when_a_requests_hit_shrinks_between_steps(caplog):
+    """A request asked again (e.g. after the step budget deferred it) that now hits fewer blocks
+    than before: its blocks were evicted in between. Counted as what it hits now, and warned about."""
+    import types
+
+    from ucm.integration.vllm.keys import KeyMaker
+    from ucm.integration.vllm.scheduler import UcmScheduler
+
+    class Lookup:
+        held = 4
+
+        def lookup(self, per_rank):
+            return [i < self.held for i in range(len(per_rank[0]))]
+
+        def pin(self, keys, owner):
+            return True
+
+        def unpin(self, owner):
+            pass
+
+    look = Lookup()
+    sched = UcmScheduler(look, KeyMaker(b"root", 16, 1), 16, layerwise=True, step_tokens=1)
+    req = types.SimpleNamespace(request_id="r", all_token_ids=list(range(100, 180)), num_tokens=80, block_hashes=[],
+                                mm_features=[], lora_request=None, cache_salt=None, prompt_embeds=None)
+    sched.step_new_tokens = 1  # the step is full: deferred
+    assert sched.get_num_new_matched_tokens(req, 0) == (None, False)
+    sched.step_new_tokens, look.held = 0, 2  # next step: two blocks gone meanwhile
+    with caplog.at_level("WARNING", logger="ucm"):
+        assert sched.get_num_new_matched_tokens(req, 0) == (32, False)
+    assert "prefix hit now ends at block 2, an earlier lookup's at block 4" in caplog.text

@@ -134,6 +134,7 @@ class RankedLookup:
         self.engine_id = engine_id
         self.tp_size = tp_size
         self._clients: dict[int, LookupClient] = {}
+        self._disagreements = 0  # warned about (the first few only)
 
     def _rank(self, rank: int) -> Any:
         """Rank ``rank``'s store in this process, else a client that asks it over IPC."""
@@ -152,6 +153,13 @@ class RankedLookup:
         result: Optional[list[bool]] = None
         for rank, keys in enumerate(per_rank_keys):
             found = list(self._rank(rank).lookup(keys))
+            if result is not None and found != result and self._disagreements < 5:
+                # ranks store the same blocks in the same steps: a difference means one dropped a block
+                self._disagreements += 1
+                i = next(i for i, (a, b) in enumerate(zip(result, found)) if a != b)
+                log.warning("ucm: TP ranks disagree on block %d of a %d-block lookup (rank %d %s it, the ranks "
+                            "before it %s); the block counts as a miss", i, len(found), rank,
+                            "holds" if found[i] else "lacks", "lack" if found[i] else "hold")
             result = found if result is None else [a and b for a, b in zip(result, found)]
         return result or []
 

@@ -30,12 +30,15 @@
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ucm.integration.vllm.keys import KeyMaker, RequestKeys
 from ucm.integration.vllm.metadata import DumpSpec, LoadSpec, UcmConnectorMetadata
 from ucm.integration.vllm.stats import UcmConnectorStats
+
+log = logging.getLogger("ucm")
 
 
 @dataclass
@@ -46,6 +49,7 @@ class _ReqState:
     lookup: tuple[int, int] = (0, 0)  # (first block, blocks hit) of the last lookup
     admitted: bool = False  # update_state_after_alloc seen for the last lookup
     layerwise: bool = False  # the last lookup's hit is pinned: it loads in the request's own step
+    seen_hit: int = 0  # blocks hit by an earlier lookup of this request (e.g. before a deferral)
 
 
 class UcmScheduler:
@@ -66,6 +70,7 @@ class UcmScheduler:
         self.done_upto: dict[int, int] = {}  # TP rank -> every dump of steps <= this is done
         self.delayed: list[str] = []  # finished, blocks kept until the worker reports them
         self.stats = UcmConnectorStats()
+        self.shrunk_warnings = 0
 
     # ---- hooks ------------------------------------------------------------------------------
     def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[Optional[int], bool]:
@@ -90,6 +95,11 @@ class UcmScheduler:
             hit += 1
         st.lookup = (first, hit)
         st.layerwise = False
+        if first + hit < st.seen_hit and self.shrunk_warnings < 5:  # diagnosis: blocks gone between steps
+            self.shrunk_warnings += 1
+            log.warning("ucm: request %s: its prefix hit now ends at block %d, an earlier lookup's at block %d "
+                        "(blocks evicted or dropped in between)", request.request_id, first + hit, st.seen_hit)
+        st.seen_hit = max(st.seen_hit, first + hit)
         if hit and self.layerwise:
             if self.step_tokens and self.step_new_tokens >= self.step_tokens:
                 st.lookup = (first, 0)
