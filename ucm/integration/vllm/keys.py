@@ -46,7 +46,7 @@ class RequestKeys:
         self.hashes: list[bytes] = []
 
 
-# vLLM block hash -> ucm block hash entries kept (oldest dropped first): ~130 B each, 2M tokens of
+# vLLM block hash -> ucm block hash entries kept (oldest dropped first): ~180 B each (24 MB), 2M tokens of
 # 16-token blocks; a dropped entry only costs hashing its block again.
 MEMO_ENTRIES = 1 << 17
 
