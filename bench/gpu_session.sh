@@ -19,7 +19,11 @@ END=$(( $(date +%s) + ${STEP_S:-570} - 25 ))  # leave time to pack the results
 export END
 left() { echo $(( END - $(date +%s) - ${1:-0} )); }
 
-lanes() { cat /tmp/lanes 2>/dev/null || python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))'; }
+all_gpus() { python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))'; }
+lanes() { cat /tmp/lanes 2>/dev/null || all_gpus; }
+# a job's deadline (evaluated when the job starts) and the trace replay's command, for the steps below
+D='--deadline-s $(( END - $(date +%s) - 40 ))'
+R="BENCH=bench/trace_replay.py bash bench/gpu_prefix_ttft.sh --requests ${REPLAY_N:-300} --max-model-len 4096 --time-scale 4 --max-output 16 --ws-fraction 0.5 --num-gpu-blocks ${REPLAY_HBM:-3072}"
 
 run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed at the step's end
   local args=() j
@@ -45,7 +49,6 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
     grep -E "device_setup|setup done|importable" "$W/setup.log"
     source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
-    D='--deadline-s $(( END - $(date +%s) - 40 ))'
     run_jobs "OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes full,ucm $D" \
       "OUT=$W/grid_native bash bench/gpu_prefix_ttft.sh --modes native_best,native --decode-batch 0 $D" \
       "OUT=$W/grid_variants bash bench/gpu_prefix_ttft.sh --modes ucm_batched --decode-batch 0 $D" \
@@ -56,8 +59,6 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     ;;
   replay)
     bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
-    R="BENCH=bench/trace_replay.py bash bench/gpu_prefix_ttft.sh --requests ${REPLAY_N:-200} --max-model-len 4096 --time-scale 4 --max-output 16 --ws-fraction 0.5 --num-gpu-blocks ${REPLAY_HBM:-8192}"
-    D='--deadline-s $(( END - $(date +%s) - 40 ))'
     source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
     # two modes a job: trace_replay.py splits a job's deadline evenly between its modes
     if [ -n "$LANES" ]; then  # one mode a GPU
@@ -99,11 +100,8 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # four GPUs (LANES: all of them; the host's copies then run at ~0.75 of one GPU alone)
     bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
     source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
-    D='--deadline-s $(( END - $(date +%s) - 40 ))'
     C="bash bench/gpu_prefix_ttft.sh --lengths 4000,8000 --modes full,ucm,ucm_batched --decode-batch 0"
-    R="BENCH=bench/trace_replay.py bash bench/gpu_prefix_ttft.sh --requests ${REPLAY_N:-300} --max-model-len 4096 --time-scale 4 --max-output 16 --ws-fraction 0.5 --num-gpu-blocks ${REPLAY_HBM:-3072}"
-    LANES=${LANES:-$(python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))')} \
-    run_jobs "OUT=$W/async_on $C --async-scheduling on $D" "OUT=$W/async_off $C --async-scheduling off $D" \
+    LANES=${LANES:-$(all_gpus)} run_jobs "OUT=$W/async_on $C --async-scheduling on $D" "OUT=$W/async_off $C --async-scheduling off $D" \
       "OUT=$W/replay_a $R --modes full,ucm_lru $D" "OUT=$W/replay_b $R --modes native,ucm_best $D"
     python3 bench/trace_replay.py --mode table --out "$W/replay_a" --from "$W/replay_b" 2>&1 | tail -3
     ;;

@@ -200,7 +200,7 @@ def kv_transfer_config(a, mode: str, bpt: int, disk_dir: str):
                  "ucm_connector_config": {"max_cache_size": int(a.cpu_gib * GiB)}}
         if mode == "ucm_async":
             extra["ucm_load_mode"] = "async"
-        if getattr(a, "ucm_step_tokens", None) is not None:
+        if a.ucm_step_tokens is not None:
             extra["ucm_layerwise_step_tokens"] = a.ucm_step_tokens
         if mode == "ucm_batched":
             extra["ucm_layerwise_step_tokens"] = 0
@@ -253,7 +253,7 @@ class Bench:
             kw["tensor_parallel_size"] = a.tp
         if a.load_format:
             kw["load_format"] = a.load_format
-        if getattr(a, "async_scheduling", "auto") != "auto":  # trace_replay.py has no such flag
+        if a.async_scheduling != "auto":
             kw["async_scheduling"] = a.async_scheduling == "on"
         kw.update(engine_kw or {})
         if ktc is not None:
