@@ -278,10 +278,10 @@ class UcmWorker:
         name, t0 = ",".join(s.req_id for s in specs), time.perf_counter()
         br = self.store.open_blocks(keys, rows)
         if br.plan is not None:
-            # layers launched as the model reaches them (LOOKAHEAD ahead): launching all 28 up
+            # layer 0 now, the others as the model reaches them (_lookahead): launching all 28 up
             # front kept the forward's first kernel waiting for the CPU (~3 ms at 16k, ~20 ms at 4 x 16k)
             ld = _LayerLoad(name, br.task, where, [], t0, planes=[[] for _ in self._planes], read=br)
-            self._issue_layers(ld, 1)  # the rest ramps up in wait_for_layer_load (_lookahead)
+            self._issue_layers(ld, 1)
         else:  # a store without a per-layer read: every layer now
             task = self.store.load_blocks(keys, self._planes, rows)
             ld = _LayerLoad(name, task, where, [], t0, planes=getattr(task, "planes", None))
@@ -309,10 +309,11 @@ class UcmWorker:
             return
         planes = self._plane_range.get(layer_name)
         timeout = getattr(self.store, "timeout_s", 60.0)
+        layer = self.layers.get(layer_name)
+        upto = _lookahead(layer.index) if layer is not None else len(self._layer_order)
         for ld in self._layer_loads:
             if ld.read is not None:
-                layer = self.layers.get(layer_name)
-                self._issue_layers(ld, _lookahead(layer.index) if layer is not None else len(self._layer_order))
+                self._issue_layers(ld, upto)
             if planes is None or ld.planes is None or ld.staging:
                 self._wait_whole(ld, timeout)
                 continue
