@@ -7,10 +7,13 @@
 #   bash bench/gpu_session.sh replay   # the trace replay, one mode per lane
 #   bash bench/gpu_session.sh tp2      # TP = 2 (GPUs 0,1) beside the cross-layer runs (GPU 2) and the 16k row (GPU 3)
 #   bash bench/gpu_session.sh cells    # 4k / 8k cells with async scheduling on / off, replay with a small HBM
+# On two GPUs (nvidia-h200-x2), after the two stash calls:
+#   bash bench/gpu_session.sh pair     # the whole grid: full/ucm on GPU 0 beside native on GPU 1; then the 16k profile
+#   bash bench/gpu_session.sh tp2c4    # TP = 2 16k c = 4 with the scheduler's lookups logged, then the trace replay
 # Each step leaves $OUT/<step>.tgz (everything it wrote) and $OUT/<step>.log: the device returns <= 8 files.
 # STEP_S (default 570) is the step's whole budget: jobs get deadlines that end inside it.
 set -o pipefail
-step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells}
+step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4}
 OUT=${OUT:-/tmp/gpu_session_out}
 W=/tmp/session/$step
 mkdir -p "$W" "$OUT"
@@ -104,6 +107,29 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     LANES=${LANES:-$(all_gpus)} run_jobs "OUT=$W/async_on $C --async-scheduling on $D" "OUT=$W/async_off $C --async-scheduling off $D" \
       "OUT=$W/replay_a $R --modes full,ucm_lru $D" "OUT=$W/replay_b $R --modes native,ucm_best $D"
     python3 bench/trace_replay.py --mode table --out "$W/replay_a" --from "$W/replay_b" 2>&1 | tail -3
+    ;;
+  pair)
+    # the grid on one machine in one run: full/ucm (with the decode cell) on GPU 0, native and
+    # native best on GPU 1; then the 16k c = 1 profile (100 % and 80 % passes) on whichever GPU frees first
+    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
+    grep -E "device_setup|setup done|importable" "$W/setup.log"
+    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
+    LANES=${LANES:-0,1} run_jobs "OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes full,ucm $D" \
+      "OUT=$W/grid_native bash bench/gpu_prefix_ttft.sh --modes native_best,native --decode-batch 0 $D" \
+      "BENCH=bench/profile_layerwise.py OUT=$W/profile bash bench/gpu_prefix_ttft.sh --lengths 16000 --concurrency 1"
+    python3 bench/prefix_ttft.py --mode table --out "$W/grid" --from "$W/grid_native" 2>&1 | tail -3
+    ;;
+  tp2c4)
+    # TP = 2 at 16k c = 4 (one request lost its DRAM hit there, 2026-11-28) with every lookup logged; then
+    # the trace replay, two modes a GPU
+    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
+    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
+    CUDA_VISIBLE_DEVICES=0,1 PRESET=qwen2.5-32b NO_WEIGHTS=1 OUT=$W/tp2 timeout "$(left 250)" bash bench/gpu_prefix_ttft.sh \
+      --tp 2 --load-format dummy --lengths 16000 --concurrency 4 --modes ucm --decode-batch 0 --reps 2 --ucm-debug \
+      --deadline-s "$(left 280)" > "$W/tp2.log" 2>&1
+    grep -E "TP ranks disagree|prefix hit now ends|no answer|pin failed|cached_tokens" "$W/tp2.log" | head -20
+    LANES=${LANES:-0,1} run_jobs "OUT=$W/a $R --modes full,ucm_lru $D" "OUT=$W/b $R --modes native,ucm_best $D"
+    python3 bench/trace_replay.py --mode table --out "$W/a" --from "$W/b" 2>&1 | tail -3
     ;;
   *) echo "unknown step $step"; exit 2 ;;
   esac

@@ -101,6 +101,9 @@ def parse_args(argv=None):
                     help="ucm modes: \"ucm_layerwise_step_tokens\" (default: the connector's; ucm_batched is always 0)")
     ap.add_argument("--ucm-load-mode", default=None, choices=["layerwise", "async"],
                     help="ucm modes: the connector's ucm_load_mode (default: the connector's, layerwise)")
+    ap.add_argument("--ucm-debug", action="store_true",
+                    help="ucm modes: the connector's scheduler logs every lookup, deferral and allocation (logger "
+                         "'ucm' at DEBUG, to stderr; the scheduler runs in this process)")
     ap.add_argument("--ucm-cross-layer", action="store_true",
                     help="ucm modes: ucm_cross_layer (vLLM's cross-layer KV layout; with --model-runner v1)")
     ap.add_argument("--cpu-gib", type=float, default=16.0, help="DRAM of native offloading and of ucm (per TP rank)")
@@ -160,6 +163,13 @@ def mode_env(a, mode: str, cuda: bool) -> None:
     if runner != "auto":
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if runner == "v2" else "0"
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # the GPU bundle has no flashinfer
+    if a.ucm_debug:
+        import logging
+
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("ucm").addHandler(h)
+        logging.getLogger("ucm").setLevel(logging.DEBUG)
     if getattr(a, "tp", 1) > 1:  # this process has touched CUDA before the engine: forked TP workers would fail
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("VLLM_NO_USAGE_STATS", "1")):

@@ -8,9 +8,10 @@ concurrency, times ``hbm``-free passes (fresh store pass, then the 80 % hit pass
 - CPU seconds per connector hook (scheduler lookup+pin, ``start_load_kv``, ``wait_for_layer_load``,
   ``save_kv_layer``) and per copier call, with how many plane groups took the whole-row DMA path,
   the per-plane DMA path or the UVA kernel path, and the runs of consecutive slots they moved;
-- a torch.profiler trace of one 80 % hit pass (CUDA kernels and copies per stream), written
-  gzipped as ``profile_<L>_<c>.json.gz`` (chrome://tracing, Perfetto) and summarised per stream:
-  busy time, first/last activity, and how much of the copy stream overlaps the compute stream.
+- a torch.profiler trace of one 100 % and one 80 % hit pass (CUDA kernels and copies per stream),
+  written gzipped as ``hit<P>_<L>_<c>.trace.json.gz`` (chrome://tracing, Perfetto) and summarised
+  per stream: busy time, first/last activity, and how much of the copy stream overlaps the compute
+  stream; and a cProfile of the Python functions of a pass alike (``hit<P>_<L>_<c>.cprofile.txt``).
 
 Writes ``profile_layerwise.json`` with all of it into --out. Not a benchmark: it slows the hooks a
 little to time them; compare its TTFTs only with each other.
@@ -74,10 +75,17 @@ def instrument() -> None:
         return groups
 
     planes.row_groups = row_groups
+    orig_direct = planes.CudaPlaneCopier._direct
+
+    def direct(self, pcs, plan, to_pool, caller):
+        PATHS["direct (slot and row runs)"] += len(pcs)
+        return orig_direct(self, pcs, plan, to_pool, caller)
+
+    planes.CudaPlaneCopier._direct = direct
     orig_submit = planes.CudaPlaneCopier.submit
 
     def submit(self, pcs, plan, to_pool):
-        RUNS.append(dict(to_pool=bool(to_pool), rows=len(plan), runs=len(plan.runs)))
+        RUNS.append(dict(to_pool=bool(to_pool), rows=len(plan), runs=len(plan.runs), pairs=len(plan.pairs)))
         return orig_submit(self, pcs, plan, to_pool)
 
     planes.CudaPlaneCopier.submit = submit
@@ -122,6 +130,43 @@ def stream_summary(trace: dict) -> dict:
     return out
 
 
+def profiled(b, make, cuda: bool, stem: str) -> dict:
+    """One timed pass of ``make()``'s prompts under torch.profiler (-> ``<stem>.trace.json.gz`` and a
+    per-stream summary), then one of new ``make()`` prompts under cProfile (-> ``<stem>.cprofile.txt``:
+    the Python functions by own time; it slows them, so the two are timed apart). ``make`` gives new
+    80 % prompts per call (a repeated one would hit its own dumped tail)."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        t = b.timed(make())
+        if cuda:
+            torch.cuda.synchronize()
+    prof.export_chrome_trace(stem + ".trace.json")
+    with open(stem + ".trace.json") as f:
+        trace = json.load(f)
+    with open(stem + ".trace.json", "rb") as f, gzip.open(stem + ".trace.json.gz", "wb") as g:
+        g.write(f.read())
+    os.unlink(stem + ".trace.json")
+    b.drain()
+    b.reset_gpu()
+    prof_py = cProfile.Profile()
+    prof_py.enable()
+    t_py = b.timed(make())
+    prof_py.disable()
+    b.drain()
+    b.reset_gpu()
+    out = io.StringIO()
+    pstats.Stats(prof_py, stream=out).sort_stats("tottime").print_stats(45)
+    with open(stem + ".cprofile.txt", "w") as f:
+        f.write(out.getvalue())
+    return dict(ttft_s=t["mean_s"], ttft_under_cprofile_s=t_py["mean_s"], streams=stream_summary(trace))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
@@ -154,26 +199,13 @@ def main() -> None:
                                for k, v in sorted(CPU.items())},
                         copier_paths=dict(PATHS),
                         load_calls=[r for r in RUNS if not r["to_pool"]][-8:])
-            # one more 80 % pass under the profiler
+            # one more 100 % and 80 % pass each under the profilers (CUDA streams; Python functions)
             A = b.fresh(c, L)
             b.timed(A)
             b.drain()
             b.reset_gpu()
-            P = b.partial(A, L)
-            acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-            with torch.profiler.profile(activities=acts) as prof:
-                t = b.timed(P)
-                if cuda:
-                    torch.cuda.synchronize()
-            cell["profiled_ttft_s"] = t["mean_s"]
-            path = os.path.join(args.out, f"trace_{L}_{c}.json")
-            prof.export_chrome_trace(path)
-            with open(path) as f:
-                trace = json.load(f)
-            cell["streams"] = stream_summary(trace)
-            with open(path, "rb") as f, gzip.open(path + ".gz", "wb") as g:
-                g.write(f.read())
-            os.unlink(path)
+            for name, make in (("hit100", lambda: A), ("hit80", lambda: b.partial(A, L))):
+                cell[f"profiled_{name}"] = profiled(b, make, cuda, os.path.join(args.out, f"{name}_{L}_{c}"))
             res["cells"].append(cell)
             print(json.dumps(cell, indent=1, default=str), flush=True)
             prefix_ttft.write_json(os.path.join(args.out, "profile_layerwise.json"), res)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ucm.tiers import NOT_FOUND, OK, REFUSED, create_store
-from ucm.tiers.planes import runs
+from ucm.tiers.planes import RowPlan, pair_runs, runs
 
 LAYERS, ROW = 4, 512  # 4 layers x (K, V) rows of 512 bytes: a 4 KiB block
 BLOCK = 2 * LAYERS * ROW
@@ -100,6 +100,15 @@ def test_planes_must_divide_the_block():
 def test_runs_of_consecutive_slots():
     assert runs([1, 2, 3, 7, 8, 10]) == [(1, 0, 3), (7, 3, 2), (10, 5, 1)]
     assert runs([4]) == [(4, 0, 1)]
+
+
+def test_pair_runs_need_slots_and_rows_both_consecutive():
+    assert pair_runs([1, 2, 3, 4], [10, 11, 12, 13]) == [(1, 10, 4)]
+    assert pair_runs([1, 2, 3, 4], [10, 11, 5, 6]) == [(1, 10, 2), (3, 5, 2)]
+    assert pair_runs([1, 2, 3], [12, 11, 10]) == [(1, 12, 1), (2, 11, 1), (3, 10, 1)]
+    assert pair_runs([], []) == []
+    plan = RowPlan([7, 5, 6], [22, 20, 21])  # sorted by slot first
+    assert plan.pairs == [(5, 20, 3)] and plan.runs == [(5, 0, 3)]
 
 
 def test_several_caller_rows_per_stored_block(dev):
@@ -214,11 +223,14 @@ def test_open_blocks_reads_layer_by_layer_and_keeps_blocks_until_the_last(pool_s
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the two-stream DMA path is CUDA-only")
-@pytest.mark.parametrize("shuffled", [False, True], ids=["slot-runs", "fragmented"])
-def test_many_layers_through_the_staging_ring_on_cuda(shuffled):
+@pytest.mark.parametrize("shuffled,forward", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["slot-runs", "fragmented", "slot-and-row-runs", "fragmented-forward"])
+def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward):
     """More layers than staging buffers, each plane big enough for the DMA path: DMAs of one layer
     overlap the previous layer's kernel on the other stream; every byte must still land, both ways,
-    through reserve/write and open/read as vLLM's connector calls them."""
+    through reserve/write and open/read as vLLM's connector calls them. Rows read back in order onto
+    fresh slots take the direct path (one DMA per run, no staging); reversed or shuffled ones the
+    staging ring."""
     layers, n = 12, 700  # 700 rows x 1 KiB a plane
     block = 2 * layers * ROW
     with create_store("UcmDramStore", {"kv_block_size": block, "max_cache_size": (n + 8) * block,
@@ -237,8 +249,9 @@ def test_many_layers_through_the_staging_ring_on_cuda(shuffled):
         assert store.wait(bw.task) == OK
         store.commit(ids)
         dst = [torch.zeros_like(t) for t in src]
-        back = list(reversed(range(n)))
+        back = list(range(n)) if forward else list(reversed(range(n)))
         br = store.open_blocks(ids, back)
+        assert (len(br.plan.pairs) == 1) == (forward and not shuffled)
         for layer in range(layers):
             store.read_planes(br, [dst[layer]], offset=layer * 2 * ROW, last=layer == layers - 1)
         assert store.wait(br.task) == OK

@@ -4,7 +4,9 @@ A *plane copy* moves rows ``user[rows[i]] <-> pool_rows[slots[i]]`` for many blo
 ``user`` is a caller tensor viewed as (rows, width) bytes (e.g. one layer's K cache, one row per
 vLLM block) and ``pool_rows`` is a (slots, width) view of the pool. Instead of one copy per piece:
 - on the CPU: row copies on a worker thread (one job per plane, so each plane completes on its own);
-- GPU <-> pinned pool, long slot runs: a gather into a device staging buffer and one DMA per run of
+- GPU <-> pinned pool, runs where the slots and the caller's rows both go up by one: one DMA per
+  run straight between the two (no staging, no kernel: the least CPU per layer);
+- GPU <-> pinned pool, other long slot runs: a gather into a device staging buffer and one DMA per run of
   consecutive slots (the copy engines run at the link rate, no SMs used); loads DMA runs into
   staging and scatter it with one kernel; DMAs and kernels on two streams with two staging buffers
   in turn, so one plane's DMA overlaps its neighbour's kernel;
@@ -23,6 +25,8 @@ import torch
 
 #: below this many bytes per run of consecutive slots, per-run DMAs lose to one UVA kernel
 MIN_RUN_BYTES = 256 << 10
+#: at most this many direct DMAs per plane (each costs the CPU a launch, on the model's thread)
+MAX_DIRECT_RUNS = 8
 
 
 def cuda_view(host: torch.Tensor) -> torch.Tensor:
@@ -40,6 +44,17 @@ def rows_view(t: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
     flat = t.reshape(-1).view(torch.uint8)
     width = width or flat.numel() // t.shape[0]
     return flat.view(-1, width)
+
+
+def pair_runs(slots: list[int], rows: list[int]) -> list[tuple[int, int, int]]:
+    """(first slot, first row, length) of each run where slot and row both go up by one."""
+    out = []
+    start = 0
+    for i in range(1, len(slots) + 1):
+        if i == len(slots) or slots[i] != slots[i - 1] + 1 or rows[i] != rows[i - 1] + 1:
+            out.append((slots[start], rows[start], i - start))
+            start = i
+    return out
 
 
 def runs(sorted_slots: list[int]) -> list[tuple[int, int, int]]:
@@ -65,6 +80,7 @@ class RowPlan:
         self.slots = [slots[i] for i in order]
         self.rows = [rows[i] for i in order]
         self.runs = runs(self.slots)
+        self.pairs = pair_runs(self.slots, self.rows)
         self._index: dict = {}
 
     def __len__(self) -> int:
@@ -94,6 +110,10 @@ class PlaneCopy:
     row: Optional[torch.Tensor] = None    # the whole pool plane this sits in, (S, plane bytes), contiguous
     row_uva: Optional[torch.Tensor] = None
     col: int = 0                          # byte offset of ``pool`` inside ``row``
+
+    def __post_init__(self):
+        # the pool side can be one DMA per run of slots (pinned and contiguous): judged once
+        self.dma = self.pool_uva is not None and self.pool.is_contiguous()
 
 
 def row_groups(planes: list[PlaneCopy]) -> list[list[PlaneCopy]]:
@@ -202,7 +222,11 @@ class CudaPlaneCopier:
             return self._submit(planes, plan, to_pool)
 
     def _submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list[_Events]:
-        self.kernel_stream.wait_stream(torch.cuda.current_stream(self.device))
+        caller = torch.cuda.current_stream(self.device)
+        if len(plan.pairs) <= MAX_DIRECT_RUNS and all(
+                pc.dma and pc.user.shape[1] * len(plan) >= MIN_RUN_BYTES * len(plan.pairs) for pc in planes):
+            return self._direct(planes, plan, to_pool, caller)
+        self.kernel_stream.wait_stream(caller)
         fresh = (self.device.type, self.device.index) not in plan._index
         with torch.cuda.stream(self.copy_stream):
             r, s = plan.index(self.device)
@@ -220,13 +244,28 @@ class CudaPlaneCopier:
                 continue
             for pc in group:
                 width = pc.user.shape[1]
-                dma = (pc.pool_uva is not None and pc.pool.is_contiguous()
-                       and width * len(plan) >= MIN_RUN_BYTES * len(plan.runs))
+                dma = pc.dma and width * len(plan) >= MIN_RUN_BYTES * len(plan.runs)
                 if to_pool:
                     done.append(self._dump_plane(pc, r, s, plan.runs, dma, ring))
                 else:
                     done.append(self._load_plane(pc, r, s, plan.runs, dma, ring))
         return done
+
+    def _direct(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool, caller) -> list[_Events]:
+        """Few long runs of consecutive slots onto consecutive caller rows (e.g. a request's blocks as
+        vLLM hands out fresh ones): one DMA per run between the caller's tensor and the pool, on the
+        copy stream, after the work queued on the caller's stream (it may still use those rows)."""
+        self.copy_stream.wait_stream(caller)
+        with torch.cuda.stream(self.copy_stream):
+            for pc in planes:
+                pool, user = pc.pool, pc.user
+                for slot0, row0, n in plan.pairs:
+                    if to_pool:
+                        pool[slot0:slot0 + n].copy_(user[row0:row0 + n], non_blocking=True)
+                    else:
+                        user[row0:row0 + n].copy_(pool[slot0:slot0 + n], non_blocking=True)
+            done = _Events([_record(self.copy_stream)])
+        return [done] * len(planes)  # the planes of one call land together
 
     def _dma_in(self, ring: _Ring, rows: int, width: int, src: torch.Tensor, slot_runs) -> tuple[int, torch.Tensor]:
         """Slot runs of ``src`` (pool rows) into a staging buffer, on the copy stream; the kernel

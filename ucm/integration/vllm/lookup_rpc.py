@@ -153,6 +153,9 @@ class RankedLookup:
         result: Optional[list[bool]] = None
         for rank, keys in enumerate(per_rank_keys):
             found = list(self._rank(rank).lookup(keys))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("ucm: rank %d holds %d of %d blocks, prefix %d", rank, sum(found), len(found),
+                          found.index(False) if False in found else len(found))
             if result is not None and found != result and self._disagreements < 5:
                 # ranks store the same blocks in the same steps: a difference means one dropped a block
                 self._disagreements += 1

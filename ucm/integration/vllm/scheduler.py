@@ -100,10 +100,17 @@ class UcmScheduler:
             log.warning("ucm: request %s: its prefix hit now ends at block %d, an earlier lookup's at block %d "
                         "(blocks evicted or dropped in between)", request.request_id, first + hit, st.seen_hit)
         st.seen_hit = max(st.seen_hit, first + hit)
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            log.debug("ucm: lookup %s (step %d): blocks %d..%d, hit %d", request.request_id, self.seq + 1,
+                      first, last, hit)
         if hit and self.layerwise:
             if self.step_tokens and self.step_new_tokens >= self.step_tokens:
                 st.lookup = (first, 0)
                 self.stats.add(deferred=1)
+                if debug:
+                    log.debug("ucm: %s deferred: the step's hits compute %d new tokens already",
+                              request.request_id, self.step_new_tokens)
                 return None, False  # vLLM asks again in its next step
             rid = request.request_id
             self.pinned.add(rid)
@@ -112,6 +119,8 @@ class UcmScheduler:
                 self.step_new_tokens += request.num_tokens - (first + hit) * bs
                 return hit * bs, False
             self._unpin(rid)
+            if debug:
+                log.debug("ucm: %s: pin failed, its hit loads between steps", rid)
         return hit * bs, hit > 0
 
     def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
@@ -123,6 +132,9 @@ class UcmScheduler:
         if not st.admitted:
             st.admitted = True
             self.stats.add(lookup_tokens=max(0, request.num_tokens - first * self.block_size))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("ucm: %s allocated: %d external tokens (hit %d blocks)", request.request_id,
+                      num_external_tokens, hit)
         if num_external_tokens <= 0:
             return
         block_ids = list(blocks.get_block_ids()[0])
