@@ -10,10 +10,11 @@
 # On two GPUs (nvidia-h200-x2), after the two stash calls:
 #   bash bench/gpu_session.sh pair     # the whole grid: full/ucm on GPU 0 beside native on GPU 1; then the 16k profile
 #   bash bench/gpu_session.sh tp2c4    # TP = 2 16k c = 4 with the scheduler's lookups logged, then the trace replay
+#   bash bench/gpu_session.sh tp2prof  # the same TP = 2 cell, then the 16k profile on a churned store
 # Each step leaves $OUT/<step>.tgz (everything it wrote) and $OUT/<step>.log: the device returns <= 8 files.
 # STEP_S (default 570) is the step's whole budget: jobs get deadlines that end inside it.
 set -o pipefail
-step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4}
+step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof}
 OUT=${OUT:-/tmp/gpu_session_out}
 W=/tmp/session/$step
 mkdir -p "$W" "$OUT"
@@ -27,6 +28,13 @@ lanes() { cat /tmp/lanes 2>/dev/null || all_gpus; }
 # a job's deadline (evaluated when the job starts) and the trace replay's command, for the steps below
 D='--deadline-s $(( END - $(date +%s) - 40 ))'
 R="BENCH=bench/trace_replay.py bash bench/gpu_prefix_ttft.sh --requests ${REPLAY_N:-300} --max-model-len 4096 --time-scale 4 --max-output 16 --ws-fraction 0.5 --num-gpu-blocks ${REPLAY_HBM:-3072}"
+
+tp2_c4() {  # TP = 2 at 16k c = 4 (one request lost its DRAM hit there, 2026-11-28), every lookup logged
+  CUDA_VISIBLE_DEVICES=0,1 PRESET=qwen2.5-32b NO_WEIGHTS=1 OUT=$W/tp2 timeout "$(left 250)" bash bench/gpu_prefix_ttft.sh \
+    --tp 2 --load-format dummy --lengths 16000 --concurrency 4 --modes ucm --decode-batch 0 --reps 2 --ucm-debug \
+    --deadline-s "$(left 280)" > "$W/tp2.log" 2>&1
+  grep -E "TP ranks disagree|prefix hit now ends|no answer|pin failed|hit80=" "$W/tp2.log" | head -20
+}
 
 run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed at the step's end
   local args=() j
@@ -120,16 +128,21 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     python3 bench/prefix_ttft.py --mode table --out "$W/grid" --from "$W/grid_native" 2>&1 | tail -3
     ;;
   tp2c4)
-    # TP = 2 at 16k c = 4 (one request lost its DRAM hit there, 2026-11-28) with every lookup logged; then
-    # the trace replay, two modes a GPU
+    # TP = 2 at 16k c = 4 with every lookup logged; then the trace replay, two modes a GPU
     bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
     source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
-    CUDA_VISIBLE_DEVICES=0,1 PRESET=qwen2.5-32b NO_WEIGHTS=1 OUT=$W/tp2 timeout "$(left 250)" bash bench/gpu_prefix_ttft.sh \
-      --tp 2 --load-format dummy --lengths 16000 --concurrency 4 --modes ucm --decode-batch 0 --reps 2 --ucm-debug \
-      --deadline-s "$(left 280)" > "$W/tp2.log" 2>&1
-    grep -E "TP ranks disagree|prefix hit now ends|no answer|pin failed|cached_tokens" "$W/tp2.log" | head -20
+    tp2_c4
     LANES=${LANES:-0,1} run_jobs "OUT=$W/a $R --modes full,ucm_lru $D" "OUT=$W/b $R --modes native,ucm_best $D"
     python3 bench/trace_replay.py --mode table --out "$W/a" --from "$W/b" 2>&1 | tail -3
+    ;;
+  tp2prof)
+    # TP = 2 16k c = 4 again (after a fix), then the 16k profile on a store that has churned (c = 4 first)
+    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
+    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
+    tp2_c4
+    CUDA_VISIBLE_DEVICES=0 BENCH=bench/profile_layerwise.py OUT=$W/profile timeout "$(left 5)" \
+      bash bench/gpu_prefix_ttft.sh --lengths 16000 --concurrency 4,1 > "$W/profile.log" 2>&1
+    grep -E '"(L|c|copier_paths|ttft_s|hit100|hit80)"|direct|single plane|whole-row' "$W/profile.log" | head -40
     ;;
   *) echo "unknown step $step"; exit 2 ;;
   esac

@@ -29,12 +29,28 @@ def test_capacity_is_never_exceeded(pool_tier):
 
 def test_lru_evicts_least_recently_used(pool_tier):
     ids = [f"b{i}" for i in range(SLOTS)]
-    data = put(pool_tier, ids)
+    data = {}
+    for i, b in enumerate(ids):  # one commit each, b0 first
+        data.update(put(pool_tier, [b], seed=i))
     assert get(pool_tier, "b0")[0] == OK  # b0 is now the most recent; b1 the oldest
     put(pool_tier, ["new"], seed=50)
     assert pool_tier.lookup(ids) == [True, False] + [True] * (SLOTS - 2)
     code, out = get(pool_tier, "b0")
     assert code == OK and torch.equal(out, data["b0"])
+
+
+def test_a_requests_blocks_are_evicted_tail_first(pool_tier):
+    """A commit or a read lists a request's blocks first to last; a prefix lookup stops at the first
+    miss, so the policy must drop the tail before the head: what stays is still a prefix."""
+    chain = [f"c{i}" for i in range(SLOTS)]
+    put(pool_tier, chain)
+    put(pool_tier, ["x"], seed=20)
+    put(pool_tier, ["y"], seed=21)
+    assert pool_tier.lookup(chain) == [True] * (SLOTS - 2) + [False, False]
+    outs = [torch.empty(BLOCK, dtype=torch.uint8) for _ in range(3)]
+    assert pool_tier.wait(pool_tier.load(chain[:3], [0] * 3, outs)) == OK  # touches c2, c1, c0
+    put(pool_tier, ["z1", "z2", "z3", "z4"], seed=22)  # evicts c5, c4, c3 (untouched tail), then x
+    assert pool_tier.lookup(chain + ["x", "y"]) == [True] * 3 + [False] * (SLOTS - 3) + [False, True]
 
 
 def test_dump_beyond_free_slots_is_refused_not_raised(pool_tier):

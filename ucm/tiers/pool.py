@@ -6,6 +6,13 @@ and a map from block key to slot. Memory in use never exceeds ``capacity``. A bl
 being written or read by a copy in flight are never evicted; when nothing else is left, a dump
 is refused (reported in its task, not raised).
 
+Chain order: callers list a request's blocks first to last, and a block is useful only with every
+block before it (a prefix lookup stops at its first miss). So a commit inserts its blocks into the
+eviction policy last-first, and a read touches them last-first: a recency policy then evicts a
+request's tail before its head, and a partial eviction shortens a cached prefix instead of
+breaking it at block 0 (seen at TP = 2, 2026-11-28: four head blocks evicted lost a whole 800-block
+hit). Writes take free slots first-first, so a request's blocks land in ascending slots.
+
 Layout: the pool is ``(planes, num_slots, block_size // planes)``. With ``planes=1`` a block is
 one contiguous row; with one plane per layer's K or V, the same layer of many blocks is
 contiguous, so a layer of a whole request moves in a few large DMAs.
@@ -118,7 +125,7 @@ class SlotPoolTier(Tier):
         keys = check_pieces(block_ids, offset, dst_tensor, self.block_size, "dst_tensor")
         task, pinned = Task("load"), {}
         for idx, _ in self._chunks(len(keys), self._chunk(dst_tensor)):
-            pieces = [(blk.slot, offset[i], dst_tensor[i]) for i in idx
+            pieces = [(blk.slot, offset[i], dst_tensor[i]) for i in reversed(idx)  # last-first (docstring)
                       if (blk := self._readable(keys[i], task, pinned)) is not None]
             self._submit_pieces(task, pieces, to_pool=False, keys=keys)
         self._track_read(task, pinned)
@@ -132,7 +139,7 @@ class SlotPoolTier(Tier):
             if not t.wait(self.timeout_s):
                 log.warning("ucm: %s: dump still running at commit; dropping its blocks", self.name)
         with self._lock:
-            for key in keys:
+            for key in reversed(keys):  # last-first: see the module docstring (chain order)
                 blk = self._blocks.get(key)
                 if blk is None or blk.committed:
                     continue
@@ -273,9 +280,12 @@ class SlotPoolTier(Tier):
               pinned: Optional[dict] = None) -> RowPlan:
         """One row plan for a whole block-API call: the slots written (given out under the lock,
         evicting as needed) or read (pinned against eviction until the task is done)."""
-        picked = []
+        picked, last = [], len(keys) - 1
         for idx, demoted in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
             for i in idx:
+                if not write:
+                    i = last - i  # reads touch last-first (chain order, module docstring); writes
+                    # take slots first-first, so a request's blocks get ascending slots
                 blk = self._writable(keys[i], task, demoted) if write else self._readable(keys[i], task, pinned)
                 if blk is not None:
                     picked.append((blk.slot, rows[i]))
