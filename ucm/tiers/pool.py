@@ -123,9 +123,10 @@ class SlotPoolTier(Tier):
 
     def load(self, block_ids: Sequence[BlockId], offset: Sequence[int], dst_tensor: Sequence[torch.Tensor]) -> Task:
         keys = check_pieces(block_ids, offset, dst_tensor, self.block_size, "dst_tensor")
-        task, pinned = Task("load"), {}
+        task, pinned, last = Task("load"), {}, len(keys) - 1
         for idx, _ in self._chunks(len(keys), self._chunk(dst_tensor)):
-            pieces = [(blk.slot, offset[i], dst_tensor[i]) for i in reversed(idx)  # last-first (docstring)
+            # last-first (chain order, module docstring)
+            pieces = [(blk.slot, offset[i], dst_tensor[i]) for i in (last - j for j in idx)
                       if (blk := self._readable(keys[i], task, pinned)) is not None]
             self._submit_pieces(task, pieces, to_pool=False, keys=keys)
         self._track_read(task, pinned)
@@ -283,9 +284,8 @@ class SlotPoolTier(Tier):
         picked, last = [], len(keys) - 1
         for idx, demoted in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
             for i in idx:
-                if not write:
-                    i = last - i  # reads touch last-first (chain order, module docstring); writes
-                    # take slots first-first, so a request's blocks get ascending slots
+                if not write:  # reads touch last-first (chain order, module docstring)
+                    i = last - i
                 blk = self._writable(keys[i], task, demoted) if write else self._readable(keys[i], task, pinned)
                 if blk is not None:
                     picked.append((blk.slot, rows[i]))
