@@ -38,6 +38,29 @@ def test_dump_blocks_then_load_blocks_round_trip(pool_store, dev):
         assert not d[:10].any()
 
 
+def test_new_blocks_get_ascending_slots_after_a_tail_first_eviction(dev):
+    """Evicting a chain tail-first frees its slots in descending order; a new request's blocks still
+    take them in ascending order, so ascending rows move as one run (one DMA on the GPU)."""
+    with create_store("UcmDramStore", {"kv_block_size": BLOCK, "max_cache_size": 8 * BLOCK,
+                                       "planes": LAYERS}) as store:
+        src = kv_cache(device=dev)
+        old = [f"c{i}" for i in range(8)]
+        assert store.wait(store.dump_blocks(old, src, list(range(8)))) == OK
+        store.commit(old)  # c7 is the least recent now (tail-first)
+        new = [f"n{i}" for i in range(4)]
+        bw = store.reserve_blocks(new, list(range(10, 14)))
+        assert bw.plans[0].pairs == [(4, 10, 4)], "slots 4..7 (freed 7, 6, 5, 4) in order"
+        for layer in range(LAYERS):
+            store.write_planes(bw, src[2 * layer:2 * layer + 2], offset=2 * layer * ROW)
+        assert store.wait(bw.task) == OK
+        store.commit(new)
+        assert store.lookup(old + new) == [True] * 4 + [False] * 4 + [True] * 4
+        dst = [torch.zeros_like(t) for t in src]
+        assert store.wait(store.load_blocks(new, dst, [20, 21, 22, 23])) == OK
+        for s, d in zip(src, dst):
+            assert torch.equal(d[20:24], s[10:14])
+
+
 def test_block_api_and_piece_api_agree(pool_store):
     src = kv_cache()
     pool_store.wait(pool_store.dump_blocks(["a"], src, [3]))

@@ -11,7 +11,8 @@ block before it (a prefix lookup stops at its first miss). So a commit inserts i
 eviction policy last-first, and a read touches them last-first: a recency policy then evicts a
 request's tail before its head, and a partial eviction shortens a cached prefix instead of
 breaking it at block 0 (seen at TP = 2, 2026-11-28: four head blocks evicted lost a whole 800-block
-hit). Writes take free slots first-first, so a request's blocks land in ascending slots.
+hit). A call's new blocks take their slots in ascending order, so a request's blocks land in
+ascending slots even after such an eviction (the GPU moves a run of them as one DMA).
 
 Layout: the pool is ``(planes, num_slots, block_size // planes)``. With ``planes=1`` a block is
 one contiguous row; with one plane per layer's K or V, the same layer of many blocks is
@@ -283,12 +284,24 @@ class SlotPoolTier(Tier):
         evicting as needed) or read (pinned against eviction until the task is done)."""
         picked, last = [], len(keys) - 1
         for idx, demoted in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
+            chunk, fresh = [], []
             for i in idx:
                 if not write:  # reads touch last-first (chain order, module docstring)
                     i = last - i
-                blk = self._writable(keys[i], task, demoted) if write else self._readable(keys[i], task, pinned)
+                    blk = self._readable(keys[i], task, pinned)
+                else:
+                    new = keys[i] not in self._blocks
+                    blk = self._writable(keys[i], task, demoted)
+                    if new and blk is not None:
+                        fresh.append(blk)
                 if blk is not None:
-                    picked.append((blk.slot, rows[i]))
+                    chunk.append((blk, rows[i]))
+            # new blocks take their slots in ascending order, first block first: slots freed by
+            # evicting a chain tail-first come back descending, and a request's blocks in
+            # ascending slots can move as one DMA per run (nothing was copied into them yet)
+            for blk, slot in zip(fresh, sorted(b.slot for b in fresh)):
+                blk.slot = slot
+            picked += [(blk.slot, row) for blk, row in chunk]
         return RowPlan([s for s, _ in picked], [r for _, r in picked], k)
 
     def _writable(self, key: bytes, task: Task, demoted: list) -> Optional[_Block]:
