@@ -29,6 +29,13 @@ lanes() { cat /tmp/lanes 2>/dev/null || all_gpus; }
 D='--deadline-s $(( END - $(date +%s) - 40 ))'
 R="BENCH=bench/trace_replay.py bash bench/gpu_prefix_ttft.sh --requests ${REPLAY_N:-300} --max-model-len 4096 --time-scale 4 --max-output 16 --ws-fraction 0.5 --num-gpu-blocks ${REPLAY_HBM:-3072}"
 
+setup() {  # once per machine: vLLM bundle, wheels, the 7B model (gpu_prefix_ttft.sh does it; --help runs
+  # nothing else); then vLLM and ucm importable in this shell
+  bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; return 1; }
+  grep -E "device_setup|setup done|importable" "$W/setup.log"
+  source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
+}
+
 tp2_c4() {  # TP = 2 at 16k c = 4 (one request lost its DRAM hit there, 2026-11-28), every lookup logged
   CUDA_VISIBLE_DEVICES=0,1 PRESET=qwen2.5-32b NO_WEIGHTS=1 OUT=$W/tp2 timeout "$(left 250)" bash bench/gpu_prefix_ttft.sh \
     --tp 2 --load-format dummy --lengths 16000 --concurrency 4 --modes ucm --decode-batch 0 --reps 2 --ucm-debug \
@@ -56,10 +63,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     CUDA_VISIBLE_DEVICES=0 timeout "$(left)" python3 -m pytest -q -p no:cacheprovider tests/tiers 2>&1 | tail -5
     ;;
   grid)
-    # once: vLLM bundle, wheels, the 7B model (gpu_prefix_ttft.sh does it; --help runs nothing else)
-    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
-    grep -E "device_setup|setup done|importable" "$W/setup.log"
-    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
+    setup || exit 1
     run_jobs "OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes full,ucm $D" \
       "OUT=$W/grid_native bash bench/gpu_prefix_ttft.sh --modes native_best,native --decode-batch 0 $D" \
       "OUT=$W/grid_variants bash bench/gpu_prefix_ttft.sh --modes ucm_batched --decode-batch 0 $D" \
@@ -69,8 +73,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     python3 bench/prefix_ttft.py --mode table --out "$W/grid" --from "$W/grid_native,$W/grid_variants" 2>&1 | tail -3
     ;;
   replay)
-    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
-    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
+    setup || exit 1
     # two modes a job: trace_replay.py splits a job's deadline evenly between its modes
     if [ -n "$LANES" ]; then  # one mode a GPU
       run_jobs "OUT=$W/a $R --modes full $D" "OUT=$W/b $R --modes native $D" "OUT=$W/c $R --modes ucm_lru $D" \
@@ -82,8 +85,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     fi
     ;;
   tp2)
-    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
-    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
+    setup || exit 1
     # TP = 2 needs two GPUs of its own: not through the lanes (GPUs 0 and 1); the cross-layer runs
     # (V1 runner: prefix row, then gpu_check) on GPU 2; the 16k row and its profile on GPU 3
     ( CUDA_VISIBLE_DEVICES=2 OUT=$W/cross_layer bash bench/gpu_prefix_ttft.sh --modes ucm --ucm-cross-layer \
@@ -109,8 +111,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # the 4k and 8k cells again, vLLM's async scheduling on (lane 0) and off (lane 1), then the trace
     # replay sized so DRAM matters (a smaller HBM tier) on the other two GPUs: four jobs at once on
     # four GPUs (LANES: all of them; the host's copies then run at ~0.75 of one GPU alone)
-    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
-    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
+    setup || exit 1
     C="bash bench/gpu_prefix_ttft.sh --lengths 4000,8000 --modes full,ucm,ucm_batched --decode-batch 0"
     LANES=${LANES:-$(all_gpus)} run_jobs "OUT=$W/async_on $C --async-scheduling on $D" "OUT=$W/async_off $C --async-scheduling off $D" \
       "OUT=$W/replay_a $R --modes full,ucm_lru $D" "OUT=$W/replay_b $R --modes native,ucm_best $D"
@@ -119,9 +120,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
   pair)
     # the grid on one machine in one run: full/ucm (with the decode cell) on GPU 0, native and
     # native best on GPU 1; then the 16k c = 1 profile (100 % and 80 % passes) on whichever GPU frees first
-    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
-    grep -E "device_setup|setup done|importable" "$W/setup.log"
-    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
+    setup || exit 1
     LANES=${LANES:-0,1} run_jobs "OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes full,ucm $D" \
       "OUT=$W/grid_native bash bench/gpu_prefix_ttft.sh --modes native_best,native --decode-batch 0 $D" \
       "BENCH=bench/profile_layerwise.py OUT=$W/profile bash bench/gpu_prefix_ttft.sh --lengths 16000 --concurrency 1"
@@ -129,16 +128,14 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     ;;
   tp2c4)
     # TP = 2 at 16k c = 4 with every lookup logged; then the trace replay, two modes a GPU
-    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
-    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
+    setup || exit 1
     tp2_c4
     LANES=${LANES:-0,1} run_jobs "OUT=$W/a $R --modes full,ucm_lru $D" "OUT=$W/b $R --modes native,ucm_best $D"
     python3 bench/trace_replay.py --mode table --out "$W/a" --from "$W/b" 2>&1 | tail -3
     ;;
   tp2prof)
     # TP = 2 16k c = 4 again (after a fix), then the 16k profile on a store that has churned (c = 4 first)
-    bash bench/gpu_prefix_ttft.sh --help > "$W/setup.log" 2>&1 || { tail -20 "$W/setup.log"; exit 1; }
-    source .gpu/device_setup.sh >/dev/null; source bench/ucm_site.sh
+    setup || exit 1
     tp2_c4
     CUDA_VISIBLE_DEVICES=0 BENCH=bench/profile_layerwise.py OUT=$W/profile timeout "$(left 5)" \
       bash bench/gpu_prefix_ttft.sh --lengths 16000 --concurrency 4,1 > "$W/profile.log" 2>&1
