@@ -26,7 +26,7 @@ left() { echo $(( END - $(date +%s) - ${1:-0} )); }
 all_gpus() { python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))'; }
 lanes() { cat /tmp/lanes 2>/dev/null || all_gpus; }
 # a job's deadline (evaluated when the job starts) and the trace replay's command, for the steps below
-D='--deadline-s $(( END - $(date +%s) - 40 ))'
+D='--deadline-s $(( END - $(date +%s) - 40 - ${RESERVE:-0} ))'  # RESERVE: seconds kept for work after the jobs
 R="BENCH=bench/trace_replay.py bash bench/gpu_prefix_ttft.sh --requests ${REPLAY_N:-300} --max-model-len 4096 --time-scale 4 --max-output 16 --ws-fraction 0.5 --num-gpu-blocks ${REPLAY_HBM:-3072}"
 
 setup() {  # once per machine: vLLM bundle, wheels, the 7B model (gpu_prefix_ttft.sh does it; --help runs
@@ -46,7 +46,7 @@ tp2_c4() {  # TP = 2 at 16k c = 4 (one request lost its DRAM hit there, 2026-11-
 run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed at the step's end
   local args=() j
   for j in "$@"; do args+=(--job "$j"); done
-  python3 bench/gpu_lanes.py run --lanes "${LANES:-$(lanes)}" --log-dir "$W/logs" --timeout-s "$(left 5)" "${args[@]}"
+  python3 bench/gpu_lanes.py run --lanes "${LANES:-$(lanes)}" --log-dir "$W/logs" --timeout-s "$(left $(( 5 + ${RESERVE:-0} )))" "${args[@]}"
 }
 
 {
@@ -118,13 +118,18 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     python3 bench/trace_replay.py --mode table --out "$W/replay_a" --from "$W/replay_b" 2>&1 | tail -3
     ;;
   pair)
-    # the grid on one machine in one run: full/ucm (with the decode cell) on GPU 0, native and
-    # native best on GPU 1; then the 16k c = 1 profile (100 % and 80 % passes) on whichever GPU frees first
+    # the grid on one machine in one run: full/ucm on GPU 0, native and native best on GPU 1;
+    # the 16k c = 1 profile (100 % and 80 % passes) on whichever GPU frees first; then decode with and
+    # without ucm storing, alone on the machine (beside another job it varied by +-15 %, 2026-11-28)
     setup || exit 1
-    LANES=${LANES:-0,1} run_jobs "OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes full,ucm $D" \
+    export RESERVE=150
+    LANES=${LANES:-0,1} run_jobs "OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes full,ucm --decode-batch 0 $D" \
       "OUT=$W/grid_native bash bench/gpu_prefix_ttft.sh --modes native_best,native --decode-batch 0 $D" \
       "BENCH=bench/profile_layerwise.py OUT=$W/profile bash bench/gpu_prefix_ttft.sh --lengths 16000 --concurrency 1"
-    python3 bench/prefix_ttft.py --mode table --out "$W/grid" --from "$W/grid_native" 2>&1 | tail -3
+    unset RESERVE
+    CUDA_VISIBLE_DEVICES=0 OUT=$W/decode timeout "$(left 5)" bash bench/gpu_prefix_ttft.sh --modes full,ucm --decode-only \
+      --decode-reps 5 --lengths 4000 --deadline-s "$(left 20)" > "$W/decode.log" 2>&1; grep "decode:" "$W/decode.log"
+    python3 bench/prefix_ttft.py --mode table --out "$W/grid" --from "$W/grid_native,$W/decode" 2>&1 | tail -3
     ;;
   tp2c4)
     # TP = 2 at 16k c = 4 with every lookup logged; then the trace replay, two modes a GPU

@@ -27,6 +27,8 @@ def plot(res: dict, png: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = res["rows"]
+    if not rows:  # e.g. a --decode-only run: no TTFT to plot
+        return
     concs = sorted({r["concurrency"] for r in rows})
     lengths = sorted({r["input_tokens"] for r in rows})
     cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]

@@ -121,6 +121,10 @@ def parse_args(argv=None):
                     help="decode cell (modes full and ucm): this many fresh prompts decoded together; 0 = none")
     ap.add_argument("--decode-len", type=int, default=1024, help="decode cell: prompt tokens")
     ap.add_argument("--decode-tokens", type=int, default=256, help="decode cell: tokens generated per prompt")
+    ap.add_argument("--decode-reps", type=int, default=None, help="decode cell: repetitions (default: --reps)")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="modes full and ucm: the decode cell only, no TTFT grid (e.g. alone on an idle machine, "
+                         "merged into a grid's table with --mode table --from)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/prefix_ttft")
     ap.add_argument("--from", dest="from_dirs", default="",
@@ -476,7 +480,7 @@ class Bench:
         a, eng = self.a, self.llm.llm_engine
         sp = SamplingParams(max_tokens=a.decode_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
         reps = []
-        for _ in range(a.reps):
+        for _ in range(a.decode_reps or a.reps):
             self.reset_gpu()
             self.llm.enqueue([{"prompt_token_ids": p} for p in self.fresh(a.decode_batch, a.decode_len)], sp,
                              use_tqdm=False)
@@ -503,6 +507,8 @@ class Bench:
         if self.a.decode_batch > 0 and self.mode in ("full", "ucm") and self.core is not None:
             res["decode"] = self.decode_cell()
             write_json(part_path(self.a.out, self.mode), res)
+        if self.a.decode_only:
+            return res
         for L in self.a.lengths:
             for c in self.a.concurrency:
                 cell = self.full_cell if self.mode == "full" else self.connector_cell
@@ -581,9 +587,11 @@ def write_outputs(stem: str, res: dict, md: str, plot) -> str:
     write_json(stem + ".json", res)
     with open(stem + ".md", "w") as fh:
         fh.write(md)
+    if os.path.exists(stem + ".png"):  # a plot of an earlier run must not outlive its table
+        os.unlink(stem + ".png")
     try:
-        plot(res, stem + ".png")
-        return "json, md, png"
+        plot(res, stem + ".png")  # draws nothing without rows (a --decode-only run)
+        return "json, md, png" if os.path.exists(stem + ".png") else "json, md"
     except ImportError as e:  # no matplotlib here: run --mode table where it is
         print(f"no plot ({e}): run --mode table with a Python that has matplotlib")
         return "json, md"

@@ -86,6 +86,28 @@ def test_rows_targets_and_files(parts):
     assert "| 8000 | 1 |" in md and "400/400" in md  # the disk-read proof
 
 
+def test_a_decode_only_run_merges_its_decode_cell_and_keeps_the_grid(parts, tmp_path):
+    """--decode-only (decode measured alone, after the grid) adds the decode table; rows stay the grid's."""
+    a, b, out = parts
+    d = tmp_path / "decode"
+    d.mkdir()
+    for mode, tok_s in (("full", [400.0, 410.0, 405.0]), ("ucm", [396.0, 401.0, 399.0])):
+        _part(d, mode, [])
+        path = part_path(d, mode)
+        part = json.loads(open(path).read())
+        part["decode"] = dict(batch=8, prompt_tokens=1024, max_tokens=256, reps=[dict(tok_s=x) for x in tok_s],
+                              median_tok_s=sorted(tok_s)[1])
+        with open(path, "w") as f:
+            json.dump(part, f)
+    out.mkdir()
+    res = report(str(out), [str(a), str(b), str(d)])
+    assert res["decode"]["full"]["median_tok_s"] == 405.0 and res["decode"]["ucm"]["median_tok_s"] == 399.0
+    rows = {(r["input_tokens"], r["concurrency"]): r for r in res["rows"]}
+    assert rows[(8000, 1)]["ucm80_s"] == 0.105 and rows[(8000, 1)]["full_s"] == 1.0
+    md = (out / "prefix_ttft_h100_2026-11-28.md").read_text()
+    assert "| ucm | 399.0 | 396.0, 401.0, 399.0 | 0.985 |" in md
+
+
 def test_gpu_slug():
     assert gpu_slug("NVIDIA H100 80GB HBM3") == "h100"
     assert gpu_slug("NVIDIA H200") == "h200"
