@@ -174,7 +174,7 @@ def mode_env(a, mode: str, cuda: bool) -> None:
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.getLogger("ucm").addHandler(h)
         logging.getLogger("ucm").setLevel(logging.DEBUG)
-    if getattr(a, "tp", 1) > 1:  # this process has touched CUDA before the engine: forked TP workers would fail
+    if a.tp > 1:  # this process has touched CUDA before the engine: forked TP workers would fail
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("VLLM_NO_USAGE_STATS", "1")):
         os.environ.setdefault(k, v)

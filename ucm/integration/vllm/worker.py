@@ -7,11 +7,11 @@ One stored block = one vLLM block of one TP rank: every layer's K and V, layer a
   opens one read for all such requests of the step (``open_blocks``: blocks found and protected
   once) and launches layer 0's copies (of every request, on the store's load streams); the
   requests compute their new tokens in this same step. ``wait_for_layer_load`` launches the
-  layers up to LOOKAHEAD ahead (two a layer until then) and makes the model wait for that layer only (on
-  CUDA the compute stream waits for the layer's copy event: no CPU stall), so later layers copy
-  while layer l computes, and the forward's first kernel does not wait for the CPU to launch
-  every layer's copies. Pinned blocks cannot miss; should a
-  copy fail anyway, its blocks are reported through ``get_block_ids_with_load_errors``.
+  layers up to LOOKAHEAD ahead (two a layer until then) and makes the model wait for that layer
+  only (on CUDA the compute stream waits for the layer's copy event: no CPU stall), so later
+  layers copy while layer l computes, and the forward's first kernel does not wait for the CPU
+  to launch every layer's copies. Pinned blocks cannot miss; should a copy fail anyway, its
+  blocks are reported through ``get_block_ids_with_load_errors``.
 - Other loads run between steps (vLLM's asynchronous load path): ``start_load_kv`` submits them
   and returns; ``get_finished`` reports the requests whose loads are done, while other requests
   keep computing. A failed block is reported through ``get_block_ids_with_load_errors`` in that
