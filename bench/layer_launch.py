@@ -14,10 +14,15 @@ DRAM pool with one plane per layer, for the rows vLLM hands out:
                and one scatter kernel reading or writing the pinned pool through UVA
 
 For each: CPU microseconds per ``read_planes`` / ``write_planes`` call (median over layers and
-repetitions), the whole read's or write's wall time with the waits as the model makes them, and
-GB/s. Bytes are checked after every run. On the CPU it runs the thread copies (checks the code only).
+repetitions), the whole read's or write's wall time with the calls and waits as the worker makes
+them (loads launched up to 4 layers ahead, dumps after each layer), and GB/s. ``--model-gpu-us``
+puts a stand-in for the model between the calls (a spin kernel of that many microseconds per
+layer on the caller's stream, plus ``--model-cpu-us`` of CPU), so a copier that waits for the
+model's stream, or idles the link while a kernel runs, shows in the wall time; ``alone ms`` is
+the model's layers without copies (an HBM hit). Bytes are checked after every run. On the CPU it
+runs the thread copies (checks the code only).
 
-    python bench/layer_launch.py --out /tmp/layer_launch.json
+    python bench/layer_launch.py --model-gpu-us 0,300,3000 --model-cpu-us 100 --out /tmp/layer_launch.json
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import platform
 import statistics
 import sys
 import time
+from typing import Optional
 
 import torch
 
@@ -58,21 +64,70 @@ def _wait_parts(parts) -> None:
             p.wait(60.0)
 
 
-def _layers(call, layers: int) -> list[float]:
-    """``call(layer)`` for every layer as the connector makes it; CPU seconds of each call."""
-    cpu = []
+class Model:
+    """Stands in for the model between the connector's per-layer calls: ``gpu_us`` of work queued on
+    the caller's stream per layer (a spin kernel) and ``cpu_us`` of the CPU's time (launching the
+    layer's kernels). Zero for both: the copies alone, back to back."""
+
+    def __init__(self, device: torch.device, gpu_us: float = 0.0, cpu_us: float = 0.0):
+        self.device, self.gpu_us, self.cpu_us = device, gpu_us, cpu_us
+        self.cycles = 0
+        if gpu_us and device.type == "cuda":  # cycles per microsecond of torch.cuda._sleep, measured
+            torch.cuda._sleep(1000)
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            torch.cuda._sleep(1 << 22)
+            b.record()
+            b.synchronize()
+            self.cycles = int(gpu_us * (1 << 22) / (a.elapsed_time(b) * 1e3))
+
+    def layer(self) -> None:
+        if self.cycles:
+            torch.cuda._sleep(self.cycles)
+        end = time.perf_counter() + self.cpu_us * 1e-6
+        while time.perf_counter() < end:
+            pass
+
+
+def lookahead(index: int) -> int:
+    """The layers a load has launched when the model reaches layer ``index`` (as the worker's
+    ``_lookahead``: two a layer, at most 4 ahead)."""
+    return min(index + 1 + 4, 2 * (index + 1))
+
+
+def _load_layers(call, layers: int, model: Model) -> list[float]:
+    """A layer-wise load as the worker makes it: before layer l, launch the copies up to
+    ``lookahead(l)``, make the model's stream wait for layer l's, then the layer computes.
+    CPU seconds of each ``call``."""
+    cpu, parts, issued = [], {}, 0
     for layer in range(layers):
-        c0 = time.perf_counter()
-        parts = call(layer)
-        cpu.append(time.perf_counter() - c0)
-        if parts:
-            _wait_parts(parts)
+        while issued < min(lookahead(layer), layers):
+            c0 = time.perf_counter()
+            parts[issued] = call(issued)
+            cpu.append(time.perf_counter() - c0)
+            issued += 1
+        _wait_parts(parts.pop(layer))
+        model.layer()
     return cpu
 
 
-def run(device: torch.device, order: str, layers: int, blocks: int, layer_bytes: int, reps: int) -> dict:
+def _dump_layers(call, layers: int, model: Model) -> list[float]:
+    """A layer-wise dump as the worker makes it: each layer computes, then its copies launch
+    (after that layer's work on the caller's stream). CPU seconds of each ``call``."""
+    cpu = []
+    for layer in range(layers):
+        model.layer()
+        c0 = time.perf_counter()
+        call(layer)
+        cpu.append(time.perf_counter() - c0)
+    return cpu
+
+
+def run(device: torch.device, order: str, layers: int, blocks: int, layer_bytes: int, reps: int,
+        model: Optional[Model] = None) -> dict:
     """Per repetition: fresh blocks dumped from ``order``'s rows into fresh slots, committed, then loaded
     back into the same rows of a zeroed cache. The pool holds every repetition (no eviction)."""
+    model = model or Model(device)
     store = create_store("UcmDramStore", {"kv_block_size": layer_bytes * layers,
                                           "max_cache_size": layer_bytes * layers * (blocks * (reps + 1) + 4),
                                           "planes": layers})
@@ -91,7 +146,7 @@ def run(device: torch.device, order: str, layers: int, blocks: int, layer_bytes:
             _sync(device)
             t0 = time.perf_counter()
             bw = store.reserve_blocks(ids, rows)
-            cpu = _layers(lambda l: store.write_planes(bw, [src[l]], offset=l * layer_bytes), layers)
+            cpu = _dump_layers(lambda l: store.write_planes(bw, [src[l]], offset=l * layer_bytes), layers, model)
             assert store.wait(bw.task) == 0
             _sync(device)
             wall = time.perf_counter() - t0
@@ -101,8 +156,8 @@ def run(device: torch.device, order: str, layers: int, blocks: int, layer_bytes:
             _sync(device)
             t0 = time.perf_counter()
             br = store.open_blocks(ids, rows)
-            rcpu = _layers(lambda l: store.read_planes(br, [dst[l]], offset=l * layer_bytes,
-                                                    last=l == layers - 1), layers)
+            rcpu = _load_layers(lambda l: store.read_planes(br, [dst[l]], offset=l * layer_bytes,
+                                                         last=l == layers - 1), layers, model)
             assert store.wait(br.task) == 0
             _sync(device)
             rwall = time.perf_counter() - t0
@@ -117,8 +172,17 @@ def run(device: torch.device, order: str, layers: int, blocks: int, layer_bytes:
         planes.MIN_RUN_BYTES = saved
         store.close()
     nbytes = layers * blocks * layer_bytes
+    alone = []  # the model's layers without copies: what a step takes when every block is in HBM
+    for _ in range(3):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(layers):
+            model.layer()
+        _sync(device)
+        alone.append(time.perf_counter() - t0)
     plan = planes.RowPlan(list(range(blocks)), rows)  # fresh slots, in order
     return {"order": order, "layers": layers, "blocks": blocks, "layer_bytes": layer_bytes,
+            "model_gpu_us": model.gpu_us, "model_cpu_us": model.cpu_us, "model_alone_ms": 1e3 * min(alone),
             "row_runs": len(plan.pairs), "slot_runs": len(plan.runs),
             "dump_cpu_us_per_layer": 1e6 * statistics.median(dump_cpu),
             "load_cpu_us_per_layer": 1e6 * statistics.median(load_cpu),
@@ -134,6 +198,10 @@ def main() -> None:
     ap.add_argument("--layer-kib", type=int, default=32, help="one layer of one block, K and V (Qwen2.5-7B: 32)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--orders", default=",".join(ORDERS))
+    ap.add_argument("--model-gpu-us", default="0",
+                    help="comma list: GPU microseconds of work per layer on the caller's stream (a row per value)")
+    ap.add_argument("--model-cpu-us", type=float, default=0.0,
+                    help="CPU microseconds per layer the model's thread spends launching (with --model-gpu-us > 0)")
     ap.add_argument("--out")
     a = ap.parse_args()
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
@@ -142,14 +210,16 @@ def main() -> None:
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     rows = []
     print(f"{info['device']} | torch {info['torch']} | {a.layers} layers x {a.blocks} blocks x {a.layer_kib} KiB")
-    print(f"{'order':<12} {'row runs':>8} {'dump us/layer':>13} {'load us/layer':>13} {'dump ms':>8} {'load ms':>8} "
-          f"{'dump GB/s':>9} {'load GB/s':>9}")
-    for order in a.orders.split(","):
-        r = run(device, order, a.layers, a.blocks, a.layer_kib << 10, a.reps)
-        rows.append(r)
-        print(f"{order:<12} {r['row_runs']:>8} {r['dump_cpu_us_per_layer']:>13.0f} {r['load_cpu_us_per_layer']:>13.0f} "
-              f"{r['dump_wall_ms']:>8.2f} {r['load_wall_ms']:>8.2f} {r['dump_gbps']:>9.1f} {r['load_gbps']:>9.1f}",
-              flush=True)
+    print(f"{'order':<12} {'model us':>8} {'row runs':>8} {'dump us/layer':>13} {'load us/layer':>13} "
+          f"{'dump ms':>8} {'load ms':>8} {'alone ms':>8} {'dump GB/s':>9} {'load GB/s':>9}")
+    for gpu_us in (float(x) for x in a.model_gpu_us.split(",")):
+        model = Model(device, gpu_us, a.model_cpu_us if gpu_us else 0.0)
+        for order in a.orders.split(","):
+            r = run(device, order, a.layers, a.blocks, a.layer_kib << 10, a.reps, model)
+            rows.append(r)
+            print(f"{order:<12} {gpu_us:>8.0f} {r['row_runs']:>8} {r['dump_cpu_us_per_layer']:>13.0f} "
+                  f"{r['load_cpu_us_per_layer']:>13.0f} {r['dump_wall_ms']:>8.2f} {r['load_wall_ms']:>8.2f} "
+                  f"{r['model_alone_ms']:>8.2f} {r['dump_gbps']:>9.1f} {r['load_gbps']:>9.1f}", flush=True)
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"info": info, "rows": rows}, f, indent=1)
