@@ -25,3 +25,33 @@ def test_every_order_round_trips_and_restores_the_copier(order):
     assert planes.MIN_RUN_BYTES == before
     assert r["row_runs"] == (1 if order == "consecutive" else 5) and r["slot_runs"] == 1
     assert r["load_gbps"] > 0 and r["dump_gbps"] > 0 and r["load_cpu_us_per_layer"] > 0
+
+
+def test_loads_launch_ahead_as_the_worker_does_and_dumps_follow_each_layer():
+    events = []
+
+    class Part:
+        def __init__(self, layer):
+            self.layer = layer
+
+        def wait(self, timeout):
+            events.append(("wait", self.layer))
+            return True
+
+    def call(layer):
+        events.append(("issue", layer))
+        return [Part(layer)]
+
+    model = layer_launch.Model(torch.device("cpu"))
+    assert len(layer_launch._load_layers(call, 8, model)) == 8
+    issued_before_wait = {}
+    n = 0
+    for kind, layer in events:
+        n += kind == "issue"
+        if kind == "wait":
+            issued_before_wait[layer] = n
+    # two layers a layer until 4 ahead, never past the last layer
+    assert issued_before_wait == {0: 2, 1: 4, 2: 6, 3: 8, 4: 8, 5: 8, 6: 8, 7: 8}
+    events.clear()
+    assert len(layer_launch._dump_layers(call, 3, model)) == 3
+    assert events == [("issue", 0), ("issue", 1), ("issue", 2)]

@@ -1,6 +1,7 @@
 """The chain: demotion on eviction, promotion on load, lookup across tiers, warm restart."""
 import os
 
+import pytest
 import torch
 
 from ucm.tiers import OK, create_store
@@ -122,3 +123,49 @@ def test_demotion_buffers_are_recycled_and_bytes_stay_exact(tmp_path):
         for k, want in data.items():
             code, out = get(store, k)
             assert code == OK and torch.equal(out, want), k
+
+
+def _layers(n_rows, n_layers=2):
+    return [torch.randint(0, 256, (n_rows, BLOCK // n_layers), dtype=torch.uint8) for _ in range(n_layers)]
+
+
+def _write_layer_by_layer(chain, ids, rows, layers):
+    bw = chain.reserve_blocks(ids, rows)
+    for i, plane in enumerate(layers):
+        chain.write_planes(bw, [plane], offset=i * plane.shape[1])
+    code = chain.wait(bw.task)
+    chain.commit(ids)
+    return code
+
+
+def test_layer_by_layer_dump_goes_through_the_heads_block_api(chain, monkeypatch):
+    """vLLM's dump path (reserve once, a layer at a time) reaches the head's own block API: the
+    piece-by-piece dump (~0.5 ms a block on the model's thread) is not used for blocks it takes."""
+    monkeypatch.setattr(chain.head, "dump", lambda *a: (_ for _ in ()).throw(AssertionError("piece path")))
+    layers = _layers(4)
+    assert _write_layer_by_layer(chain, ["p0", "p1"], [3, 1], layers) == OK
+    for bid, row in (("p0", 3), ("p1", 1)):
+        assert chain.head.holds(bid.encode())
+        assert torch.equal(get(chain, bid)[1], torch.cat([p[row] for p in layers]))
+
+
+def test_layer_by_layer_dump_falls_through_when_the_head_is_full_of_writes(chain):
+    ids = [f"f{i}" for i in range(5)]  # the head has 2 slots: 3 blocks of this dump go below
+    layers = _layers(5)
+    assert _write_layer_by_layer(chain, ids, list(range(5)), layers) == OK
+    assert chain.lookup(ids) == [True] * 5
+    for row, bid in enumerate(ids):
+        assert torch.equal(get(chain, bid)[1], torch.cat([p[row] for p in layers])), bid
+
+
+def test_layer_by_layer_dump_skips_blocks_committed_below(chain):
+    first = put(chain, ["s0"], seed=1)["s0"]
+    put(chain, ["x", "y", "z"], seed=10)  # the 2-block head evicts s0 into DRAM
+    assert not chain.head.holds(b"s0") and chain.lookup(["s0"]) == [True]
+    assert _write_layer_by_layer(chain, ["s0"], [0], _layers(1)) == OK  # other bytes, same id
+    assert torch.equal(get(chain, "s0")[1], first)
+
+
+def test_write_planes_needs_the_chains_own_reservation(chain):
+    with pytest.raises(ValueError, match="reserve_blocks"):
+        chain.write_planes(chain.head.reserve_blocks(["q"], [0]), _layers(1)[:1])

@@ -4,7 +4,9 @@
 - dump/commit: into the head tier; a block committed in any tier already is skipped (ids are
   content hashes), and a block the head refuses (full of blocks in flight, or its admission says
   no) falls through to the next tier. All pieces of one block go to the tier that took its first
-  piece, until commit. What a tier evicts is demoted into the next one.
+  piece, until commit. What a tier evicts is demoted into the next one. A layer-by-layer dump
+  (``reserve_blocks`` / ``write_planes``, vLLM's) reserves its blocks in the head once and writes
+  each layer through the head's block API; only what the head refuses goes piece by piece.
 - load: each block is read from the fastest tier holding it. A block found below the head is read
   once, promoted into the head (subject to the head's admission) and copied into the caller's
   tensors, on a worker thread, so load() stays asynchronous.
@@ -14,12 +16,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
-from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, Store, Task, Tier, as_bytes, check_pieces, log,
-                            pieces_of_blocks, to_keys)
+from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, BlockWrite, Store, Task, Tier, as_bytes,
+                            check_pieces, log, pieces_of_blocks, to_keys)
 from ucm.tiers.copy import CopyEngine
+
+
+@dataclass
+class _ChainWrite(BlockWrite):
+    """A chain's layer-by-layer dump: the blocks the head reserved (its own ``BlockWrite``) and the
+    rest (refused by the head, or being written below already), dumped piece by piece."""
+
+    head_write: Optional[BlockWrite] = None
+    rest_ids: list = field(default_factory=list)
+    rest_rows: list = field(default_factory=list)
 
 
 class TierChain(Store):
@@ -78,6 +92,41 @@ class TierChain(Store):
             task.add(child)
             task.on_done(lambda c=child, m=moved: [task.fail(k, v) for k, v in c.failed.items() if k not in m])
         return task
+
+    def reserve_blocks(self, block_ids, rows) -> BlockWrite:
+        """The head reserves the blocks new to the chain once (one plan; each layer then moves with
+        a few copies). The generic way, each layer a piece-by-piece ``dump``, cost the model's thread
+        ~0.5 ms a block with a disk tier (full compute 2-3 x slower on an H200, 2026-11-28)."""
+        keys, rows = to_keys(block_ids), list(rows)
+        if len(rows) != len(keys):
+            raise ValueError(f"block_ids and rows must have the same length, got {len(keys)} and {len(rows)}")
+        with self._lock:
+            routed = [self._writing.get(k, self.head) for k in keys]
+        head_idx, rest_idx = [], []
+        for i, (key, tier) in enumerate(zip(keys, routed)):
+            if tier is not self.head:
+                rest_idx.append(i)  # being written below already: its pieces follow it there
+            elif not any(t.holds(key) for t in self.tiers[1:]):  # committed below: skipped, as in dump
+                head_idx.append(i)
+        task = Task("dump")
+        hw = self.head.reserve_blocks([keys[i] for i in head_idx], [rows[i] for i in head_idx])
+        refused = {k for k, c in hw.task.failed.items() if c == REFUSED} if len(self.tiers) > 1 else set()
+        with self._lock:
+            for i in head_idx:
+                if keys[i] not in refused:
+                    self._writing.setdefault(keys[i], self.head)
+        task.add(hw.task)
+        task.on_done(lambda: [task.fail(k, c) for k, c in hw.task.failed.items() if k not in refused])
+        rest_idx += [i for i in head_idx if keys[i] in refused]  # a dump routes them below
+        return _ChainWrite(self, keys, rows, task, head_write=hw, rest_ids=[keys[i] for i in rest_idx],
+                           rest_rows=[rows[i] for i in rest_idx])
+
+    def write_planes(self, bw: BlockWrite, planes, offset: int = 0) -> None:
+        if not isinstance(bw, _ChainWrite) or bw.store is not self:
+            raise ValueError("write_planes needs a BlockWrite from this chain's reserve_blocks")
+        self.head.write_planes(bw.head_write, planes, offset)
+        if bw.rest_ids:
+            bw.task.add_task(self.dump_blocks(bw.rest_ids, planes, bw.rest_rows, offset))
 
     def load_blocks(self, block_ids, planes, rows, offset: int = 0) -> Task:
         """Blocks in the head load plane by plane (layer-wise waits); the rest come up from below."""
