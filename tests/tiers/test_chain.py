@@ -140,7 +140,7 @@ def _write_layer_by_layer(chain, ids, rows, layers):
 
 def test_layer_by_layer_dump_goes_through_the_heads_block_api(chain, monkeypatch):
     """vLLM's dump path (reserve once, a layer at a time) reaches the head's own block API: the
-    piece-by-piece dump (~0.5 ms a block on the model's thread) is not used for blocks it takes."""
+    piece-by-piece dump (~2 ms a block on the CPU) is not used for blocks it takes."""
     monkeypatch.setattr(chain.head, "dump", lambda *a: (_ for _ in ()).throw(AssertionError("piece path")))
     layers = _layers(4)
     assert _write_layer_by_layer(chain, ["p0", "p1"], [3, 1], layers) == OK

@@ -96,7 +96,7 @@ class TierChain(Store):
     def reserve_blocks(self, block_ids, rows) -> BlockWrite:
         """The head reserves the blocks new to the chain once (one plan; each layer then moves with
         a few copies). The generic way, each layer a piece-by-piece ``dump``, cost the model's thread
-        ~0.5 ms a block with a disk tier (full compute 2-3 x slower on an H200, 2026-11-28)."""
+        ~2 ms a block with a disk tier on the CPU (full compute was 2-3 x slower with a disk tier on an H200, 2026-11-28)."""
         keys, rows = to_keys(block_ids), list(rows)
         if len(rows) != len(keys):
             raise ValueError(f"block_ids and rows must have the same length, got {len(keys)} and {len(rows)}")
