@@ -169,3 +169,87 @@ def test_layer_by_layer_dump_skips_blocks_committed_below(chain):
 def test_write_planes_needs_the_chains_own_reservation(chain):
     with pytest.raises(ValueError, match="reserve_blocks"):
         chain.write_planes(chain.head.reserve_blocks(["q"], [0]), _layers(1)[:1])
+
+
+def _spill_chain(tmp_path, slots=8, ahead=0.5):
+    """DRAM of ``slots`` blocks in two planes (a block's slot is a strided view of the pool) over disk."""
+    cfg = {"kv_block_size": BLOCK, "planes": 2, "max_cache_size": slots * BLOCK, "demote_ahead": ahead,
+           "disk": {"path": str(tmp_path / "d")}}
+    return create_store("dram_disk", cfg)
+
+
+def _dump_rows(store, prefix, rows, layers):
+    ids = [f"{prefix}{r}" for r in rows]
+    assert _write_layer_by_layer(store, ids, list(rows), layers) == OK
+    return {bid: torch.cat([p[r] for p in layers]) for bid, r in zip(ids, rows)}
+
+
+def test_a_full_dram_evicts_ahead_so_the_next_dump_copies_nothing(tmp_path, monkeypatch):
+    """Once a dump fills the DRAM, as many committed blocks as it took are evicted ahead: they go to
+    the disk tier straight from their slots (no copy on the caller's thread), and the slots come back
+    once written. The next dump of that size finds free slots and copies no victim."""
+    with _spill_chain(tmp_path) as store:  # 8 slots, at most 4 ahead
+        dram, disk = store.head, store.tier("disk")
+        layers = _layers(12)
+        data = _dump_rows(store, "a", range(4), layers)
+        assert dram.counters["demoted_ahead"] == 0 and len(dram._free) == 4
+        data.update(_dump_rows(store, "b", range(4, 8), layers))  # full: a0-a3 leave ahead
+        assert dram.counters["demoted_ahead"] == 4 and not any(dram.holds(k.encode()) for k in ("a0", "a3"))
+        store.flush()
+        assert len(dram._free) == 4 and dram._draining == 0
+        monkeypatch.setattr(dram._spares, "take", lambda: (_ for _ in ()).throw(AssertionError("copied a victim")))
+        data.update(_dump_rows(store, "c", range(8, 12), layers))
+        monkeypatch.undo()  # reads below promote disk blocks into the DRAM: those evictions may copy
+        store.flush()
+        assert dram.counters["demoted_ahead"] == 8 and len(dram._blocks) + len(dram._free) == dram.num_slots
+        assert store.lookup(list(data)) == [True] * 12
+        for bid, want in data.items():
+            code, out = get(store, bid)
+            assert code == OK and torch.equal(out, want), bid
+        assert disk.counters["written"] >= 8  # (+ what the reads' promotions pushed down)
+
+
+def test_a_block_demoted_ahead_reads_back_exactly_while_its_file_is_pending(tmp_path):
+    with _spill_chain(tmp_path) as store:
+        dram, disk = store.head, store.tier("disk")
+        layers = _layers(8)
+        want = _dump_rows(store, "p", range(4), layers)
+        disk._writer.run(lambda: __import__("time").sleep(0.3))  # hold the writer: files stay pending
+        want.update(_dump_rows(store, "q", range(4, 8), layers))
+        assert dram._draining == 4 and len(disk._writing) == 4, "demoted ahead, files not written yet"
+        for key in list(disk._writing):
+            out = disk.read_block(key)  # the pending bytes are the DRAM slot (a strided view): a flat copy
+            assert out.dim() == 1 and torch.equal(out, want[key.decode()])
+        store.flush()
+        assert dram._draining == 0 and len(dram._free) == 4
+        for bid, data in want.items():
+            assert torch.equal(get(store, bid)[1], data), bid
+
+
+def test_demote_ahead_zero_keeps_the_dram_full(tmp_path):
+    with _spill_chain(tmp_path, ahead=0.0) as store:
+        layers = _layers(12)
+        for n in range(3):
+            assert _write_layer_by_layer(store, [f"z{n}-{i}" for i in range(4)], list(range(4 * n, 4 * n + 4)),
+                                         layers) == OK
+        store.flush()
+        assert store.head.counters["demoted_ahead"] == 0 and not store.head._free
+
+
+def test_an_error_while_loading_from_below_fails_the_blocks_never_reports_ok(chain, monkeypatch):
+    data = {}
+    for n in range(4):
+        data.update(put(chain, [f"e{n}"], seed=n))  # the 2-block head pushes e0, e1 below
+    assert not chain.head.holds(b"e0")
+
+    def broken(*a, **k):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(chain.head, "write_block", broken)  # the promotion raises on the promoter thread
+    out = torch.zeros(BLOCK, dtype=torch.uint8)
+    assert chain.wait(chain.load(["e0"], [0], [out])) != OK
+    planes = [torch.zeros(4, BLOCK, dtype=torch.uint8)]
+    task = chain.load_blocks(["e1"], planes, [2])
+    assert chain.wait(task) != OK and b"e1" in task.failed
+    monkeypatch.undo()
+    assert torch.equal(get(chain, "e0")[1], data["e0"])

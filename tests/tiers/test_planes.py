@@ -302,3 +302,27 @@ def test_dump_under_inference_mode_then_load_outside_it(dev):
         kv.zero_()
         assert store.wait(store.load_blocks(ids, [kv], rows)) == OK
         assert torch.equal(kv[rows], want)
+
+
+def test_a_copy_that_raises_on_the_cpu_fails_its_blocks_never_reports_ok(pool_store, monkeypatch):
+    """CPU plane copies run on a worker thread: an error there must reach the task (was swallowed:
+    the load reported OK over bytes never copied)."""
+    from ucm.tiers import pool as pool_module
+
+    src = kv_cache(blocks=4)
+    assert pool_store.wait(pool_store.dump_blocks(["c0", "c1"], src, [0, 1])) == 0
+    pool_store.commit(["c0", "c1"])
+
+    def broken(*a):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(pool_module, "copy_planes_cpu", broken)
+    out = [torch.zeros_like(t) for t in src]
+    task = pool_store.load_blocks(["c0", "c1"], out, [2, 3])
+    assert pool_store.wait(task) != 0 and set(task.failed) == {b"c0", b"c1"}
+    br = pool_store.open_blocks(["c0"], [2])
+    pool_store.read_planes(br, out, last=True)
+    assert pool_store.wait(br.task) != 0 and b"c0" in br.task.failed
+    bw = pool_store.reserve_blocks(["c2"], [0])
+    pool_store.write_planes(bw, src)
+    assert pool_store.wait(bw.task) != 0 and b"c2" in bw.task.failed

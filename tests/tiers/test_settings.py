@@ -17,6 +17,8 @@ OK_CFG = {"kv_block_size": 4096, "max_cache_size": 4 * 4096}
     ({**OK_CFG, "eviction": {"name": "lru", "params": {"size": 3}}}, "has no parameter"),
     ({**OK_CFG, "eviction": {"nam": "lru"}}, "unknown config key 'eviction.nam'"),
     ({**OK_CFG, "timeout_s": 0}, "'timeout_s' must be > 0"),
+    ({**OK_CFG, "demote_ahead": 1.0}, "'demote_ahead' must be a fraction of the tier's slots in \\[0, 1\\)"),
+    ({**OK_CFG, "demote_ahead": -0.1}, "'demote_ahead' must be a fraction"),
 ])
 def test_bad_dict_config_names_the_key(cfg, message):
     with pytest.raises(ValueError, match=message):

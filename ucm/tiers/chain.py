@@ -144,7 +144,8 @@ class TierChain(Store):
         held = set(in_head)
         rest = [i for i in range(len(keys)) if i not in held]
         lower = self._promoter.run(self._load_lower_blocks, task, [keys[i] for i in rest], planes,
-                                   [rows[i] for i in rest], offset)
+                                   [rows[i] for i in rest], offset,
+                                   on_error=lambda exc: [task.fail(keys[i], IO_ERROR) for i in rest])
         task.add(lower)
         for parts in task.planes:
             parts.append(lower)
@@ -228,7 +229,8 @@ class TierChain(Store):
             task.add_task(self.head.load([keys[i] for i in head_idx], [offset[i] for i in head_idx],
                                          [dst_tensor[i] for i in head_idx]))
         if lower:
-            task.add(self._promoter.run(self._load_lower, task, lower, offset, dst_tensor))
+            task.add(self._promoter.run(self._load_lower, task, lower, offset, dst_tensor,
+                                        on_error=lambda exc: [task.fail(k, IO_ERROR) for k in lower]))
         return task
 
     def _load_lower(self, task: Task, lower: dict, offset, dst_tensor) -> None:

@@ -85,8 +85,9 @@ class _EventCompletion:
 
 
 class _FutureCompletion:
-    def __init__(self, fut: Future):
+    def __init__(self, fut: Future, handled: bool = True):
         self.fut = fut
+        self.handled = handled  # an error of the job is recorded by the submitter's on-error hook
 
     def done(self) -> bool:
         return self.fut.done()
@@ -96,8 +97,8 @@ class _FutureCompletion:
             self.fut.result(timeout)
         except TimeoutError:
             return False
-        except Exception:  # the submitter's on-error hook already recorded it
-            pass
+        except Exception:  # recorded by the submitter's on-error hook, or, without one, a failed wait
+            return self.handled
         return True
 
 
@@ -129,7 +130,7 @@ class CopyEngine:
                 event = torch.cuda.Event()
                 event.record(self.stream)
             return _EventCompletion(event)
-        return _FutureCompletion(self._pool.submit(_job, self._copy_all, pairs, on_error))
+        return _FutureCompletion(self._pool.submit(_job, self._copy_all, pairs, on_error), on_error is not None)
 
     @staticmethod
     def _copy_all(pairs: list[Pair], on_error) -> None:
@@ -142,9 +143,21 @@ class CopyEngine:
                 on_error(exc)
             raise
 
-    def run(self, fn, *args) -> _FutureCompletion:
-        """Run ``fn(*args)`` on this engine's worker thread (file I/O of the disk tier)."""
-        return _FutureCompletion(self._pool.submit(_job, fn, *args))
+    def run(self, fn, *args, on_error=None) -> _FutureCompletion:
+        """Run ``fn(*args)`` on this engine's worker thread (file I/O, CPU copies). Should it raise,
+        ``on_error(exc)`` records the failure (a completion's ``wait`` does not raise); without a
+        hook the error is logged and the completion's ``wait`` returns False."""
+        return _FutureCompletion(self._pool.submit(_job, self._guarded, fn, args, on_error), on_error is not None)
+
+    @staticmethod
+    def _guarded(fn, args, on_error) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # reported through the caller's task, never lost
+            log.error("ucm: %s failed: %s", getattr(fn, "__name__", "a job"), exc)
+            if on_error is not None:
+                on_error(exc)
+            raise
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

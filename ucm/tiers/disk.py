@@ -246,7 +246,8 @@ class DiskTier(Tier):
                     pieces.setdefault(key, []).append((off, dst))
                 else:
                     task.fail(key, NOT_FOUND)
-        task.add(self._io.run(self._load_files, task, pieces))
+        task.add(self._io.run(self._load_files, task, pieces,
+                              on_error=lambda exc: [task.fail(k, IO_ERROR) for k in pieces]))
         return task
 
     def _load_files(self, task: Task, pieces: dict) -> None:
@@ -272,7 +273,7 @@ class DiskTier(Tier):
             self.counters["loaded_blocks"] += 1
             pending = self._writing.get(key)
             if pending is not None:  # a copy: the tier above may reuse the buffer once written
-                return pending.clone()
+                return pending.clone().reshape(-1)  # (a slot of the tier above may be a strided view)
         return self._read_file(key)
 
     def write_block(self, key: bytes, data: torch.Tensor, release=None) -> bool:
@@ -286,7 +287,7 @@ class DiskTier(Tier):
         try:
             self._write_file(key, data)
             ok = True
-        except OSError as exc:
+        except Exception as exc:  # any error: the block is dropped and ``data`` still released
             log.error("ucm: disk write of block %s failed: %s", key[:16].hex(), exc)
             ok = False
         try:

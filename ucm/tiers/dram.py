@@ -36,5 +36,5 @@ class UcmDramStore(SlotPoolTier):
         eviction, admission = build_policies(s, num_slots)
         super().__init__(name="dram", capacity=s.max_cache_size, block_size=s.kv_block_size,
                          eviction=eviction, admission=admission, device=torch.device("cpu"),
-                         pin=pin, timeout_s=s.timeout_s, planes=s.planes)
+                         pin=pin, timeout_s=s.timeout_s, planes=s.planes, demote_ahead=s.demote_ahead)
         self.settings = s

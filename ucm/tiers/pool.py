@@ -17,6 +17,13 @@ ascending slots even after such an eviction (the GPU moves a run of them as one 
 Layout: the pool is ``(planes, num_slots, block_size // planes)``. With ``planes=1`` a block is
 one contiguous row; with one plane per layer's K or V, the same layer of many blocks is
 contiguous, so a layer of a whole request moves in a few large DMAs.
+
+Demotion (a tier below, ``demote_to``): a victim's bytes go down to the next tier. Evicted while a
+dump plans its slots, a victim is first copied out of its slot (the new block needs the slot at
+once), on the caller's thread, which inside vLLM is the model's. So after each dump the tier evicts
+ahead (``demote_ahead``): it keeps about as many slots free as that dump took, handing each victim's
+slot itself to the tier below, which writes it out in the background and gives the slot back
+(``_drained``); the next dump finds free slots and copies nothing.
 """
 from __future__ import annotations
 
@@ -53,7 +60,7 @@ class SlotPoolTier(Tier):
 
     def __init__(self, *, name: str, capacity: int, block_size: int, eviction: EvictionPolicy,
                  admission: AdmissionPolicy, device: torch.device, pin: bool, timeout_s: float = 60.0,
-                 planes: int = 1):
+                 planes: int = 1, demote_ahead: float = 0.0):
         if block_size < 1:
             raise ValueError(f"kv_block_size must be a positive number of bytes, got {block_size}")
         if planes < 1 or block_size % planes:
@@ -89,7 +96,11 @@ class SlotPoolTier(Tier):
         cuda = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
         self._cuda_dump = CudaPlaneCopier(cuda) if cuda is not None else None
         self._cuda_load = CudaPlaneCopier(cuda, priority=-1) if cuda is not None else None
-        self.counters = dict(dumped_blocks=0, loaded_blocks=0, evictions=0, refused=0, demoted=0, skipped=0)
+        self.counters = dict(dumped_blocks=0, loaded_blocks=0, evictions=0, refused=0, demoted=0, skipped=0,
+                             demoted_ahead=0)
+        self._ahead_max = int(self.num_slots * demote_ahead)  # slots kept free at most (module docstring)
+        self._ahead = 0  # slots to keep free now: what the last dump took, capped
+        self._draining = 0  # victims' slots the tier below still writes out
 
     # ---- contract -------------------------------------------------------------------------
     def has(self, key: bytes) -> bool:
@@ -182,7 +193,7 @@ class SlotPoolTier(Tier):
         """
         keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
         task = Task("dump")
-        for part in self._submit_planes(views, self._plan(keys, rows, k, task, write=True), True):
+        for part in self._submit_planes(views, self._plan(keys, rows, k, task, write=True), True, task, keys):
             task.add(part)
         return task
 
@@ -196,7 +207,7 @@ class SlotPoolTier(Tier):
         plan = self._plan(keys, rows, k, task, pinned=pinned)
         # one plan for all blocks, issued plane by plane: plane 0 (a caller's first layer) lands
         # first, then plane 1, ..., so a caller can compute layer l while later layers copy
-        for j, part in enumerate(self._submit_planes(views, plan, False)):
+        for j, part in enumerate(self._submit_planes(views, plan, False, task, keys)):
             task.planes[j].append(part)
             task.add(part)
         self._track_read(task, pinned)
@@ -215,7 +226,8 @@ class SlotPoolTier(Tier):
                     last: bool = False) -> list:
         if br.store is not self:
             raise ValueError("read_planes needs a BlockRead from this store's open_blocks")
-        parts = self._submit_planes(self._plane_views(planes, offset, br.k, br.max_row), br.plan, False)
+        parts = self._submit_planes(self._plane_views(planes, offset, br.k, br.max_row), br.plan, False,
+                                    br.task, br.block_ids)
         for part in parts:
             br.task.add(part)
         if last:
@@ -235,7 +247,7 @@ class SlotPoolTier(Tier):
             raise ValueError("write_planes needs a BlockWrite from this store's reserve_blocks")
         views = self._plane_views(planes, offset, bw.k, bw.max_row)
         for plan in bw.plans:
-            for part in self._submit_planes(views, plan, True):
+            for part in self._submit_planes(views, plan, True, bw.task, bw.block_ids):
                 bw.task.add(part)
 
     # ---- whole blocks (chain) ---------------------------------------------------------------
@@ -282,7 +294,7 @@ class SlotPoolTier(Tier):
               pinned: Optional[dict] = None) -> RowPlan:
         """One row plan for a whole block-API call: the slots written (given out under the lock,
         evicting as needed) or read (pinned against eviction until the task is done)."""
-        picked, last = [], len(keys) - 1
+        picked, last, taken = [], len(keys) - 1, 0
         for idx, demoted in self._chunks(len(keys), max(16, CHUNK_BYTES // self.block_size)):
             chunk, fresh = [], []
             for i in idx:
@@ -302,7 +314,33 @@ class SlotPoolTier(Tier):
             for blk, slot in zip(fresh, sorted(b.slot for b in fresh)):
                 blk.slot = slot
             picked += [(blk.slot, row) for blk, row in chunk]
+            taken += len(fresh)
+        if write and self.demote_to is not None and self._ahead_max:
+            self._ahead = min(self._ahead_max, taken)
+            self._demote_ahead()
         return RowPlan([s for s, _ in picked], [r for _, r in picked], k)
+
+    def _demote_ahead(self) -> None:
+        """Evict until ``_ahead`` slots are free or draining; each victim's slot goes to the tier
+        below as it is (no copy) and comes back free once written (``_drained``)."""
+        out = []
+        with self._lock:
+            while len(self._free) + self._draining < self._ahead:
+                victim = self.eviction.evict(self._reading)
+                if victim is None:
+                    break
+                out.append((victim, self._blocks.pop(victim).slot))
+                self.counters["evictions"] += 1
+                self._draining += 1
+        for key, slot in out:
+            if self.demote_to.write_block(key, self.pool[:, slot], release=lambda _, s=slot: self._drained(s)):
+                self.counters["demoted"] += 1
+                self.counters["demoted_ahead"] += 1
+
+    def _drained(self, slot: int) -> None:
+        with self._lock:
+            self._draining -= 1
+            self._free.append(slot)
 
     def _writable(self, key: bytes, task: Task, demoted: list) -> Optional[_Block]:
         """The block a dump writes ``key`` into, or None (skipped or refused). Caller holds the lock."""
@@ -454,13 +492,15 @@ class SlotPoolTier(Tier):
         keys, k, max_row = self._check_rows(block_ids, rows)
         return keys, self._plane_views(planes, offset, k, max_row), k
 
-    def _submit_planes(self, views: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list:
+    def _submit_planes(self, views: list[PlaneCopy], plan: RowPlan, to_pool: bool, task: Task,
+                       keys: list[bytes]) -> list:
         if not len(plan):
             return []
         if self._cuda_dump is not None and views[0].user.is_cuda:
             return (self._cuda_dump if to_pool else self._cuda_load).submit(views, plan, to_pool)
         engine = self._dumps if to_pool else self._loads  # one job per plane: each completes on its own
-        return [engine.run(copy_planes_cpu, [v], plan, to_pool) for v in views]
+        fail = lambda exc: [task.fail(k, IO_ERROR) for k in keys]  # noqa: E731 (a copy failed: every block of the call)
+        return [engine.run(copy_planes_cpu, [v], plan, to_pool, on_error=fail) for v in views]
 
     def _submit_pieces(self, task: Task, pieces: list, to_pool: bool, keys: list[bytes]) -> None:
         """Copy (slot, offset, tensor) pieces: same-shaped pieces of one tensor storage as plane copies,
@@ -482,7 +522,7 @@ class SlotPoolTier(Tier):
                 user = torch.empty(0, dtype=torch.uint8, device=device).set_(storage, 0, (storage.nbytes() // n, n))
                 view = PlaneCopy(user, *self._plane_view(off, n))
                 plan = RowPlan([s for s, _, _ in items], [r for _, r, _ in items])
-                for part in self._submit_planes([view], plan, to_pool):
+                for part in self._submit_planes([view], plan, to_pool, task, keys):
                     task.add(part)
                 continue
             for slot, off_or_row, t in items:

@@ -42,6 +42,10 @@ class StoreSettings:
     eviction: PolicySettings = field(default_factory=PolicySettings)
     admission: PolicySettings = field(default_factory=lambda: PolicySettings("always"))
     timeout_s: float = 60.0  # the longest wait() blocks
+    # with a tier below: up to this fraction of a memory tier's slots is kept free ahead of dumps (as
+    # many as the last dump took), its blocks moved down in the background, so a dump into a full
+    # tier does not copy its victims out on the caller's (the model's) thread; 0 turns it off
+    demote_ahead: float = 0.25
 
 
 def parse(cls, data: Any, path: str = ""):
@@ -121,6 +125,9 @@ def validate(s: StoreSettings) -> StoreSettings:
         raise ValueError(f"config key 'planes' = {s.planes} must be >= 1 and divide kv_block_size = {s.kv_block_size}")
     if s.timeout_s <= 0:
         raise ValueError(f"config key 'timeout_s' must be > 0, got {s.timeout_s}")
+    if not 0 <= s.demote_ahead < 1:
+        raise ValueError(f"config key 'demote_ahead' must be a fraction of the tier's slots in [0, 1), "
+                         f"got {s.demote_ahead}: 0 turns it off")
     return s
 
 
