@@ -36,6 +36,9 @@ class UcmConnectorMetadata(KVConnectorMetadata):
     # reports each in finished_sending once its dumps are done
     delayed: list[str] = field(default_factory=list)
     seq: int = 0  # this step's number (the scheduler counts build_connector_meta calls from 1)
+    # the step's layer-wise loads outlast its compute (a full or nearly full hit): the worker launches
+    # every layer's copies before the forward instead of a few layers ahead of the model
+    upfront: bool = False
 
     def is_empty(self) -> bool:
         return not self.loads and not self.dumps and not self.preempted and not self.delayed

@@ -10,8 +10,10 @@ One stored block = one vLLM block of one TP rank: every layer's K and V, layer a
   layers up to LOOKAHEAD ahead (two a layer until then) and makes the model wait for that layer
   only (on CUDA the compute stream waits for the layer's copy event: no CPU stall), so later
   layers copy while layer l computes, and the forward's first kernel does not wait for the CPU
-  to launch every layer's copies. Pinned blocks cannot miss; should a copy fail anyway, its
-  blocks are reported through ``get_block_ids_with_load_errors``.
+  to launch every layer's copies. A load-bound step (``meta.upfront``: e.g. a 100 % hit, one block to
+  compute) launches every layer's copies up front instead: there the link, not the compute, sets
+  the pace. Pinned blocks cannot miss; should a copy fail anyway, its blocks are reported through
+  ``get_block_ids_with_load_errors``.
 - Other loads run between steps (vLLM's asynchronous load path): ``start_load_kv`` submits them
   and returns; ``get_finished`` reports the requests whose loads are done, while other requests
   keep computing. A failed block is reported through ``get_block_ids_with_load_errors`` in that
@@ -260,9 +262,9 @@ class UcmWorker:
             self.stats.add(loaded_blocks=len(where), loaded_bytes=len(where) * self.block_bytes,
                            layerwise_blocks=len(where) if spec.layerwise else 0)
         if batch:
-            self._start_layer_loads(batch)
+            self._start_layer_loads(batch, upfront=meta.upfront)
 
-    def _start_layer_loads(self, specs: list) -> None:
+    def _start_layer_loads(self, specs: list, upfront: bool = False) -> None:
         """One load for every layer-wise request of the step: its plan issues layer 0 of all of them,
         then layer 1, ... (the step's attention of layer l needs layer l of every request; one call
         per request would queue request 2's layer 0 behind all of request 1's layers)."""
@@ -279,9 +281,12 @@ class UcmWorker:
         br = self.store.open_blocks(keys, rows)
         if br.plan is not None:
             # layer 0 now, the others as the model reaches them (_lookahead): launching all 28 up
-            # front kept the forward's first kernel waiting for the CPU (~3 ms at 16k, ~20 ms at 4 x 16k)
+            # front kept the forward's first kernel waiting for the CPU (~3 ms at 16k, ~20 ms at 4 x 16k),
+            # which costs a step that has tokens to compute
             ld = _LayerLoad(name, br.task, where, [], t0, planes=[[] for _ in self._planes], read=br)
-            self._issue_layers(ld, 1)
+            # a load-bound step (meta.upfront: little to compute) launches every layer now: the
+            # link then runs at its rate from the start, instead of at the pace of the forward's CPU
+            self._issue_layers(ld, len(self._layer_order) if upfront else 1)
         else:  # a store without a per-layer read: every layer now
             task = self.store.load_blocks(keys, self._planes, rows)
             ld = _LayerLoad(name, task, where, [], t0, planes=getattr(task, "planes", None))

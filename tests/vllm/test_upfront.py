@@ -1,0 +1,74 @@
+"""Load-bound steps (e.g. a 100 % hit: one block to compute) launch every layer's copies before the
+forward; steps with tokens to compute launch them as the model reaches each layer."""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from ucm.integration.vllm import worker as worker_mod
+from ucm.integration.vllm.keys import KeyMaker
+from ucm.integration.vllm.metadata import LoadSpec, UcmConnectorMetadata
+from ucm.integration.vllm.scheduler import UPFRONT_RATIO, UcmScheduler
+from ucm.integration.vllm.worker import UcmWorker
+from ucm.tiers import create_store
+
+from tests.vllm.test_worker_loads import BLOCKS, LAYERS, ROW, kv_caches
+
+
+def _output(step_tokens: int):
+    cached = types.SimpleNamespace(req_ids=[], new_block_ids=[], num_computed_tokens=[], resumed_req_ids=set())
+    return types.SimpleNamespace(scheduled_new_reqs=[], scheduled_cached_reqs=cached,
+                                 num_scheduled_tokens={"r": step_tokens}, total_num_scheduled_tokens=step_tokens)
+
+
+@pytest.mark.parametrize("blocks, step_tokens, upfront", [
+    (1000, 16, True),     # 16k tokens fully hit: one block to compute
+    (800, 3200, False),   # an 80 % hit: 4 tokens loaded per token computed, layer by layer
+    (64, 64, True),       # 1024 tokens loaded for 64 computed: exactly the ratio
+    (63, 64, False),
+])
+def test_the_scheduler_marks_load_bound_steps(blocks, step_tokens, upfront):
+    assert UPFRONT_RATIO == 16  # the cases above are written for it
+    sched = UcmScheduler(None, KeyMaker(b"root", 16, 1), 16, layerwise=True)
+    sched.pending_loads["r"] = LoadSpec("r", [b"h"] * blocks, list(range(blocks)), layerwise=True)
+    assert sched.build_connector_meta(_output(step_tokens)).upfront is upfront
+
+
+def test_loads_between_steps_never_mark_a_step_upfront():
+    sched = UcmScheduler(None, KeyMaker(b"root", 16, 1), 16, layerwise=False)
+    sched.pending_loads["r"] = LoadSpec("r", [b"h"] * 1000, list(range(1000)), layerwise=False)
+    assert sched.build_connector_meta(_output(16)).upfront is False
+
+
+@pytest.mark.parametrize("upfront", [True, False])
+def test_an_upfront_step_launches_every_layer_before_the_forward(upfront, monkeypatch):
+    whole = LAYERS * 2 * ROW
+    store = create_store("UcmDramStore", {"kv_block_size": whole, "max_cache_size": 64 * whole, "planes": LAYERS})
+    keys = KeyMaker(b"root", 16, 1)
+    src = kv_caches(2)
+    stored = [f"u{i}".encode() for i in range(4)]
+    store.wait(store.dump_blocks([keys.rank_key(h, 0) for h in stored],
+                                 [p for kv in src.values() for p in (kv[0], kv[1])], list(range(4))))
+    store.commit([keys.rank_key(h, 0) for h in stored])
+    dst = {name: torch.zeros_like(kv) for name, kv in src.items()}
+    worker = UcmWorker(store, keys, 0, BLOCKS, whole)
+    worker.register_kv_caches(dst)
+    layers_read = []
+    real_read = store.read_planes
+    store.read_planes = lambda br, planes, **k: layers_read.append(k["offset"]) or real_read(br, planes, **k)
+    monkeypatch.setattr(worker_mod, "LOOKAHEAD", 1)
+    spec = LoadSpec("a", stored, [5, 6, 7, 8], layerwise=True)
+    assert store.pin([keys.rank_key(h, 0) for h in stored], "a")
+    worker.start_load_kv(UcmConnectorMetadata(loads=[spec], seq=1, upfront=upfront))
+    assert len(layers_read) == (LAYERS if upfront else 1)
+    for name in dst:
+        worker.wait_for_layer_load(name)
+    assert layers_read == [i * 2 * ROW for i in range(LAYERS)], "each layer once, in model order"
+    worker.finish_layer_loads()
+    assert worker.get_block_ids_with_load_errors() == set() and not store._reading
+    for name in dst:
+        for row, src_row in zip([5, 6, 7, 8], range(4)):
+            assert torch.equal(dst[name][:, row], src[name][:, src_row])
+    store.close()
