@@ -115,8 +115,14 @@ def test_transfer_configs():
     assert n["kv_connector"] == "OffloadingConnector" and n["kv_connector_extra_config"] == {"cpu_bytes_to_use": 123}
     lru = tr.transfer_config("ucm_lru", 456, "chainlfu")["kv_connector_extra_config"]
     best = tr.transfer_config("ucm_best", 456, "arc")["kv_connector_extra_config"]
-    assert lru == {"ucm_config": "dram", "ucm_overrides": ["eviction=lru", "store.max_cache_size=456"]}
+    assert lru == {"ucm_config": "dram", "ucm_overrides": ["eviction=lru", "admission=always", "store.max_cache_size=456"]}
     assert best["ucm_overrides"][0] == "eviction=arc"
+    reuse = tr.transfer_config("ucm_lru", 1 << 20, "arc", "reuse")["kv_connector_extra_config"]
+    assert "admission=reuse" in reuse["ucm_overrides"]
+    from ucm.config import load_config  # the overrides are ones the connector's Hydra config accepts
+
+    cfg = load_config(reuse["ucm_overrides"] + ["store.kv_block_size=4096"], store=reuse["ucm_config"])
+    assert cfg.store.admission.name == "reuse" and cfg.store.max_cache_size == 1 << 20
 
 
 def _part(d, mode, summary=None, error=None):
