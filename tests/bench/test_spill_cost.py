@@ -15,3 +15,8 @@ def test_a_full_dram_spills_every_evicted_block(tmp_path):
     assert r["dram"]["evictions"] == r["dram"]["demoted"] == r["disk"]["written"] == r["disk"]["blocks"] == 16
     assert r["dram"]["demoted_ahead"] > 0 and r["dram"]["used_slots"] == 4
     assert r["reserve_ms"] > 0 and r["dump_call_ms"] >= r["reserve_ms"]
+
+
+def test_disk_hits_come_back_exactly_through_the_dram(tmp_path):
+    r = spill_cost.disk_hits(layers=2, layer_kib=1, slots=8, blocks=4, path=str(tmp_path / "h"))
+    assert r["blocks"] == 4 and r["load_ms"] > 0 and r["dram"]["filled"] == 4

@@ -253,3 +253,20 @@ def test_an_error_while_loading_from_below_fails_the_blocks_never_reports_ok(cha
     assert chain.wait(task) != OK and b"e1" in task.failed
     monkeypatch.undo()
     assert torch.equal(get(chain, "e0")[1], data["e0"])
+
+
+def test_a_disk_hit_is_read_straight_into_a_dram_slot(tmp_path):
+    """A block found on disk is promoted by reading its file into a fresh DRAM slot (no temporary
+    block, no second copy), then loaded from there with the rest of the call."""
+    with _spill_chain(tmp_path, slots=4, ahead=0.0) as store:
+        layers = _layers(8)
+        want = _dump_rows(store, "d", range(8), layers)  # d0..d3 end on disk
+        store.flush()
+        on_disk = [k for k in want if not store.head.holds(k.encode())]
+        assert len(on_disk) == 4
+        out = [torch.zeros_like(p) for p in layers]
+        rows = [int(k[1:]) for k in on_disk]
+        assert store.wait(store.load_blocks(on_disk, out, rows)) == OK
+        assert store.head.counters["filled"] == 4 and store.counters["promoted"] == 4
+        for k, row in zip(on_disk, rows):
+            assert torch.equal(torch.cat([o[row] for o in out]), want[k]), k

@@ -2,6 +2,7 @@
 import os
 import stat
 
+import pytest
 import torch
 
 from ucm.tiers import NOT_FOUND, OK
@@ -96,3 +97,46 @@ def test_restart_with_a_smaller_cap_evicts_down_to_it(disk_dir):
     with DiskTier(small) as second:
         assert second.stats()["blocks"] <= 3
         assert len(_files(disk_dir)) == second.stats()["blocks"]
+
+
+def _views(parts=4):
+    return [torch.zeros(BLOCK // parts, dtype=torch.uint8) for _ in range(parts)]
+
+
+def test_read_into_fills_the_callers_views_exactly(disk_tier):
+    data = put(disk_tier, ["r"])["r"]
+    views = _views()
+    assert disk_tier.read_into(b"r", views) is True
+    assert torch.equal(torch.cat(views), data)
+    assert disk_tier.read_into(b"absent", _views()) is False
+    with pytest.raises(ValueError, match="kv_block_size"):
+        disk_tier.read_into(b"r", _views()[:3])
+
+
+def test_read_into_of_a_corrupt_or_overlong_file_is_a_miss(disk_tier, disk_dir):
+    put(disk_tier, ["a", "b"])
+    fa, fb = (disk_dir / (disk_tier.file_of(k).rsplit("/", 1)[1]) for k in (b"a", b"b"))
+    raw = bytearray(fa.read_bytes())
+    raw[-1] ^= 0xFF
+    fa.write_bytes(bytes(raw))
+    fb.write_bytes(fb.read_bytes() + b"x")
+    for key in (b"a", b"b"):
+        views = _views()
+        assert disk_tier.read_into(key, views) is False
+        assert disk_tier.lookup([key.decode()]) == [False]
+    assert _files(disk_dir) == []
+
+
+def test_read_into_of_a_block_whose_file_is_pending_copies_its_bytes(disk_tier):
+    """A demoted block is hittable before its file lands (``write_block`` in the background)."""
+    data = rand_block(seed=5)
+    strided = data.view(4, BLOCK // 4).t().contiguous().t()  # same bytes in order, not contiguous
+    assert not strided.is_contiguous() and torch.equal(strided.reshape(-1), data)
+    disk_tier._writer.run(lambda: __import__("time").sleep(0.3))  # hold the writer
+    released = []
+    assert disk_tier.write_block(b"p", strided, release=released.append)
+    assert b"p" in disk_tier._writing
+    views = _views()
+    assert disk_tier.read_into(b"p", views) and torch.equal(torch.cat(views), data)
+    disk_tier.flush()
+    assert released and disk_tier.read_into(b"p", views) and torch.equal(torch.cat(views), data)

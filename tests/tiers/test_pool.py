@@ -168,3 +168,54 @@ def test_dumps_into_a_full_pool_do_not_poll_loads_per_block():
         pending.finished = True  # done, never waited for: the next dump that needs it evicts it
         put(tier, ["last0", "last1"])
         assert tier.lookup(["last0", "last1"]) == [True, True]
+
+
+def test_fill_block_takes_a_block_in_straight_into_its_slot(dram_tier):
+    data = rand_block(seed=7)
+    seen = []
+
+    def fill(views):
+        seen.append(len(views))  # the slot's planes
+        at = 0
+        for v in views:
+            v.copy_(data[at:at + v.numel()])
+            at += v.numel()
+        return True
+
+    assert dram_tier.fill_block(b"f", fill) is True and seen == [dram_tier.planes]
+    assert dram_tier.holds(b"f") and dram_tier.counters["filled"] == 1
+    assert torch.equal(get(dram_tier, "f")[1], data)
+    assert dram_tier.fill_block(b"f", lambda v: pytest.fail("held already: not filled again")) is True
+
+
+@pytest.mark.parametrize("outcome", ["false", "raise"])
+def test_a_failed_fill_leaves_nothing_behind(dram_tier, outcome):
+    def fill(views):
+        for v in views:
+            v.fill_(9)
+        if outcome == "raise":
+            raise OSError("disk gone")
+        return False
+
+    free = len(dram_tier._free)
+    assert dram_tier.fill_block(b"g", fill) is False
+    assert not dram_tier.holds(b"g") and b"g" not in dram_tier._blocks and len(dram_tier._free) == free
+
+
+def test_a_dump_of_the_same_id_during_a_fill_settles_it_at_its_commit(dram_tier):
+    data = rand_block(seed=8)
+
+    def fill(views):  # meanwhile a dump of the same id (same content: ids are content hashes)
+        task = dram_tier.dump(["d"], [0], [data])
+        at = 0
+        for v in views:
+            v.copy_(data[at:at + v.numel()])
+            at += v.numel()
+        fill.task = task
+        return True
+
+    assert dram_tier.fill_block(b"d", fill) is False  # not settled by the fill
+    assert not dram_tier.holds(b"d")
+    assert dram_tier.wait(fill.task) == OK
+    dram_tier.commit(["d"])
+    assert dram_tier.holds(b"d") and torch.equal(get(dram_tier, "d")[1], data)

@@ -97,16 +97,28 @@ class DiskTier(Tier):
 
     def _read_file(self, key: bytes) -> Optional[torch.Tensor]:
         """The block's bytes, or None (logged and removed) if the file is missing or corrupt."""
+        data = torch.empty(self.block_size, dtype=torch.uint8)
+        return data if self._read_file_into(key, [data]) else None
+
+    def _read_file_into(self, key: bytes, views: list[torch.Tensor]) -> bool:
+        """The block's bytes into ``views`` (CPU byte tensors, in order, ``block_size`` bytes in all);
+        False (logged, the file forgotten) if it is missing or corrupt. One ``preadv`` fills them all:
+        a promotion reads straight into the pool's slot, without a temporary block (whose fresh pages
+        cost as much as the read, measured on the CPU)."""
+        bufs = [memoryview(v.numpy()) for v in views]
         try:
             with open(self.file_of(key), "rb") as f:
                 _, crc = self._read_header(f, key)
-                data = torch.empty(self.block_size, dtype=torch.uint8)
-                buf = data.numpy()
-                if f.readinto(memoryview(buf)) != self.block_size or f.read(1):
+                got = os.preadv(f.fileno(), bufs, f.tell()) if hasattr(os, "preadv") else \
+                    sum(f.readinto(b) for b in bufs)
+                if got != self.block_size or os.fstat(f.fileno()).st_size != self._file_bytes(key):
                     raise ValueError("truncated or overlong data")
-            if zlib.crc32(buf, zlib.crc32(key)) != crc:
+            check = zlib.crc32(key)
+            for b in bufs:
+                check = zlib.crc32(b, check)
+            if check != crc:
                 raise ValueError("checksum mismatch")
-            return data
+            return True
         except (OSError, ValueError) as exc:
             log.warning("ucm: disk block %s unreadable (%s): treated as a miss", key[:16].hex(), exc)
             self.counters["corrupt"] += 1
@@ -114,7 +126,7 @@ class DiskTier(Tier):
                 if key in self._files:
                     self._forget(key)
                     self.eviction.remove(key)
-            return None
+            return False
 
     def _scan(self) -> None:
         """Warm restart: index the committed blocks already in the directory, oldest first."""
@@ -275,6 +287,26 @@ class DiskTier(Tier):
             if pending is not None:  # a copy: the tier above may reuse the buffer once written
                 return pending.clone().reshape(-1)  # (a slot of the tier above may be a strided view)
         return self._read_file(key)
+
+    def read_into(self, key: bytes, views: list[torch.Tensor]) -> bool:
+        """``read_block`` into the caller's ``views`` (CPU byte tensors, ``block_size`` bytes in all,
+        e.g. the planes of a slot of the tier above); False if absent or unreadable."""
+        if sum(v.numel() * v.element_size() for v in views) != self.block_size:
+            raise ValueError(f"views must hold kv_block_size = {self.block_size} bytes in all")
+        with self._lock:
+            if not self._committed(key):
+                return False
+            self.eviction.touch(key)
+            self.counters["loaded_blocks"] += 1
+            pending = self._writing.get(key)
+            if pending is not None:  # copied under the lock: the writer releases it only after
+                flat, at = as_bytes(pending), 0
+                for v in views:
+                    n = v.numel() * v.element_size()
+                    as_bytes(v).copy_(flat[at:at + n])
+                    at += n
+                return True
+        return self._read_file_into(key, views)
 
     def write_block(self, key: bytes, data: torch.Tensor, release=None) -> bool:
         """A block demoted from the tier above: admitted and hittable at once, its file written on

@@ -48,6 +48,22 @@ MIN_GROUP = 8
 CHUNK_BYTES = 256 << 20
 
 
+class _Flag:
+    """A completion set by hand (a fill in progress)."""
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+
 @dataclass
 class _Block:
     slot: int
@@ -97,7 +113,7 @@ class SlotPoolTier(Tier):
         self._cuda_dump = CudaPlaneCopier(cuda) if cuda is not None else None
         self._cuda_load = CudaPlaneCopier(cuda, priority=-1) if cuda is not None else None
         self.counters = dict(dumped_blocks=0, loaded_blocks=0, evictions=0, refused=0, demoted=0, skipped=0,
-                             demoted_ahead=0)
+                             demoted_ahead=0, filled=0)
         self._ahead_max = int(self.num_slots * demote_ahead)  # slots kept free at most (module docstring)
         self._ahead = 0  # slots to keep free now: what the last dump took, capped
         self._draining = 0  # victims' slots the tier below still writes out
@@ -258,6 +274,50 @@ class SlotPoolTier(Tier):
                 return None
             self.eviction.touch(key)
             return self.pool[:, blk.slot].to("cpu", copy=True).reshape(-1)
+
+    def fill_block(self, key: bytes, fill) -> bool:
+        """Take in a committed block from elsewhere (a promotion from the tier below) by letting
+        ``fill(views)`` write its bytes straight into a fresh slot (``views``: the slot's planes, CPU
+        byte tensors in order); ``fill`` returns whether the bytes are good. True once the block is
+        held and committed here; False if it is refused (admission, nothing evictable), being
+        written by someone else, or ``fill`` failed. While filled, the block is a write in flight
+        (invisible, never evicted; a dump of the same id waits for it at commit)."""
+        if self.device.type != "cpu":
+            return False  # a device pool: the caller copies (write_block)
+        demoted = []
+        with self._lock:
+            blk = self._blocks.get(key)
+            if blk is not None:
+                if blk.committed:
+                    self.eviction.touch(key)
+                return blk.committed
+            blk = self._new_block(key, demoted)
+            if blk is not None:
+                flag = _Flag()
+                task = Task("fill")
+                task.add(flag)
+                blk.writers.append(task)
+        self._demote(demoted)
+        if blk is None:
+            return False
+        ok = False
+        try:
+            ok = bool(fill([self.pool[p, blk.slot] for p in range(self.planes)]))
+        except Exception as exc:  # e.g. an I/O error of the tier below: a miss, never wrong bytes
+            log.error("ucm: %s: filling block %s failed: %s", self.name, key[:16].hex(), exc)
+        with self._lock:
+            if not ok:
+                task.fail(key, IO_ERROR)
+            flag.set()
+            if self._blocks.get(key) is not blk or blk.committed or blk.writers != [task]:
+                return False  # a dump writes it too: its commit settles the block
+            if not ok:
+                self._drop(key)
+                return False
+            blk.committed, blk.writers = True, []
+            self.eviction.insert(key)
+            self.counters["filled"] += 1
+        return True
 
     def write_block(self, key: bytes, data: torch.Tensor, release=None) -> bool:
         demoted = []
