@@ -161,24 +161,28 @@ class TierChain(Store):
     def _promote(self, key: bytes):
         """Bring ``key`` into the head: True if the head holds it afterwards (read from below straight
         into a head slot where both tiers can, else through a copy), else (tier, bytes) read from
-        wherever it is now (to be copied to the caller directly), or (None, None) if none has it."""
+        wherever it is now (to be copied to the caller directly), or (None, None) if none has it.
+        Runs on the reader threads."""
         if self.head.holds(key):
             return True
+        fill = getattr(self.head, "fill_block", None)
         for tier in self.tiers[1:]:
             read_into = getattr(tier, "read_into", None)
-            if read_into is not None and tier.holds(key) and \
-                    self.head.fill_block(key, lambda views, t=tier: t.read_into(key, views)):
-                self.counters["lower_hits"] += 1
-                self.counters["promoted"] += 1
+            if fill is not None and read_into is not None and tier.holds(key) and \
+                    fill(key, lambda views, r=read_into: r(key, views)):
+                self._count(promoted=1, lower_hits=1)
                 return True
         tier, data = self._read_any(key)
         if data is None or tier is self.head:
             return (tier, data) if data is None else True
-        self.counters["lower_hits"] += 1
-        if self.head.write_block(key, data):
-            self.counters["promoted"] += 1
-            return True
-        return tier, data
+        promoted = self.head.write_block(key, data)
+        self._count(promoted=int(promoted), lower_hits=1)
+        return True if promoted else (tier, data)
+
+    def _count(self, **deltas) -> None:
+        with self._lock:  # several reader threads
+            for k, v in deltas.items():
+                self.counters[k] += v
 
     def _load_lower_blocks(self, task: Task, keys: list[bytes], planes, rows, offset: int) -> None:
         """Blocks below the head: promoted into the head in parallel (file reads and checksums
@@ -268,9 +272,8 @@ class TierChain(Store):
             if data is None:
                 task.fail(key, NOT_FOUND)
                 continue
-            self.counters["lower_hits"] += tier is not self.head
-            if tier is not self.head and self.head.write_block(key, data):  # promote, subject to admission
-                self.counters["promoted"] += 1
+            promoted = tier is not self.head and self.head.write_block(key, data)  # subject to admission
+            self._count(lower_hits=int(tier is not self.head), promoted=int(promoted))
             try:
                 for i in idx:
                     dst = as_bytes(dst_tensor[i])
