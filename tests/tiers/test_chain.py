@@ -270,3 +270,59 @@ def test_a_disk_hit_is_read_straight_into_a_dram_slot(tmp_path):
         assert store.head.counters["filled"] == 4 and store.counters["promoted"] == 4
         for k, row in zip(on_disk, rows):
             assert torch.equal(torch.cat([o[row] for o in out]), want[k]), k
+
+
+def test_concurrent_disk_hits_and_dumps_never_return_wrong_bytes(tmp_path):
+    """Loads promoting disk blocks into a small DRAM on several threads, while another thread
+    dumps (new ids and ids already stored, same bytes: ids are content hashes): every block a load
+    reports OK holds exactly its bytes."""
+    import random
+    import threading
+
+    width = BLOCK // 2
+
+    def content(bid: str) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(hash(bid) % (1 << 31))
+        return [torch.randint(0, 256, (width,), dtype=torch.uint8, generator=g) for _ in range(2)]
+
+    with _spill_chain(tmp_path, slots=8, ahead=0.25) as store:
+        ids = [f"c{i}" for i in range(32)]
+        for i in range(0, 32, 4):
+            chunk = ids[i:i + 4]
+            planes = [torch.stack([content(b)[p] for b in chunk]) for p in range(2)]
+            assert _write_layer_by_layer(store, chunk, list(range(4)), planes) == OK
+        errors, ok, stop = [], [], threading.Event()
+
+        def loader(seed):
+            rnd = random.Random(seed)
+            for _ in range(40):
+                pick = rnd.sample(ids, 5)
+                out = [torch.zeros(8, width, dtype=torch.uint8) for _ in range(2)]
+                task = store.load_blocks(pick, out, list(range(5)))
+                store.wait(task)
+                for row, bid in enumerate(pick):
+                    if bid.encode() not in task.failed:
+                        ok.append(bid)
+                        want = content(bid)
+                        if not (torch.equal(out[0][row], want[0]) and torch.equal(out[1][row], want[1])):
+                            errors.append(bid)
+
+        def dumper():
+            n = 0
+            while not stop.is_set():
+                chunk = [f"n{n}", f"n{n + 1}", ids[n % 32]]
+                planes = [torch.stack([content(b)[p] for b in chunk]) for p in range(2)]
+                _write_layer_by_layer(store, chunk, [0, 1, 2], planes)
+                n += 2
+
+        threads = [threading.Thread(target=loader, args=(s,)) for s in range(3)]
+        d = threading.Thread(target=dumper)
+        d.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        d.join()
+        assert not errors, errors[:5]
+        assert len(ok) > 300 and store.head.counters["filled"] > 0, (len(ok), store.head.counters)
