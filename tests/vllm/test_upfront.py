@@ -11,10 +11,8 @@ from ucm.integration.vllm import worker as worker_mod
 from ucm.integration.vllm.keys import KeyMaker
 from ucm.integration.vllm.metadata import LoadSpec, UcmConnectorMetadata
 from ucm.integration.vllm.scheduler import UPFRONT_RATIO, UcmScheduler
-from ucm.integration.vllm.worker import UcmWorker
-from ucm.tiers import create_store
 
-from tests.vllm.test_worker_loads import BLOCKS, LAYERS, ROW, kv_caches
+from tests.vllm.test_worker_loads import LAYERS, ROW, stored_and_worker
 
 
 def _output(step_tokens: int):
@@ -44,17 +42,8 @@ def test_loads_between_steps_never_mark_a_step_upfront():
 
 @pytest.mark.parametrize("upfront", [True, False])
 def test_an_upfront_step_launches_every_layer_before_the_forward(upfront, monkeypatch):
-    whole = LAYERS * 2 * ROW
-    store = create_store("UcmDramStore", {"kv_block_size": whole, "max_cache_size": 64 * whole, "planes": LAYERS})
-    keys = KeyMaker(b"root", 16, 1)
-    src = kv_caches(2)
     stored = [f"u{i}".encode() for i in range(4)]
-    store.wait(store.dump_blocks([keys.rank_key(h, 0) for h in stored],
-                                 [p for kv in src.values() for p in (kv[0], kv[1])], list(range(4))))
-    store.commit([keys.rank_key(h, 0) for h in stored])
-    dst = {name: torch.zeros_like(kv) for name, kv in src.items()}
-    worker = UcmWorker(store, keys, 0, BLOCKS, whole)
-    worker.register_kv_caches(dst)
+    store, keys, src, dst, worker = stored_and_worker(2, stored)
     layers_read = []
     real_read = store.read_planes
     store.read_planes = lambda br, planes, **k: layers_read.append(k["offset"]) or real_read(br, planes, **k)

@@ -19,19 +19,25 @@ def kv_caches(seed: int) -> dict[str, torch.Tensor]:
             for i in range(LAYERS)}
 
 
-def test_layerwise_loads_of_a_step_are_one_store_call_in_layer_order(monkeypatch):
+def stored_and_worker(seed: int, stored: list[bytes]):
+    """A DRAM store holding ``stored[i]`` = block i of a random source KV cache, and a worker over an
+    empty KV cache of the same shape: (store, keys, src, dst, worker)."""
     whole = LAYERS * 2 * ROW
     store = create_store("UcmDramStore", {"kv_block_size": whole, "max_cache_size": 64 * whole, "planes": LAYERS})
     keys = KeyMaker(b"root", 16, 1)
-    src = kv_caches(1)
-    stored = [f"h{i}".encode() for i in range(6)]  # blocks 0..5 of the source hold h0..h5
+    src = kv_caches(seed)
     store.wait(store.dump_blocks([keys.rank_key(h, 0) for h in stored],
-                                 [p for kv in src.values() for p in (kv[0], kv[1])], list(range(6))))
+                                 [p for kv in src.values() for p in (kv[0], kv[1])], list(range(len(stored)))))
     store.commit([keys.rank_key(h, 0) for h in stored])
-
     dst = {name: torch.zeros_like(kv) for name, kv in src.items()}
     worker = UcmWorker(store, keys, 0, BLOCKS, whole)
     worker.register_kv_caches(dst)
+    return store, keys, src, dst, worker
+
+
+def test_layerwise_loads_of_a_step_are_one_store_call_in_layer_order(monkeypatch):
+    stored = [f"h{i}".encode() for i in range(6)]  # blocks 0..5 of the source hold h0..h5
+    store, keys, src, dst, worker = stored_and_worker(1, stored)
     calls, layers_read = [], []
     real_open, real_read = store.open_blocks, store.read_planes
     store.open_blocks = lambda *a, **k: calls.append(a[0]) or real_open(*a, **k)

@@ -275,6 +275,15 @@ class SlotPoolTier(Tier):
             self.eviction.touch(key)
             return self.pool[:, blk.slot].to("cpu", copy=True).reshape(-1)
 
+    def _held(self, key: bytes) -> Optional[bool]:
+        """Lock held: None if ``key`` has no slot here, else whether it is committed (then touched)."""
+        blk = self._blocks.get(key)
+        if blk is None:
+            return None
+        if blk.committed:
+            self.eviction.touch(key)
+        return blk.committed
+
     def fill_block(self, key: bytes, fill) -> bool:
         """Take in a committed block from elsewhere (a promotion from the tier below) by letting
         ``fill(views)`` write its bytes straight into a fresh slot (``views``: the slot's planes, CPU
@@ -286,11 +295,9 @@ class SlotPoolTier(Tier):
             return False  # a device pool: the caller copies (write_block)
         demoted = []
         with self._lock:
-            blk = self._blocks.get(key)
-            if blk is not None:
-                if blk.committed:
-                    self.eviction.touch(key)
-                return blk.committed
+            held = self._held(key)
+            if held is not None:
+                return held
             blk = self._new_block(key, demoted)
             if blk is not None:
                 flag = _Flag()
@@ -323,11 +330,9 @@ class SlotPoolTier(Tier):
         demoted = []
         try:
             with self._lock:
-                blk = self._blocks.get(key)
-                if blk is not None:
-                    if blk.committed:
-                        self.eviction.touch(key)
-                    return blk.committed
+                held = self._held(key)
+                if held is not None:
+                    return held
                 blk = self._new_block(key, demoted)
                 if blk is None:
                     return False
