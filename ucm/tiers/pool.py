@@ -348,7 +348,7 @@ class SlotPoolTier(Tier):
     def stats(self) -> dict:
         with self._lock:
             return dict(self.counters, tier=self.name, slots=self.num_slots, used_slots=len(self._blocks),
-                        committed=len(self.eviction), pool_bytes=self.pool.numel())
+                        draining_slots=self._draining, committed=len(self.eviction), pool_bytes=self.pool.numel())
 
     def close(self) -> None:
         self._dumps.close()
