@@ -474,32 +474,59 @@ class Bench:
     def decode_cell(self) -> dict:
         """Decode speed with stores running (ucm dumps every block that fills) or without a connector:
         B fresh prompts decoded together; tokens/s counted from the step where every request has its
-        first token to the last one (prefill excluded)."""
+        first token to the last one (prefill excluded). In mode ucm the repetitions alternate
+        (A B B A ...) between storing and not storing (the requests' ``kv_transfer_params``
+        ``{"ucm_store": false}``) in this one engine: their ratio, pair by pair, is free of the
+        engine-to-engine spread (+-15-20 % between runs, 2026-11-28)."""
+        a = self.a
+        n = a.decode_reps or a.reps
+        if self.mode != "ucm":
+            reps = [self._decode_rep(None) for _ in range(n)]
+            r = self._decode_summary(reps)
+        else:
+            order = [i % 4 in (0, 3) for i in range(2 * n)]  # A B B A: drift hits both alike
+            runs = [(store, self._decode_rep(store)) for store in order]
+            reps = [x for store, x in runs if store]
+            off = [x for store, x in runs if not store]
+            r = self._decode_summary(reps)
+            pairs = [on["tok_s"] / no["tok_s"] for on, no in zip(reps, off)]
+            r.update(no_store_reps=off, no_store_median_tok_s=statistics.median(x["tok_s"] for x in off),
+                     store_vs_no_store=statistics.median(pairs), store_vs_no_store_pairs=pairs)
+        print(f"{self.mode} decode: {r['median_tok_s']:.1f} tok/s (batch {a.decode_batch})"
+              + (f", without storing {r['no_store_median_tok_s']:.1f} (ratio {r['store_vs_no_store']:.3f})"
+                 if "store_vs_no_store" in r else ""), flush=True)
+        return r
+
+    def _decode_rep(self, store) -> dict:
         from vllm import SamplingParams
 
         a, eng = self.a, self.llm.llm_engine
-        sp = SamplingParams(max_tokens=a.decode_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
-        reps = []
-        for _ in range(a.decode_reps or a.reps):
-            self.reset_gpu()
-            self.llm.enqueue([{"prompt_token_ids": p} for p in self.fresh(a.decode_batch, a.decode_len)], sp,
-                             use_tqdm=False)
-            # the offline API returns outputs only when requests finish: read the scheduler's requests
-            reqs, t1, first, steps = self.core.scheduler.requests, None, 0, 0
-            while eng.has_unfinished_requests():
-                eng.step()
-                if t1 is None and len(reqs) == a.decode_batch and all(r.num_output_tokens >= 1 for r in reqs.values()):
-                    t1, first = time.perf_counter(), sum(r.num_output_tokens for r in reqs.values())
-                elif t1 is not None:
-                    steps += 1
-            t2 = time.perf_counter()
-            tokens = a.decode_batch * a.decode_tokens - first
-            reps.append(dict(tokens=tokens, seconds=t2 - t1, tok_s=tokens / (t2 - t1), steps=steps,
-                             ucm=self._counters() or None))
-        r = dict(batch=a.decode_batch, prompt_tokens=a.decode_len, max_tokens=a.decode_tokens, reps=reps,
-                 median_tok_s=statistics.median(x["tok_s"] for x in reps))
-        print(f"{self.mode} decode: {r['median_tok_s']:.1f} tok/s (batch {a.decode_batch})", flush=True)
-        return r
+        extra = None if store is None else {"kv_transfer_params": {"ucm_store": store}}
+        sp = SamplingParams(max_tokens=a.decode_tokens, temperature=0.0, ignore_eos=True, detokenize=False,
+                            extra_args=extra)
+        self.reset_gpu()
+        self.llm.enqueue([{"prompt_token_ids": p} for p in self.fresh(a.decode_batch, a.decode_len)], sp,
+                         use_tqdm=False)
+        # the offline API returns outputs only when requests finish: read the scheduler's requests
+        reqs, t1, first, steps = self.core.scheduler.requests, None, 0, 0
+        before = self._counters() or {}
+        while eng.has_unfinished_requests():
+            eng.step()
+            if t1 is None and len(reqs) == a.decode_batch and all(r.num_output_tokens >= 1 for r in reqs.values()):
+                t1, first = time.perf_counter(), sum(r.num_output_tokens for r in reqs.values())
+            elif t1 is not None:
+                steps += 1
+        t2 = time.perf_counter()
+        tokens = a.decode_batch * a.decode_tokens - first
+        after = self._counters() or None
+        if after and store is not None:  # what this repetition stored (none without storing)
+            after = dict(after, dumped_blocks_rep=after.get("dumped_blocks", 0) - before.get("dumped_blocks", 0))
+        return dict(tokens=tokens, seconds=t2 - t1, tok_s=tokens / (t2 - t1), steps=steps, store=store, ucm=after)
+
+    def _decode_summary(self, reps: list) -> dict:
+        a = self.a
+        return dict(batch=a.decode_batch, prompt_tokens=a.decode_len, max_tokens=a.decode_tokens, reps=reps,
+                    median_tok_s=statistics.median(x["tok_s"] for x in reps))
 
     def run(self) -> dict:
         self.warmup()

@@ -193,11 +193,19 @@ def decode_table(res: dict) -> list:
              f"{any_d['max_tokens']} tokens each; tokens/s after every request's first token, median of reps)", "",
          "| mode | tokens/s | reps | vs no connector |", "|---|---:|---|---:|"]
     base = dec.get("full", {}).get("median_tok_s")
+    ab = []
     for mode, d in dec.items():
-        rel = d["median_tok_s"] / base if base else None
-        L.append(f"| {mode} | {d['median_tok_s']:.1f} | {', '.join(f'{x:.1f}' for x in (r['tok_s'] for r in d['reps']))} "
-                 f"| {'n/a' if rel is None else f'{rel:.3f}'} |")
-    return L
+        rows = [(mode, d["median_tok_s"], d["reps"])]
+        if d.get("no_store_reps"):
+            rows.append((f"{mode}, not storing (same engine)", d["no_store_median_tok_s"], d["no_store_reps"]))
+            ab.append(f"- {mode}: storing / not storing in the same engine, repetitions alternated A B B A: median of "
+                      f"the pairs' ratios **{d['store_vs_no_store']:.3f}** (pairs "
+                      f"{', '.join(f'{x:.3f}' for x in d['store_vs_no_store_pairs'])}; target >= 0.97)")
+        for name, med, reps in rows:
+            rel = med / base if base else None
+            L.append(f"| {name} | {med:.1f} | {', '.join(f'{x:.1f}' for x in (r['tok_s'] for r in reps))} "
+                     f"| {'n/a' if rel is None else f'{rel:.3f}'} |")
+    return L + ([""] + ab if ab else [])
 
 
 def hits_table(res: dict) -> list:

@@ -97,6 +97,11 @@ def test_a_decode_only_run_merges_its_decode_cell_and_keeps_the_grid(parts, tmp_
         part = json.loads(open(path).read())
         part["decode"] = dict(batch=8, prompt_tokens=1024, max_tokens=256, reps=[dict(tok_s=x) for x in tok_s],
                               median_tok_s=sorted(tok_s)[1])
+        if mode == "ucm":  # the same engine without storing, alternated with the above
+            off = [400.0, 400.0, 400.0]
+            part["decode"].update(no_store_reps=[dict(tok_s=x) for x in off], no_store_median_tok_s=400.0,
+                                  store_vs_no_store_pairs=[x / y for x, y in zip(tok_s, off)],
+                                  store_vs_no_store=sorted(x / y for x, y in zip(tok_s, off))[1])
         with open(path, "w") as f:
             json.dump(part, f)
     out.mkdir()
@@ -106,6 +111,8 @@ def test_a_decode_only_run_merges_its_decode_cell_and_keeps_the_grid(parts, tmp_
     assert rows[(8000, 1)]["ucm80_s"] == 0.105 and rows[(8000, 1)]["full_s"] == 1.0
     md = (out / "prefix_ttft_h100_2026-11-28.md").read_text()
     assert "| ucm | 399.0 | 396.0, 401.0, 399.0 | 0.985 |" in md
+    assert "| ucm, not storing (same engine) | 400.0 | 400.0, 400.0, 400.0 | 0.988 |" in md
+    assert "median of the pairs' ratios **0.998**" in md
 
 
 def test_gpu_slug():

@@ -61,3 +61,33 @@ def test_an_upfront_step_launches_every_layer_before_the_forward(upfront, monkey
         for row, src_row in zip([5, 6, 7, 8], range(4)):
             assert torch.equal(dst[name][:, row], src[name][:, src_row])
     store.close()
+
+
+def _request(rid, n_tokens, params=None):
+    return types.SimpleNamespace(request_id=rid, all_token_ids=list(range(100, 100 + n_tokens)), num_tokens=n_tokens,
+                                 block_hashes=[], mm_features=[], lora_request=None, cache_salt=None,
+                                 prompt_embeds=None, kv_transfer_params=params)
+
+
+class _Miss:
+    def lookup(self, per_rank):
+        return [False] * len(per_rank[0])
+
+
+@pytest.mark.parametrize("params, stored", [
+    (None, True), ({}, True), ({"ucm_store": True}, True), ({"ucm_store": False}, False),
+    ({"ucm_store": "no"}, True),  # a bad value is logged, and the request stored as usual
+])
+def test_a_request_can_opt_out_of_being_stored(params, stored, caplog):
+    """``kv_transfer_params={"ucm_store": False}``: its prefix is still looked up, its blocks are not dumped."""
+    sched = UcmScheduler(_Miss(), KeyMaker(b"root", 16, 1), 16, layerwise=True)
+    req = _request("q", 64, params)
+    with caplog.at_level("ERROR", logger="ucm"):
+        assert sched.get_num_new_matched_tokens(req, 0) == (0, False)
+    assert ("'ucm_store' must be true or false" in caplog.text) is (params == {"ucm_store": "no"})
+    new = types.SimpleNamespace(req_id="q", block_ids=([0, 1, 2, 3],), num_computed_tokens=0)
+    out = _output(64)
+    out.scheduled_new_reqs = [new]
+    out.num_scheduled_tokens = {"q": 64}
+    meta = sched.build_connector_meta(out)
+    assert [d.req_id for d in meta.dumps] == (["q"] if stored else [])

@@ -57,6 +57,21 @@ class _ReqState:
     admitted: bool = False  # update_state_after_alloc seen for the last lookup
     layerwise: bool = False  # the last lookup's hit is pinned: it loads in the request's own step
     seen_hit: int = 0  # blocks hit by an earlier lookup of this request (e.g. before a deferral)
+    store: bool = True  # its blocks are stored (``stores_request``)
+
+
+def stores_request(request: Any) -> bool:
+    """Whether ucm stores this request's blocks: yes unless its ``kv_transfer_params`` (vLLM:
+    ``SamplingParams(extra_args={"kv_transfer_params": {"ucm_store": False}})``) opt out, e.g. a
+    private prompt, or a benchmark measuring decode with and without storing in one engine. Its
+    prefix is still looked up and loaded."""
+    params = getattr(request, "kv_transfer_params", None) or {}
+    store = params.get("ucm_store", True) if isinstance(params, dict) else True
+    if not isinstance(store, bool):  # one bad request must not stop the engine: said, and stored
+        log.error("ucm: request %s: kv_transfer_params 'ucm_store' must be true or false, got %r; storing it",
+                  getattr(request, "request_id", "?"), store)
+        return True
+    return store
 
 
 class UcmScheduler:
@@ -83,7 +98,7 @@ class UcmScheduler:
     def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[Optional[int], bool]:
         st = self.reqs.get(request.request_id)
         if st is None or st.keys.request is not request:
-            st = self.reqs[request.request_id] = _ReqState(RequestKeys(request))
+            st = self.reqs[request.request_id] = _ReqState(RequestKeys(request), store=stores_request(request))
         bs = self.block_size
         first = num_computed_tokens // bs
         last = (request.num_tokens - 1) // bs  # full blocks, keeping >= 1 token to compute
@@ -224,6 +239,8 @@ class UcmScheduler:
 
     def _plan_dump(self, meta: UcmConnectorMetadata, req_id: str, st: _ReqState, computed_after: int,
                    planned: set[bytes]) -> None:
+        if not st.store:
+            return
         full = min(computed_after, st.keys.request.num_tokens) // self.block_size
         full = min(full, len(st.block_ids))
         if full <= st.dumped_upto:
