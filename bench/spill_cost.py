@@ -29,6 +29,21 @@ from tqdm import tqdm
 from ucm.tiers import create_store
 
 
+def dump_layer_by_layer(store, ids: list, kv: list, width: int) -> tuple[float, float]:
+    """``ids`` from rows 0.. of ``kv`` (a tensor a layer), as the connector's worker dumps: one
+    reservation, then a write per layer; committed. The caller's seconds of the reservation and of
+    the whole call (reservation + every layer's launch), before the wait."""
+    t0 = time.perf_counter()
+    bw = store.reserve_blocks(ids, list(range(len(ids))))
+    t1 = time.perf_counter()
+    for layer, t in enumerate(kv):
+        store.write_planes(bw, [t], offset=layer * width)
+    t2 = time.perf_counter()
+    assert store.wait(bw.task) == 0
+    store.commit(ids)
+    return t1 - t0, t2 - t0
+
+
 def run(layers: int, layer_kib: int, slots: int, step: int, steps: int, gap_ms: float, demote_ahead: float,
         path: str) -> dict:
     width = layer_kib << 10
@@ -40,22 +55,13 @@ def run(layers: int, layer_kib: int, slots: int, step: int, steps: int, gap_ms: 
     except ValueError:  # a build without the demote_ahead key (an older commit)
         store = create_store("dram_disk", cfg)
     kv = [torch.randint(0, 255, (step, width), dtype=torch.uint8) for _ in range(layers)]
-    rows = list(range(step))
     reserve, whole = [], []
     try:
         for n in tqdm(range(steps), desc=f"gap {gap_ms:g} ms", leave=False):
-            ids = [f"s{n}-{i}" for i in range(step)]
-            t0 = time.perf_counter()
-            bw = store.reserve_blocks(ids, rows)
-            t1 = time.perf_counter()
-            for layer in range(layers):
-                store.write_planes(bw, [kv[layer]], offset=layer * width)
-            t2 = time.perf_counter()
-            assert store.wait(bw.task) == 0
-            store.commit(ids)
+            r, w = dump_layer_by_layer(store, [f"s{n}-{i}" for i in range(step)], kv, width)
             if (n + 1) * step > slots:  # the DRAM is full: this step evicted
-                reserve.append(t1 - t0)
-                whole.append(t2 - t0)
+                reserve.append(r)
+                whole.append(w)
             time.sleep(gap_ms / 1e3)
         store.flush()
         stats = store.stats()
@@ -81,17 +87,10 @@ def disk_hits(layers: int, layer_kib: int, slots: int, blocks: int, path: str) -
                                        "disk": {"path": path, "max_size": 8 * (slots + blocks) * layers * width}})
     kv = [torch.randint(0, 255, (blocks, width), dtype=torch.uint8) for _ in range(layers)]
     try:
-        def dump(prefix):
-            ids = [f"{prefix}-{i}" for i in range(blocks)]
-            bw = store.reserve_blocks(ids, list(range(blocks)))
-            for layer in range(layers):
-                store.write_planes(bw, [kv[layer]], offset=layer * width)
-            assert store.wait(bw.task) == 0
-            store.commit(ids)
-            return ids
-        hits = dump("hit")
+        hits = [f"hit-{i}" for i in range(blocks)]
+        dump_layer_by_layer(store, hits, kv, width)
         for n in range(-(-slots // blocks) + 1):  # push them out of the DRAM
-            dump(f"fill{n}")
+            dump_layer_by_layer(store, [f"fill{n}-{i}" for i in range(blocks)], kv, width)
         store.flush()
         assert not any(store.head.holds(k.encode()) for k in hits)
         out = [torch.zeros_like(t) for t in kv]

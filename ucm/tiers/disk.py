@@ -95,11 +95,6 @@ class DiskTier(Tier):
             raise ValueError("file holds another block id")
         return file_key, crc
 
-    def _read_file(self, key: bytes) -> Optional[torch.Tensor]:
-        """The block's bytes, or None (logged and removed) if the file is missing or corrupt."""
-        data = torch.empty(self.block_size, dtype=torch.uint8)
-        return data if self._read_file_into(key, [data]) else None
-
     def _read_file_into(self, key: bytes, views: list[torch.Tensor]) -> bool:
         """The block's bytes into ``views`` (CPU byte tensors, in order, ``block_size`` bytes in all);
         False (logged, the file forgotten) if it is missing or corrupt. One ``preadv`` fills them all:
@@ -278,15 +273,10 @@ class DiskTier(Tier):
 
     # ---- whole blocks (chain) ---------------------------------------------------------------
     def read_block(self, key: bytes) -> Optional[torch.Tensor]:
-        with self._lock:
-            if not self._committed(key):
-                return None
-            self.eviction.touch(key)
-            self.counters["loaded_blocks"] += 1
-            pending = self._writing.get(key)
-            if pending is not None:  # a copy: the tier above may reuse the buffer once written
-                return pending.clone().reshape(-1)  # (a slot of the tier above may be a strided view)
-        return self._read_file(key)
+        """A copy of the block's bytes (the tier above may reuse a pending block's buffer once
+        written), or None if absent or unreadable."""
+        data = torch.empty(self.block_size, dtype=torch.uint8)
+        return data if self.read_into(key, [data]) else None
 
     def read_into(self, key: bytes, views: list[torch.Tensor]) -> bool:
         """``read_block`` into the caller's ``views`` (CPU byte tensors, ``block_size`` bytes in all,

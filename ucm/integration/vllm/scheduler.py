@@ -202,10 +202,7 @@ class UcmScheduler:
         meta.loads = list(self.pending_loads.values())
         self.pending_loads.clear()
         loaded = sum(len(spec.block_ids) for spec in meta.loads if spec.layerwise) * self.block_size
-        step = getattr(scheduler_output, "total_num_scheduled_tokens", None)
-        if step is None:
-            step = sum(scheduler_output.num_scheduled_tokens.values())
-        meta.upfront = loaded > 0 and loaded >= UPFRONT_RATIO * step
+        meta.upfront = loaded > 0 and loaded >= UPFRONT_RATIO * scheduler_output.total_num_scheduled_tokens
         for spec in meta.loads:  # the worker unpins once it has submitted the load
             self.pinned.discard(spec.req_id)
         return meta
