@@ -55,10 +55,36 @@ def plain_copy_gbps(device, nbytes: int, reps: int) -> dict:
     return out
 
 
+def profiled(fn, stem: str) -> dict:
+    """``fn()`` (a dump or load and its wait) once under torch.profiler: the wall ms, and per CUDA
+    stream its busy ms, first/last GPU event and ms per kind (where the link idles, and why). The
+    trace goes to ``<stem>.trace.json.gz``."""
+    import gzip
+    import os
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from trace_summary import stream_summary
+
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    prof.export_chrome_trace(stem + ".trace.json")
+    with open(stem + ".trace.json") as f:
+        trace = json.load(f)
+    with open(stem + ".trace.json", "rb") as f, gzip.open(stem + ".trace.json.gz", "wb") as g:
+        g.write(f.read())
+    os.unlink(stem + ".trace.json")
+    return {"wall_ms": round(wall * 1e3, 3), "streams": stream_summary(trace)}
+
+
 def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: int, reps: int,
-               fragmented: bool = False) -> dict:
+               fragmented: bool = False, profile: str = "") -> dict:
     """Dump ``blocks`` scattered blocks of a vLLM-like cache into the store, then load them into a
-    second cache at other scattered rows; best of ``reps`` for each direction."""
+    second cache at other scattered rows; best of ``reps`` for each direction. With ``profile`` (a
+    path stem, CUDA only) one more dump and load run under torch.profiler (``result["profile"]``)."""
     n_planes = {"per-layer": 2 * layers, "vllm": layers}.get(layout, 1)
     block_bytes = piece * n_planes
     total = blocks * 2  # the "GPU cache" holds twice the blocks we move
@@ -115,6 +141,11 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
         assert store.wait(load(ids)) == 0
         load_times.append(time.perf_counter() - t0)
     result["load_gbps"] = nbytes / min(load_times[1:]) / 1e9
+    if profile and device.type == "cuda":
+        fresh = [f"p{b}" for b in range(blocks)]
+        result["profile"] = {"dump": profiled(lambda: store.wait(dump(fresh)), profile + "_dump"),
+                             "load": profiled(lambda: store.wait(load(ids)), profile + "_load")}
+        store.commit(fresh, is_success=False)
     for s_, d_ in zip(src, dst):
         assert torch.equal(s_[rows], d_[dst_rows]), "round trip must be byte-exact"
     store.close()
@@ -134,6 +165,8 @@ def main():
                     help="vllm layout: one layer of one block, K and V (Qwen2.5-7B, 16-token blocks: 32)")
     ap.add_argument("--fragmented", action="store_true", help="also run the blocks API with shuffled free slots")
     ap.add_argument("--out")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="CUDA: also profile one dump and load of vLLM's layout (traces and a summary into DIR)")
     args = ap.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -147,8 +180,13 @@ def main():
     rows = []
     plan = [(r, a, False) for r in runs for a in ("pieces", "blocks")] + [(vllm_run, "connector", False)]
     plan += [(r, "blocks", True) for r in runs] + [(vllm_run, "connector", True)] if args.fragmented else []
+    if args.profile:
+        import os
+
+        os.makedirs(args.profile, exist_ok=True)
     for (layout, piece, blocks), api, frag in tqdm(plan, desc="layouts"):
-        r = run_layout(device, layout, api, blocks, piece, args.layers, args.reps, frag)
+        stem = f"{args.profile}/{layout}{'_frag' if frag else ''}" if args.profile and layout == "vllm" else ""
+        r = run_layout(device, layout, api, blocks, piece, args.layers, args.reps, frag, stem)
         r["dump_ratio"] = r["dump_gbps"] / plain["d2h"]
         r["load_ratio"] = r["load_gbps"] / plain["h2d"]
         rows.append(r)
@@ -162,6 +200,11 @@ def main():
     for r in rows:
         print(f"{r['layout']:17} {r['api']:9} {r['piece_bytes'] >> 10:>6}Ki {r['blocks']:>7} {r['bytes'] >> 20:>7} "
               f"{r['dump_gbps']:>10.2f} {r['dump_ratio']:>8.2f} {r['load_gbps']:>10.2f} {r['load_ratio']:>8.2f}")
+    for r in rows:
+        for direction, p in r.get("profile", {}).items():
+            print(f"profile {r['layout']} {direction}: wall {p['wall_ms']} ms;", "; ".join(
+                f"stream {k}: busy {v['busy_ms']} ms, {v['first_ms']}-{v['last_ms']} ms, {v['ms_by_kind']}"
+                for k, v in p["streams"].items()))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({**meta, "rows": rows}, f, indent=1)

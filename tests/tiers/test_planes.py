@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ucm.tiers import NOT_FOUND, OK, REFUSED, create_store
-from ucm.tiers.planes import RowPlan, pair_runs, runs
+from ucm.tiers.planes import RowPlan, pair_runs, runs, words
 
 LAYERS, ROW = 4, 512  # 4 layers x (K, V) rows of 512 bytes: a 4 KiB block
 BLOCK = 2 * LAYERS * ROW
@@ -326,3 +326,23 @@ def test_a_copy_that_raises_on_the_cpu_fails_its_blocks_never_reports_ok(pool_st
     bw = pool_store.reserve_blocks(["c2"], [0])
     pool_store.write_planes(bw, src)
     assert pool_store.wait(bw.task) != 0 and b"c2" in bw.task.failed
+
+
+def test_words_view_bytes_as_int64_only_where_the_layout_allows():
+    rows = torch.arange(4 * 48, dtype=torch.uint8).view(4, 48)
+    (w,) = words(rows)
+    assert w.dtype == torch.int64 and w.shape == (4, 6)
+    assert w.data_ptr() == rows.data_ptr()  # a view: writes land in the bytes
+    w[1].zero_()
+    assert rows[1].eq(0).all() and rows[2].ne(0).any()
+    # a column slice at a byte offset, an odd width, or one odd partner: all left as bytes
+    for ts in ((rows[:, 3:19],), (rows[:, :12],), (rows, rows[:, 3:51 - 3 - 3])):
+        assert all(t.dtype == torch.uint8 for t in words(*ts))
+    # an index copy through the words moves the same bytes as one over the bytes
+    src = torch.randint(0, 255, (8, 64), dtype=torch.uint8)
+    idx = torch.tensor([5, 0, 3])
+    a, b = torch.zeros(3, 64, dtype=torch.uint8), torch.zeros(3, 64, dtype=torch.uint8)
+    torch.index_select(src, 0, idx, out=a)
+    wb, ws = words(b, src)
+    torch.index_select(ws, 0, idx, out=wb)
+    assert torch.equal(a, b)

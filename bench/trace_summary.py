@@ -1,0 +1,48 @@
+"""Summaries of a torch.profiler chrome trace, shared by the profiling benches."""
+from __future__ import annotations
+
+import collections
+
+
+def stream_summary(trace: dict) -> dict:
+    """Per CUDA stream: busy ms (union of its kernel/memcpy intervals), first and last ms after the
+    first GPU event, ms per kind (kernel, memcpy), and the overlap of every other stream with the
+    busiest one (the model's, in a forward pass)."""
+    by_stream = collections.defaultdict(list)
+    for ev in trace.get("traceEvents", []):
+        if ev.get("ph") != "X" or ev.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset"):
+            continue
+        stream = ev.get("args", {}).get("stream", ev.get("tid"))
+        by_stream[stream].append((ev["ts"], ev["ts"] + ev.get("dur", 0), ev.get("cat")))
+
+    def union(iv):
+        out = []
+        for a, b in sorted(iv):
+            if out and a <= out[-1][1]:
+                out[-1][1] = max(out[-1][1], b)
+            else:
+                out.append([a, b])
+        return out
+
+    unions = {s: union([(a, b) for a, b, _ in iv]) for s, iv in by_stream.items()}
+    busy = {s: sum(b - a for a, b in u) for s, u in unions.items()}
+    if not busy:
+        return {}
+    main = max(busy, key=busy.get)
+    t0 = min(a for u in unions.values() for a, _ in u)
+    out = {}
+    for s, u in unions.items():
+        overlap = 0.0
+        for a, b in u:
+            for c, d in unions[main]:
+                overlap += max(0.0, min(b, d) - max(a, c))
+        cats = collections.Counter(c for _, _, c in by_stream[s])
+        cat_ms = collections.Counter()
+        for a, b, c in by_stream[s]:
+            cat_ms[c] += (b - a) / 1e3
+        out[str(s)] = dict(busy_ms=round(busy[s] / 1e3, 3), first_ms=round((u[0][0] - t0) / 1e3, 3),
+                           last_ms=round((u[-1][1] - t0) / 1e3, 3), events=dict(cats),
+                           ms_by_kind={c: round(v, 3) for c, v in cat_ms.items()},
+                           overlap_with_main_ms=None if s == main else round(overlap / 1e3, 3),
+                           main=s == main)
+    return out
