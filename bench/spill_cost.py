@@ -1,11 +1,11 @@
 """What a dump into a full DRAM tier with a disk tier below costs the caller's thread (in vLLM: the model's).
 
-Each step reserves ``--step`` new blocks (``reserve_blocks``) and writes them layer by layer
-(``write_planes``), as the connector's worker does; the DRAM holds ``--slots`` blocks, so from the
+Each step reserves ``--step`` new blocks (``reserve_blocks``) and writes every layer of them in one
+call (``write_planes``), as the connector's worker does at a step's end; the DRAM holds ``--slots`` blocks, so from the
 second fill on every new block needs a victim moved down to the disk tier. ``--gap-ms`` sleeps
 between steps (the model's compute, during which the disk writes in the background). Reports the
 caller's milliseconds per step (median of the steps after the DRAM filled): the reservation (slots,
-evictions) and the whole dump call (reservation + every layer's launch), and the tiers' counters.
+evictions) and the whole dump call (reservation + the layers' launch), and the tiers' counters.
 Then ``--hit-blocks`` blocks pushed down to disk are loaded back (a disk hit: read, promoted into the
 full DRAM, copied to the caller's planes): milliseconds and GB/s.
 On the CPU the layer copies run on a worker thread; what is measured is the caller's own time.
@@ -29,15 +29,14 @@ from tqdm import tqdm
 from ucm.tiers import create_store
 
 
-def dump_layer_by_layer(store, ids: list, kv: list, width: int) -> tuple[float, float]:
-    """``ids`` from rows 0.. of ``kv`` (a tensor a layer), as the connector's worker dumps: one
-    reservation, then a write per layer; committed. The caller's seconds of the reservation and of
-    the whole call (reservation + every layer's launch), before the wait."""
+def dump_step(store, ids: list, kv: list) -> tuple[float, float]:
+    """``ids`` from rows 0.. of ``kv`` (a tensor a layer), as the connector's worker dumps at a step's
+    end: one reservation, then one write of every layer; committed. The caller's seconds of the
+    reservation and of the whole call (reservation + the launch), before the wait."""
     t0 = time.perf_counter()
     bw = store.reserve_blocks(ids, list(range(len(ids))))
     t1 = time.perf_counter()
-    for layer, t in enumerate(kv):
-        store.write_planes(bw, [t], offset=layer * width)
+    store.write_planes(bw, kv, offset=0)
     t2 = time.perf_counter()
     assert store.wait(bw.task) == 0
     store.commit(ids)
@@ -58,7 +57,7 @@ def run(layers: int, layer_kib: int, slots: int, step: int, steps: int, gap_ms: 
     reserve, whole = [], []
     try:
         for n in tqdm(range(steps), desc=f"gap {gap_ms:g} ms", leave=False):
-            r, w = dump_layer_by_layer(store, [f"s{n}-{i}" for i in range(step)], kv, width)
+            r, w = dump_step(store, [f"s{n}-{i}" for i in range(step)], kv)
             if (n + 1) * step > slots:  # the DRAM is full: this step evicted
                 reserve.append(r)
                 whole.append(w)
@@ -88,9 +87,9 @@ def disk_hits(layers: int, layer_kib: int, slots: int, blocks: int, path: str) -
     kv = [torch.randint(0, 255, (blocks, width), dtype=torch.uint8) for _ in range(layers)]
     try:
         hits = [f"hit-{i}" for i in range(blocks)]
-        dump_layer_by_layer(store, hits, kv, width)
+        dump_step(store, hits, kv)
         for n in range(-(-slots // blocks) + 1):  # push them out of the DRAM
-            dump_layer_by_layer(store, [f"fill{n}-{i}" for i in range(blocks)], kv, width)
+            dump_step(store, [f"fill{n}-{i}" for i in range(blocks)], kv)
         store.flush()
         assert not any(store.head.holds(k.encode()) for k in hits)
         out = [torch.zeros_like(t) for t in kv]

@@ -2,6 +2,7 @@
 layer by layer, exact bytes, pins released."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ucm.integration.vllm.keys import KeyMaker
@@ -43,6 +44,7 @@ def test_layerwise_loads_of_a_step_are_one_store_call_in_layer_order(monkeypatch
     store.open_blocks = lambda *a, **k: calls.append(a[0]) or real_open(*a, **k)
     store.read_planes = lambda br, planes, **k: layers_read.append(k["offset"]) or real_read(br, planes, **k)
     monkeypatch.setattr(worker_mod, "LOOKAHEAD", 1)  # launch one layer ahead of the model's
+    monkeypatch.setattr(worker_mod, "REFILL", 1)
     # two requests sharing h0, h1 (a common prefix); both pinned by the scheduler beforehand
     a = LoadSpec("a", stored[:4], [10, 11, 12, 13], layerwise=True)
     b = LoadSpec("b", stored[:2] + stored[4:], [20, 21, 22, 23], layerwise=True)
@@ -61,6 +63,79 @@ def test_layerwise_loads_of_a_step_are_one_store_call_in_layer_order(monkeypatch
     for name in dst:
         for kv_row, src_row in [(10, 0), (11, 1), (12, 2), (13, 3), (20, 0), (21, 1), (22, 4), (23, 5)]:
             assert torch.equal(dst[name][:, kv_row], src[name][:, src_row]), (name, kv_row)
+    store.close()
+
+
+def test_layers_are_launched_in_batches_one_store_call_each(monkeypatch):
+    """Past layer 0, the layers ahead are launched several at a time: one read_planes call for
+    consecutive layers (their planes follow each other in a block), each plane its own completion."""
+    stored = [f"g{i}".encode() for i in range(5)]
+    store, keys, src, dst, worker = stored_and_worker(4, stored)
+    calls = []
+    real_read = store.read_planes
+    store.read_planes = lambda br, planes, **k: calls.append((k["offset"], len(planes))) or real_read(br, planes, **k)
+    monkeypatch.setattr(worker_mod, "LOOKAHEAD", 8)
+    spec = LoadSpec("a", stored, [3, 9, 4, 30, 31], layerwise=True)
+    assert store.pin([keys.rank_key(h, 0) for h in stored], "a")
+    worker.start_load_kv(UcmConnectorMetadata(loads=[spec], seq=1))
+    assert calls == [(0, 2)], "layer 0 (its K and V planes) alone before the forward"
+    names = list(dst)
+    worker.wait_for_layer_load(names[0])
+    assert calls == [(0, 2), (2 * ROW, 2 * (LAYERS - 1))], "then every other layer in one call"
+    for name in names[1:]:
+        worker.wait_for_layer_load(name)
+    assert len(calls) == 2
+    worker.finish_layer_loads()
+    assert worker.get_block_ids_with_load_errors() == set() and not store._reading
+    for name in dst:
+        for row, src_row in zip([3, 9, 4, 30, 31], range(5)):
+            assert torch.equal(dst[name][:, row], src[name][:, src_row])
+    store.close()
+
+
+@pytest.mark.parametrize("reach_the_end", [True, False])
+def test_row_view_dumps_are_one_write_at_the_step_end(reach_the_end):
+    """With row views the layers' saves only count; the step's end writes every layer in one call.
+    A step whose end is never announced (the next step's plan comes first) is still written; one
+    that missed a layer is dropped, never committed half-written."""
+    from ucm.integration.vllm.metadata import DumpSpec
+
+    whole = LAYERS * 2 * ROW
+    store = create_store("UcmDramStore", {"kv_block_size": whole, "max_cache_size": 16 * whole, "planes": LAYERS})
+    keys = KeyMaker(b"root", 16, 1)
+    src = kv_caches(5)
+    worker = UcmWorker(store, keys, 0, BLOCKS, whole)
+    worker.register_kv_caches(src)
+    writes = []
+    real_write = store.write_planes
+    store.write_planes = lambda bw, planes, **k: writes.append(len(planes)) or real_write(bw, planes, **k)
+    hashes = [f"d{i}".encode() for i in range(3)]
+    meta = UcmConnectorMetadata(dumps=[DumpSpec("a", hashes, [7, 2, 19])], seq=1)
+    for name in src:
+        worker.save_kv_layer(meta, name)
+    assert writes == [] and worker.pending_dumps() == 1
+    if reach_the_end:
+        worker.wait_for_save(meta)
+    else:
+        worker.note_meta(UcmConnectorMetadata(seq=2))  # the next step's plan ends this one
+    assert writes == [2 * LAYERS], "one write, every layer's K and V planes"
+    worker.close()
+    stored = [keys.rank_key(h, 0) for h in hashes]
+    assert store.lookup(stored) == [True] * 3
+    dst = [torch.zeros(3, ROW, dtype=torch.uint8) for _ in range(2 * LAYERS)]
+    assert store.wait(store.load_blocks(stored, dst, [0, 1, 2])) == 0
+    planes = [p for kv in src.values() for p in (kv[0], kv[1])]
+    for d, p in zip(dst, planes):
+        assert torch.equal(d, p[[7, 2, 19]].contiguous().view(torch.uint8).view(3, ROW))
+
+    partial = UcmWorker(store, keys, 0, BLOCKS, whole)
+    partial.register_kv_caches(src)
+    more = [f"e{i}".encode() for i in range(2)]
+    meta = UcmConnectorMetadata(dumps=[DumpSpec("b", more, [1, 5])], seq=1)
+    partial.save_kv_layer(meta, list(src)[0])  # the forward stopped after layer 0
+    partial.wait_for_save(meta)
+    partial.close()
+    assert store.lookup([keys.rank_key(h, 0) for h in more]) == [False, False]
     store.close()
 
 

@@ -266,6 +266,7 @@ class CudaPlaneCopier:
         vLLM hands out fresh ones): one DMA per run between the caller's tensor and the pool, on the
         copy stream, after the work queued on the caller's stream (it may still use those rows)."""
         self.copy_stream.wait_stream(caller)
+        done = []
         with torch.cuda.stream(self.copy_stream):
             for pc in planes:
                 pool, user = pc.pool, pc.user
@@ -274,8 +275,11 @@ class CudaPlaneCopier:
                         pool[slot0:slot0 + n].copy_(user[row0:row0 + n], non_blocking=True)
                     else:
                         user[row0:row0 + n].copy_(pool[slot0:slot0 + n], non_blocking=True)
-            done = _Events([_record(self.copy_stream)])
-        return [done] * len(planes)  # the planes of one call land together
+                if not to_pool:  # a load's planes land one by one (a caller waits for its layer only)
+                    done.append(_Events([_record(self.copy_stream)]))
+            if to_pool:
+                done = [_Events([_record(self.copy_stream)])] * len(planes)  # a dump's land together
+        return done
 
     def _dma_in(self, ring: _Ring, rows: int, width: int, src: torch.Tensor, slot_runs) -> tuple[int, torch.Tensor]:
         """Slot runs of ``src`` (pool rows) into a staging buffer, on the copy stream; the kernel

@@ -6,11 +6,12 @@ One stored block = one vLLM block of one TP rank: every layer's K and V, layer a
 - Layer-wise loads (hits the scheduler pinned in the store's memory tier): ``start_load_kv``
   opens one read for all such requests of the step (``open_blocks``: blocks found and protected
   once) and launches layer 0's copies (of every request, on the store's load streams); the
-  requests compute their new tokens in this same step. ``wait_for_layer_load`` launches the
-  layers up to LOOKAHEAD ahead (two a layer until then) and makes the model wait for that layer
-  only (on CUDA the compute stream waits for the layer's copy event: no CPU stall), so later
-  layers copy while layer l computes, and the forward's first kernel does not wait for the CPU
-  to launch every layer's copies. A load-bound step (``meta.upfront``: e.g. a 100 % hit, one block to
+  requests compute their new tokens in this same step. ``wait_for_layer_load`` keeps the
+  launched layers up to LOOKAHEAD ahead of the model's, launching several layers in one store
+  call (its CPU cost is mostly per call, and on the model's thread), and makes the model wait for
+  that layer only (on CUDA the compute stream waits for the layer's copy event: no CPU stall), so
+  later layers copy while layer l computes, and the forward's first kernel does not wait for the
+  CPU to launch every layer's copies. A load-bound step (``meta.upfront``: e.g. a 100 % hit, one block to
   compute) launches every layer's copies up front instead: there the link, not the compute, sets
   the pace. Pinned blocks cannot miss; should a copy fail anyway, its blocks are reported through
   ``get_block_ids_with_load_errors``.
@@ -19,10 +20,12 @@ One stored block = one vLLM block of one TP rank: every layer's K and V, layer a
   keep computing. A failed block is reported through ``get_block_ids_with_load_errors`` in that
   same pass, before the request ever runs, so vLLM recomputes from the first failed block (ucm
   sets ``kv_load_failure_policy=recompute``).
-- Dumps are asynchronous. ``save_kv_layer`` submits the copies of that layer's new full blocks
-  right after its attention (reserved once per step: ``reserve_blocks`` + ``write_planes``); on
-  CUDA they run on the store's copy stream, which first waits for the compute stream, on the CPU
-  on a copy thread. ``wait_for_save`` does not wait: the step's dump stays pending, and every
+- Dumps are asynchronous. With row views (every layout vLLM 0.26/0.32 gives), a step's new full
+  blocks are dumped at the step's end in one store call for all layers (``reserve_blocks`` +
+  ``write_planes``; ``save_kv_layer`` only counts the layers: 28 calls a step, each ~0.15 ms of
+  the model's CPU, made small-compute steps CPU-bound on an H200); on CUDA the copies run on the
+  store's copy stream, which first waits for the compute stream, on the CPU on a copy thread.
+  Layouts without row views copy each layer's pieces right after its attention. ``wait_for_save`` does not wait: the step's dump stays pending, and every
   later hook (``handle_preemptions``, ``start_load_kv``, ``wait_for_save``, ``get_finished``)
   checks the pending dumps without blocking and commits those that are done (blocks whose every
   piece landed, the rest dropped); ``close`` (connector shutdown) waits for the rest. Lookups see
@@ -55,8 +58,10 @@ log = logging.getLogger("ucm")
 # load of a few MiB finishes within it, so its request runs one step later, not many.
 WAIT_S = 0.02
 # Layer-wise loads: layers whose copies are launched ahead of the layer the model waits for (the
-# copy stream stays busy even when the CPU falls behind the GPU for a layer or two).
-LOOKAHEAD = 4
+# copy stream stays busy even when the CPU falls behind the GPU for a few layers); once fewer than
+# REFILL are ahead, the next ones up to LOOKAHEAD ahead are launched in one store call.
+LOOKAHEAD = 8
+REFILL = 4
 
 
 def store_counters(stats: Any) -> tuple[int, int, int]:
@@ -79,13 +84,12 @@ def store_counters(stats: Any) -> tuple[int, int, int]:
 
 class _Dump:
     """One step's dump: its store task(s), the blocks it writes and the requests it reads from."""
-    __slots__ = ("seq", "keys", "rows", "req_ids", "tasks", "bw", "layers", "final", "t0")
+    __slots__ = ("seq", "keys", "rows", "req_ids", "tasks", "layers", "final", "t0")
 
     def __init__(self, seq: int, keys: list[bytes], rows: list[int], req_ids: set[str]):
         self.seq, self.keys, self.rows, self.req_ids = seq, keys, rows, req_ids
-        self.tasks: list[Any] = []  # one per layer (piece path) or the BlockWrite's task (batched)
-        self.bw: Any = None  # the batched path's BlockWrite
-        self.layers = 0  # layers submitted
+        self.tasks: list[Any] = []  # one per layer (piece path) or the step-end write's task (batched)
+        self.layers = 0  # layers whose attention ran (save_kv_layer calls)
         self.final = False  # the step ended (wait_for_save): no more layers come
         self.t0 = time.perf_counter()
 
@@ -112,12 +116,12 @@ class _LayerLoad:
         self.issued = 0  # layers whose copies are launched (``read`` only)
 
 
-def _lookahead(index: int) -> int:
-    """Layers of a layer-wise load launched once the model waits for layer ``index``: two more per
-    layer until LOOKAHEAD ahead. At a step's start the GPU waits for the CPU, so every copy
-    launched before the forward's first kernel (~0.4 ms of CPU each) delays the first token; later
-    the CPU runs ahead of the GPU and launching layers there costs nothing."""
-    return min(index + 1 + LOOKAHEAD, 2 * (index + 1))
+def _lookahead(index: int, issued: int) -> int:
+    """Layers of a layer-wise load to have launched once the model waits for layer ``index``, of
+    which ``issued`` are: unchanged while at least REFILL are ahead of it, else LOOKAHEAD ahead.
+    Layer 0 alone is launched before the forward (its first kernel waits for that CPU); then
+    batches of layers, one store call each."""
+    return issued if issued - (index + 1) >= REFILL else index + 1 + LOOKAHEAD
 
 
 def _wait_part(part: Any, timeout: float) -> bool:
@@ -185,9 +189,11 @@ class UcmWorker:
             for v in views:
                 piece_offsets.append(o)
                 o += v.numel() * v.element_size()
+            planes = compat.layer_planes(kv, self.num_blocks)
+            if planes and sum(p[0].numel() * p.element_size() for p in planes) != o:
+                planes = None  # row views must be the layer's bytes of a block, in order (see _issue_layers)
             self.layers[name] = _Layer(name, len(self.layers), kv, offset, piece_offsets,
-                                       all(v.is_contiguous() for v in views),
-                                       compat.layer_planes(kv, self.num_blocks))
+                                       all(v.is_contiguous() for v in views), planes)
             offset += o
         # Batched row copies (one gather/DMA per layer for all blocks, not one copy per block and
         # layer) when every layer has a row view and the store offers them.
@@ -294,19 +300,22 @@ class UcmWorker:
         for spec in specs:
             self.store.unpin(spec.req_id)  # the load itself now keeps its blocks resident
 
+    @torch.inference_mode(False)  # the copier's views and staging must not be inference tensors
     def _issue_layers(self, ld: _LayerLoad, upto: int) -> None:
-        """Launch the copies of layers [ld.issued, upto) of a per-layer read; the last layer ends it."""
+        """Launch the copies of layers [ld.issued, upto) of a per-layer read in one store call (their
+        planes follow each other in a stored block); the last layer ends the read."""
         order = self._layer_order
         upto = min(upto, len(order))
-        while ld.issued < upto:
-            layer = order[ld.issued]
-            ld.issued += 1
-            parts = ld.read.store.read_planes(ld.read, layer.planes, offset=layer.offset,
-                                              last=ld.issued == len(order))
-            for j, part in zip(self._plane_range[layer.name], parts):
-                ld.planes[j].append(part)
+        if ld.issued >= upto:
+            return
+        first = order[ld.issued]
+        j0, j1 = self._plane_range[first.name].start, self._plane_range[order[upto - 1].name].stop
+        ld.issued = upto
+        parts = ld.read.store.read_planes(ld.read, self._planes[j0:j1], offset=first.offset,
+                                          last=upto == len(order))
+        for j, part in zip(range(j0, j1), parts):
+            ld.planes[j].append(part)
 
-    @torch.inference_mode(False)
     def wait_for_layer_load(self, layer_name: str) -> None:
         """Before ``layer_name``'s attention: its planes of this step's layer-wise loads have landed
         (a load without per-plane completions, or with staging copies, is waited for whole)."""
@@ -315,10 +324,11 @@ class UcmWorker:
         planes = self._plane_range.get(layer_name)
         timeout = getattr(self.store, "timeout_s", 60.0)
         layer = self.layers.get(layer_name)
-        upto = _lookahead(layer.index) if layer is not None else len(self._layer_order)
         for ld in self._layer_loads:
-            if ld.read is not None:
-                self._issue_layers(ld, upto)
+            if ld.read is not None and ld.issued < len(self._layer_order):
+                upto = _lookahead(layer.index, ld.issued) if layer is not None else len(self._layer_order)
+                if upto > ld.issued:
+                    self._issue_layers(ld, upto)
             if planes is None or ld.planes is None or ld.staging:
                 self._wait_whole(ld, timeout)
                 continue
@@ -327,6 +337,7 @@ class UcmWorker:
                     if not _wait_part(part, timeout):
                         log.error("ucm: layer %s of request %s not loaded after %.0f s", layer_name, ld.req_id, timeout)
 
+    @torch.inference_mode(False)
     def _wait_whole(self, ld: _LayerLoad, timeout: float) -> None:
         if ld.staging is None:
             return  # done already
@@ -405,8 +416,9 @@ class UcmWorker:
         self.note_meta(meta)
         self.poll_dumps()
 
-    @torch.inference_mode(False)
     def save_kv_layer(self, meta: Optional[UcmConnectorMetadata], layer_name: str) -> None:
+        """After ``layer_name``'s attention. Row views: count the layer (the step's end writes them
+        all); else copy this layer's pieces of the step's new blocks now."""
         layer = self.layers.get(layer_name)
         if meta is None or not meta.dumps or layer is None:
             return
@@ -414,16 +426,12 @@ class UcmWorker:
         d = self._step
         if d is None:  # first layer of the step: decide once which blocks are written
             d = self._step = self._begin_step(meta)
-        if not d.keys:
-            d.layers += 1
-            return
-        if self._planes is not None:
-            if d.bw is None:
-                d.bw = self.store.reserve_blocks(d.keys, d.rows)
-                d.tasks.append(d.bw.task)
-            self.store.write_planes(d.bw, layer.planes, offset=layer.offset)
-            d.layers += 1
-            return
+        d.layers += 1
+        if d.keys and self._planes is None:
+            self._save_pieces(d, layer)
+
+    @torch.inference_mode(False)  # views handed to copy threads must not be inference tensors
+    def _save_pieces(self, d: _Dump, layer: _Layer) -> None:
         ids, offs, srcs = [], [], []
         for key, b in zip(d.keys, d.rows):
             for view, po in zip(compat.block_views(layer.kv, self.num_blocks, b), layer.piece_offsets):
@@ -431,7 +439,6 @@ class UcmWorker:
                 offs.append(layer.offset + po)
                 srcs.append(view if layer.contiguous else view.contiguous())
         d.tasks.append(self.store.dump(ids, offs, srcs))
-        d.layers += 1
 
     @torch.inference_mode(False)
     def wait_for_save(self, meta: Optional[UcmConnectorMetadata]) -> None:
@@ -509,9 +516,17 @@ class UcmWorker:
         self._pending.append(d)
         return d
 
+    @torch.inference_mode(False)
     def _end_step(self) -> None:
-        self._step.final = True
-        self._step = None
+        """The step's forward is over: with row views, write its new blocks now, every layer in one
+        call (the copies first wait for the forward's kernels); a step that missed a layer is
+        not written (its blocks are dropped when retired)."""
+        d, self._step = self._step, None
+        d.final = True
+        if d.keys and self._planes is not None and not self._cross and d.layers == self._dump_parts:
+            bw = self.store.reserve_blocks(d.keys, d.rows)
+            self.store.write_planes(bw, self._planes, offset=0)
+            d.tasks.append(bw.task)
 
     def _flush(self, req_id: str) -> None:
         """Wait for (and commit) every pending dump that reads ``req_id``'s blocks."""
@@ -529,7 +544,7 @@ class UcmWorker:
         blocks whose every piece landed, of a dump that got every layer, become hittable."""
         self._pending.remove(d)
         failed: set[bytes] = set()
-        all_bad = d.layers != self._dump_parts
+        all_bad = d.layers != self._dump_parts or not d.tasks  # a layer missed, or nothing written
         for task in {id(t): t for t in d.tasks}.values():
             if self.store.wait(task) != 0:
                 ids = set(task.failed_ids)
