@@ -59,11 +59,10 @@ def profiled(fn, stem: str) -> dict:
     """``fn()`` (a dump or load and its wait) once under torch.profiler: the wall ms, and per CUDA
     stream its busy ms, first/last GPU event and ms per kind (where the link idles, and why). The
     trace goes to ``<stem>.trace.json.gz``."""
-    import gzip
     import os
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from trace_summary import stream_summary
+    from trace_summary import save_trace, stream_summary
 
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts) as prof:
@@ -71,12 +70,7 @@ def profiled(fn, stem: str) -> dict:
         t0 = time.perf_counter()
         fn()
         wall = time.perf_counter() - t0
-    prof.export_chrome_trace(stem + ".trace.json")
-    with open(stem + ".trace.json") as f:
-        trace = json.load(f)
-    with open(stem + ".trace.json", "rb") as f, gzip.open(stem + ".trace.json.gz", "wb") as g:
-        g.write(f.read())
-    os.unlink(stem + ".trace.json")
+    trace = save_trace(prof, stem)
     return {"wall_ms": round(wall * 1e3, 3), "streams": stream_summary(trace)}
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gzip
 import json
 import os
 import statistics
@@ -31,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import prefix_ttft  # noqa: E402
-from trace_summary import stream_summary  # noqa: E402
+from trace_summary import save_trace, stream_summary  # noqa: E402
 
 CPU = collections.defaultdict(lambda: [0, 0.0])  # name -> [calls, seconds]
 PATHS = collections.Counter()  # copier path -> plane groups
@@ -108,12 +107,7 @@ def profiled(b, make, cuda: bool, stem: str) -> dict:
         t = b.timed(make())
         if cuda:
             torch.cuda.synchronize()
-    prof.export_chrome_trace(stem + ".trace.json")
-    with open(stem + ".trace.json") as f:
-        trace = json.load(f)
-    with open(stem + ".trace.json", "rb") as f, gzip.open(stem + ".trace.json.gz", "wb") as g:
-        g.write(f.read())
-    os.unlink(stem + ".trace.json")
+    trace = save_trace(prof, stem)
     b.drain()
     b.reset_gpu()
     prof_py = cProfile.Profile()

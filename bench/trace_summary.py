@@ -2,6 +2,20 @@
 from __future__ import annotations
 
 import collections
+import gzip
+import json
+import os
+
+
+def save_trace(prof, stem: str) -> dict:
+    """A finished torch.profiler run as ``<stem>.trace.json.gz`` (chrome://tracing, Perfetto); returns the trace."""
+    prof.export_chrome_trace(stem + ".trace.json")
+    with open(stem + ".trace.json") as f:
+        trace = json.load(f)
+    with open(stem + ".trace.json", "rb") as f, gzip.open(stem + ".trace.json.gz", "wb") as g:
+        g.write(f.read())
+    os.unlink(stem + ".trace.json")
+    return trace
 
 
 def stream_summary(trace: dict) -> dict:
