@@ -1,9 +1,10 @@
 """What one layer of a layer-wise load or dump costs the model's thread, per copier path, without vLLM.
 
-The connector reads a DRAM hit layer by layer: ``open_blocks`` once, then ``read_planes`` per layer,
-the model's stream waiting for each layer's copies; it writes a step's new blocks the same way
-(``reserve_blocks`` once, ``write_planes`` per layer). On a step that computes few tokens (a 100 %
-hit) those per-layer calls, not the link, set the pace. This measures them on a vLLM-0.26-like KV
+The connector reads a DRAM hit layer by layer: ``open_blocks`` once, then ``read_planes`` for
+layer 0 and for batches of the layers ahead (the worker's ``_lookahead``), the model's stream
+waiting for each layer's copies; it writes a step's new blocks after the forward (``reserve_blocks``,
+then one ``write_planes`` of every layer). On a step that computes few tokens those calls, not the
+link, set the pace. This measures them on a vLLM-0.26-like KV
 cache (``--layers`` tensors of (blocks, ``--layer-kib``) bytes: K and V of a block packed) and a
 DRAM pool with one plane per layer, for the rows vLLM hands out:
 
@@ -13,9 +14,9 @@ DRAM pool with one plane per layer, for the rows vLLM hands out:
   pairs-uva    the same rows with the DMA paths off (``planes.MIN_RUN_BYTES`` raised): one gather
                and one scatter kernel reading or writing the pinned pool through UVA
 
-For each: CPU microseconds per ``read_planes`` / ``write_planes`` call (median over layers and
-repetitions), the whole read's or write's wall time with the calls and waits as the worker makes
-them (loads launched up to 4 layers ahead, dumps after each layer), and GB/s. ``--model-gpu-us``
+For each: the CPU microseconds of the ``read_planes`` / ``write_planes`` calls per layer (their sum
+over a read or write, divided by the layers; median over repetitions), the whole read's or write's
+wall time with the calls and waits as the worker makes them, and GB/s. ``--model-gpu-us``
 puts a stand-in for the model between the calls (a spin kernel of that many microseconds per
 layer on the caller's stream, plus ``--model-cpu-us`` of CPU), so a copier that waits for the
 model's stream, or idles the link while a kernel runs, shows in the wall time; ``alone ms`` is
@@ -89,38 +90,41 @@ class Model:
             pass
 
 
-def lookahead(index: int) -> int:
-    """The layers a load has launched when the model reaches layer ``index`` (as the worker's
-    ``_lookahead``: two a layer, at most 4 ahead)."""
-    return min(index + 1 + 4, 2 * (index + 1))
-
-
 def _load_layers(call, layers: int, model: Model) -> list[float]:
-    """A layer-wise load as the worker makes it: before layer l, launch the copies up to
-    ``lookahead(l)``, make the model's stream wait for layer l's, then the layer computes.
-    CPU seconds of each ``call``."""
+    """A layer-wise load as the worker makes it: layer 0 launched first; before layer l, the
+    layers up to the worker's ``_lookahead`` launched in one ``call(first, upto)`` (it returns
+    each layer's completions), the model's stream waits for layer l's, then the layer computes.
+    CPU seconds of each call."""
+    from ucm.integration.vllm.worker import _lookahead  # the worker's own rule
+
     cpu, parts, issued = [], {}, 0
+
+    def launch(upto: int) -> None:
+        nonlocal issued
+        c0 = time.perf_counter()
+        for layer, p in zip(range(issued, upto), call(issued, upto)):
+            parts[layer] = p
+        cpu.append(time.perf_counter() - c0)
+        issued = upto
+
+    launch(1)
     for layer in range(layers):
-        while issued < min(lookahead(layer), layers):
-            c0 = time.perf_counter()
-            parts[issued] = call(issued)
-            cpu.append(time.perf_counter() - c0)
-            issued += 1
+        upto = min(_lookahead(layer, issued), layers)
+        if upto > issued:
+            launch(upto)
         _wait_parts(parts.pop(layer))
         model.layer()
     return cpu
 
 
 def _dump_layers(call, layers: int, model: Model) -> list[float]:
-    """A layer-wise dump as the worker makes it: each layer computes, then its copies launch
-    (after that layer's work on the caller's stream). CPU seconds of each ``call``."""
-    cpu = []
-    for layer in range(layers):
+    """A step's dump as the worker makes it: every layer computes, then one ``call()`` launches
+    every layer's copies (after the forward's work on the caller's stream). CPU seconds of it."""
+    for _ in range(layers):
         model.layer()
-        c0 = time.perf_counter()
-        call(layer)
-        cpu.append(time.perf_counter() - c0)
-    return cpu
+    c0 = time.perf_counter()
+    call()
+    return [time.perf_counter() - c0]
 
 
 def run(device: torch.device, order: str, layers: int, blocks: int, layer_bytes: int, reps: int,
@@ -146,7 +150,7 @@ def run(device: torch.device, order: str, layers: int, blocks: int, layer_bytes:
             _sync(device)
             t0 = time.perf_counter()
             bw = store.reserve_blocks(ids, rows)
-            cpu = _dump_layers(lambda l: store.write_planes(bw, [src[l]], offset=l * layer_bytes), layers, model)
+            cpu = _dump_layers(lambda: store.write_planes(bw, src, offset=0), layers, model)
             assert store.wait(bw.task) == 0
             _sync(device)
             wall = time.perf_counter() - t0
@@ -156,16 +160,16 @@ def run(device: torch.device, order: str, layers: int, blocks: int, layer_bytes:
             _sync(device)
             t0 = time.perf_counter()
             br = store.open_blocks(ids, rows)
-            rcpu = _load_layers(lambda l: store.read_planes(br, [dst[l]], offset=l * layer_bytes,
-                                                         last=l == layers - 1), layers, model)
+            rcpu = _load_layers(lambda a, b: [[p] for p in store.read_planes(
+                br, dst[a:b], offset=a * layer_bytes, last=b == layers)], layers, model)
             assert store.wait(br.task) == 0
             _sync(device)
             rwall = time.perf_counter() - t0
             for s_, d in zip(src, dst):
                 assert torch.equal(d[rows], s_[rows]), "bytes must round-trip exactly"
             if rep:
-                dump_cpu += cpu
-                load_cpu += rcpu
+                dump_cpu.append(sum(cpu) / layers)
+                load_cpu.append(sum(rcpu) / layers)
                 dump_wall.append(wall)
                 load_wall.append(rwall)
     finally:

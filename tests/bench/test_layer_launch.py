@@ -27,7 +27,9 @@ def test_every_order_round_trips_and_restores_the_copier(order):
     assert r["load_gbps"] > 0 and r["dump_gbps"] > 0 and r["load_cpu_us_per_layer"] > 0
 
 
-def test_loads_launch_ahead_as_the_worker_does_and_dumps_follow_each_layer():
+def test_loads_launch_batches_ahead_as_the_worker_does_and_dumps_follow_the_forward():
+    from ucm.integration.vllm import worker
+
     events = []
 
     class Part:
@@ -38,20 +40,24 @@ def test_loads_launch_ahead_as_the_worker_does_and_dumps_follow_each_layer():
             events.append(("wait", self.layer))
             return True
 
-    def call(layer):
-        events.append(("issue", layer))
-        return [Part(layer)]
+    def call(first, upto):
+        events.append(("issue", first, upto))
+        return [[Part(layer)] for layer in range(first, upto)]
 
     model = layer_launch.Model(torch.device("cpu"))
-    assert len(layer_launch._load_layers(call, 8, model)) == 8
-    issued_before_wait = {}
-    n = 0
-    for kind, layer in events:
-        n += kind == "issue"
-        if kind == "wait":
-            issued_before_wait[layer] = n
-    # two layers a layer until 4 ahead, never past the last layer
-    assert issued_before_wait == {0: 2, 1: 4, 2: 6, 3: 8, 4: 8, 5: 8, 6: 8, 7: 8}
+    layers = 20
+    calls = len(layer_launch._load_layers(call, layers, model))
+    issues = [e[1:] for e in events if e[0] == "issue"]
+    assert issues[0] == (0, 1), "layer 0 alone before the first layer computes"
+    assert [a for a, _ in issues[1:]] == [b for _, b in issues[:-1]] and issues[-1][1] == layers, \
+        "consecutive batches, every layer once"
+    assert calls == len(issues) < layers // 2, "batches of several layers"
+    issued = 0
+    for e in events:  # each layer launched before it is waited for, and at most LOOKAHEAD ahead
+        if e[0] == "issue":
+            issued = e[2]
+        else:
+            assert e[1] < issued <= e[1] + 1 + worker.LOOKAHEAD
     events.clear()
-    assert len(layer_launch._dump_layers(call, 3, model)) == 3
-    assert events == [("issue", 0), ("issue", 1), ("issue", 2)]
+    assert len(layer_launch._dump_layers(lambda: events.append("dump"), 3, model)) == 1
+    assert events == ["dump"]
