@@ -97,6 +97,21 @@ def test_absent_blocks_fail_and_others_load(pool_store, dev):
     assert all(torch.equal(d[4], s[1]) and not d[5].any() for s, d in zip(src, dst))
 
 
+def test_a_repeated_id_loads_into_each_row_and_counts_once(pool_store, dev):
+    src = kv_cache(device=dev)
+    pool_store.wait(pool_store.dump_blocks(["a", "b"], src, [1, 2]))
+    pool_store.commit(["a", "b"])
+    before = pool_store.stats()["loaded_blocks"]
+    dst = [torch.zeros_like(t) for t in src]
+    task = pool_store.load_blocks(["a", "b", "gone", "a"], dst, [4, 5, 6, 7])
+    assert pool_store.wait(task) == NOT_FOUND and task.failed_ids == {b"gone"}
+    assert pool_store.stats()["loaded_blocks"] - before == 2, "blocks found, each counted once"
+    for s, d in zip(src, dst):
+        assert torch.equal(d[4], s[1]) and torch.equal(d[7], s[1]) and torch.equal(d[5], s[2])
+        assert not d[6].any()
+    assert not pool_store._reading, "every pin of the load released once it is done"
+
+
 def test_refusal_when_full_of_writes(pool_store):
     src = kv_cache(blocks=20)
     ids = [f"w{i}" for i in range(20)]

@@ -58,24 +58,17 @@ def words(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 def pair_runs(slots: list[int], rows: list[int]) -> list[tuple[int, int, int]]:
     """(first slot, first row, length) of each run where slot and row both go up by one."""
-    out = []
-    start = 0
-    for i in range(1, len(slots) + 1):
-        if i == len(slots) or slots[i] != slots[i - 1] + 1 or rows[i] != rows[i - 1] + 1:
-            out.append((slots[start], rows[start], i - start))
-            start = i
-    return out
+    n = len(slots)
+    cuts = [i for i, s0, s1, r0, r1 in zip(range(1, n), slots, slots[1:], rows, rows[1:])
+            if s1 - s0 != 1 or r1 - r0 != 1]
+    return [(slots[a], rows[a], b - a) for a, b in zip([0] + cuts, cuts + [n])] if n else []
 
 
 def runs(sorted_slots: list[int]) -> list[tuple[int, int, int]]:
     """(first slot, first index, length) of each run of consecutive slots."""
-    out = []
-    start = 0
-    for i in range(1, len(sorted_slots) + 1):
-        if i == len(sorted_slots) or sorted_slots[i] != sorted_slots[i - 1] + 1:
-            out.append((sorted_slots[start], start, i - start))
-            start = i
-    return out
+    s, n = sorted_slots, len(sorted_slots)
+    cuts = [i for i, a, b in zip(range(1, n), s, s[1:]) if b - a != 1]
+    return [(s[a], a, b - a) for a, b in zip([0] + cuts, cuts + [n])] if n else []
 
 
 class RowPlan:
