@@ -12,8 +12,8 @@ row API (dump_blocks/load_blocks with one tensor per plane). The pool uses one p
   over every layer, as the worker does.
 
 Prints a table and writes JSON (--out); "launch ms" is the time until the call returned (planning and
-launching the copies on the CPU), the rest of a call's time is waiting for them. Runs on a GPU (device tensors, pinned pool) and on the
-CPU (host tensors, plain pool). Example:
+launching the copies on the CPU), the rest of a call's time is waiting for them. Runs on a GPU
+(device tensors, pinned pool) and on the CPU (host tensors, plain pool). Example:
     python bench/dram_bandwidth.py --blocks 2048 --out bench/results/dram_bandwidth.json
 """
 from __future__ import annotations

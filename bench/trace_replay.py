@@ -405,7 +405,8 @@ def settings_of(a, reqs: list[dict], ws: dict) -> dict:
     total_blocks = sum(len(used_blocks(r["hash_ids"], r["prompt_len"], a.block_tokens)) for r in reqs)
     return dict(trace=a.trace, start=a.start, requests=len(reqs), time_scale=a.time_scale,
                 block_tokens=a.block_tokens, scale=a.scale, max_output=a.max_output, max_model_len=a.max_model_len,
-                best_policy=a.best_policy, ucm_admission=a.ucm_admission, gpu_util=a.gpu_util, num_gpu_blocks=a.num_gpu_blocks, seed=a.seed,
+                best_policy=a.best_policy, ucm_admission=a.ucm_admission, gpu_util=a.gpu_util,
+                num_gpu_blocks=a.num_gpu_blocks, seed=a.seed,
                 arrival_span_s=round(reqs[-1]["arrival"], 3) if reqs else 0,
                 prompt_tokens=sum(r["prompt_len"] for r in reqs),
                 output_tokens=sum(r["max_tokens"] for r in reqs),

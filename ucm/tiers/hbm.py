@@ -31,5 +31,6 @@ class HbmTier(SlotPoolTier):
         num_slots = s.hbm_size // s.kv_block_size
         eviction, admission = build_policies(s, num_slots)
         super().__init__(name="hbm", capacity=s.hbm_size, block_size=s.kv_block_size, eviction=eviction,
-                         admission=admission, device=resolve_device(s.device), pin=False, timeout_s=s.timeout_s, planes=s.planes, demote_ahead=s.demote_ahead)
+                         admission=admission, device=resolve_device(s.device), pin=False, timeout_s=s.timeout_s,
+                         planes=s.planes, demote_ahead=s.demote_ahead)
         self.settings = s

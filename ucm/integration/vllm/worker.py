@@ -28,8 +28,9 @@ One stored block = one vLLM block of one TP rank: every layer's K and V, layer a
   Layouts without row views copy each layer's pieces right after its attention. ``wait_for_save``
   does not wait: the step's dump stays pending, and every later hook (``handle_preemptions``,
   ``start_load_kv``, ``wait_for_save``, ``get_finished``) checks the pending dumps without
-  blocking and commits those that are done (blocks whose every piece landed, the rest dropped); ``close`` (connector shutdown) waits for the rest. Lookups see
-  only committed blocks, so a prefix hit again before its dump committed simply misses.
+  blocking and commits those that are done (blocks whose every piece landed, the rest dropped);
+  ``close`` (connector shutdown) waits for the rest. Lookups see only committed blocks, so a
+  prefix hit again before its dump committed simply misses.
 - Blocks must not be reused while a dump reads them. Each step, ``worker_meta`` tells the
   scheduler up to which step this rank's dumps are all done; a finished request whose dumps may
   still run is delayed by the scheduler (``request_finished`` -> ``delay_free``, listed in the
