@@ -7,9 +7,10 @@ Layouts (what a vLLM worker hands the store):
 Each through both APIs: the seed's piece API (dump/load with one tensor per piece) and the batched
 row API (dump_blocks/load_blocks with one tensor per plane). The pool uses one plane per piece.
 - vllm: the connector's own path on vLLM's real layout (0.26 FlashAttention, 0.32 CPU: K and V packed,
-  one (num_blocks, --vllm-layer-kib) tensor per layer; pool: one plane per layer): dumps reserve and
-  write every layer in one call (``reserve_blocks`` + ``write_planes``), loads are one ``load_blocks``
-  over every layer, as the worker does.
+  one (num_blocks, --vllm-layer-kib) tensor per layer; pool: one plane per layer): dumps write every
+  layer in one call (``dump_rows``: reserved and written in stages of blocks), loads are one
+  ``load_blocks`` over every layer (also in stages), as the worker does at a step's end and for a
+  load-bound step.
 
 Prints a table and writes JSON (--out); "launch ms" is the time until the call returned (planning and
 launching the copies on the CPU), the rest of a call's time is waiting for them. Runs on a GPU
@@ -100,10 +101,8 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
         store._free = collections.deque(free)
 
     def dump(ids):
-        if api == "connector":  # as the worker at a step's end: reserve, then every layer in one write
-            bw = store.reserve_blocks(ids, rows)
-            store.write_planes(bw, src, offset=0)
-            return bw.task
+        if api == "connector":  # as the worker at a step's end: every layer, reserved and written in stages
+            return store.dump_rows(ids, src, rows)
         if api == "blocks":
             return store.dump_blocks(ids, src, rows)
         return store.dump([i for i in ids for _ in src], offs * len(ids), [t[r] for r in rows for t in src])

@@ -2,8 +2,8 @@
 
 The connector reads a DRAM hit layer by layer: ``open_blocks`` once, then ``read_planes`` for
 layer 0 and for batches of the layers ahead (the worker's ``_lookahead``), the model's stream
-waiting for each layer's copies; it writes a step's new blocks after the forward (``reserve_blocks``,
-then one ``write_planes`` of every layer). On a step that computes few tokens those calls, not the
+waiting for each layer's copies; it writes a step's new blocks after the forward (one ``dump_rows``
+of every layer). On a step that computes few tokens those calls, not the
 link, set the pace. This measures them on a vLLM-0.26-like KV
 cache (``--layers`` tensors of (blocks, ``--layer-kib``) bytes: K and V of a block packed) and a
 DRAM pool with one plane per layer, for the rows vLLM hands out:
@@ -14,7 +14,7 @@ DRAM pool with one plane per layer, for the rows vLLM hands out:
   pairs-uva    the same rows with the DMA paths off (``planes.MIN_RUN_BYTES`` raised): one gather
                and one scatter kernel reading or writing the pinned pool through UVA
 
-For each: the CPU microseconds of the ``read_planes`` / ``write_planes`` calls per layer (their sum
+For each: the CPU microseconds of the ``read_planes`` / ``dump_rows`` calls per layer (their sum
 over a read or write, divided by the layers; median over repetitions), the whole read's or write's
 wall time with the calls and waits as the worker makes them, and GB/s. ``--model-gpu-us``
 puts a stand-in for the model between the calls (a spin kernel of that many microseconds per
@@ -149,9 +149,9 @@ def run(device: torch.device, order: str, layers: int, blocks: int, layer_bytes:
             ids = [f"r{rep}-{i}" for i in range(blocks)]
             _sync(device)
             t0 = time.perf_counter()
-            bw = store.reserve_blocks(ids, rows)
-            cpu = _dump_layers(lambda: store.write_planes(bw, src, offset=0), layers, model)
-            assert store.wait(bw.task) == 0
+            tasks = []
+            cpu = _dump_layers(lambda: tasks.append(store.dump_rows(ids, src, rows)), layers, model)
+            assert [store.wait(t) for t in tasks] == [0]
             _sync(device)
             wall = time.perf_counter() - t0
             store.commit(ids)

@@ -55,6 +55,35 @@ MODES = ("full", "native", "native_best", "ucm", "ucm_disk", "ucm_async", "ucm_b
 UCM_MODULE = "ucm.integration.vllm.uc_connector"
 GiB = 1 << 30
 
+
+class GcClock:
+    """Python's garbage-collector pauses, summed per generation (gc.callbacks): a pass records how
+    long the collector stopped this process, the likeliest cause of a 10-20 ms outlier."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self.ms = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self._t0 = 0.0
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            g = info.get("generation", 2)
+            self.ms[g] += 1e3 * (time.perf_counter() - self._t0)
+            self.count[g] += 1
+
+    def snapshot(self) -> tuple:
+        return list(self.ms), list(self.count)
+
+    def since(self, snap: tuple) -> dict:
+        ms0, n0 = snap
+        return dict(ms=round(sum(self.ms) - sum(ms0), 3), gen2_ms=round(self.ms[2] - ms0[2], 3),
+                    collections=[a - b for a, b in zip(self.count, n0)])
+
 # the passes each mode times, and the result column each one fills
 MODE_COLUMNS = {
     "full": {"full": "full_s", "hbm80": "hbm80_s", "hbm100": "hbm100_s"},
@@ -280,6 +309,7 @@ class Bench:
         vc = self.llm.llm_engine.vllm_config
         self.core = self._inproc_core()
         self.native_xfer = {"load_bytes": 0.0, "load_time": 0.0}
+        self.gc = GcClock()
         hooked = self._hook_native_stats() if mode.startswith("native") else False
         hf = vc.model_config.hf_config
         actual = kv_bytes_per_token(a.model, vc.model_config.dtype.itemsize)
@@ -387,6 +417,7 @@ class Bench:
         """Queue all prompts, then step until all finish; per-request latency = finish - submit."""
         eng = self.llm.llm_engine
         c0, x0 = self._counters(), dict(self.native_xfer)
+        g0 = self.gc.snapshot()
         t0 = time.perf_counter()
         self.llm.enqueue([{"prompt_token_ids": p} for p in prompts], self.sp, use_tqdm=False)
         lat, cached = [], []
@@ -396,7 +427,7 @@ class Bench:
                     lat.append(time.perf_counter() - t0)
                     cached.append(o.num_cached_tokens or 0)
         assert len(lat) == len(prompts), (len(lat), len(prompts))
-        r = dict(mean_s=statistics.mean(lat), max_s=max(lat), cached_tokens=cached)
+        r = dict(mean_s=statistics.mean(lat), max_s=max(lat), cached_tokens=cached, gc=self.gc.since(g0))
         c1 = self._counters()
         if c1:
             r["ucm"] = {k: c1[k] - c0.get(k, 0) for k in c1}

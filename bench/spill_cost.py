@@ -1,7 +1,8 @@
 """What a dump into a full DRAM tier with a disk tier below costs the caller's thread (in vLLM: the model's).
 
 Each step reserves ``--step`` new blocks (``reserve_blocks``) and writes every layer of them in one
-call (``write_planes``), as the connector's worker does at a step's end; the DRAM holds ``--slots`` blocks, so from the
+call (``write_planes``), as the connector's worker does at a step's end (there in stages of
+blocks, ``dump_rows``: one stage at this bench's sizes); the DRAM holds ``--slots`` blocks, so from the
 second fill on every new block needs a victim moved down to the disk tier. ``--gap-ms`` sleeps
 between steps (the model's compute, during which the disk writes in the background). Reports the
 caller's milliseconds per step (median of the steps after the DRAM filled): the reservation (slots,

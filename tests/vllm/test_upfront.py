@@ -45,19 +45,21 @@ def test_an_upfront_step_launches_every_layer_before_the_forward(upfront, monkey
     stored = [f"u{i}".encode() for i in range(4)]
     store, keys, src, dst, worker = stored_and_worker(2, stored)
     layers_read = []
-    real_read = store.read_planes
+    real_read, real_load = store.read_planes, store.load_blocks
     store.read_planes = lambda br, planes, **k: layers_read.append((k["offset"], len(planes))) or real_read(
         br, planes, **k)
+    store.load_blocks = lambda ids, planes, rows: layers_read.append(("all", len(planes))) or real_load(
+        ids, planes, rows)
     monkeypatch.setattr(worker_mod, "LOOKAHEAD", 1)
     monkeypatch.setattr(worker_mod, "REFILL", 1)
     spec = LoadSpec("a", stored, [5, 6, 7, 8], layerwise=True)
     assert store.pin([keys.rank_key(h, 0) for h in stored], "a")
     worker.start_load_kv(UcmConnectorMetadata(loads=[spec], seq=1, upfront=upfront))
-    # up front: every layer's planes (K and V of each) in one call; else layer 0 alone
-    assert layers_read == ([(0, 2 * LAYERS)] if upfront else [(0, 2)])
+    # up front: every layer's planes (K and V of each) in one load_blocks call; else layer 0 alone
+    assert layers_read == ([("all", 2 * LAYERS)] if upfront else [(0, 2)])
     for name in dst:
         worker.wait_for_layer_load(name)
-    assert layers_read == ([(0, 2 * LAYERS)] if upfront else [(i * 2 * ROW, 2) for i in range(LAYERS)])
+    assert layers_read == ([("all", 2 * LAYERS)] if upfront else [(i * 2 * ROW, 2) for i in range(LAYERS)])
     worker.finish_layer_loads()
     assert worker.get_block_ids_with_load_errors() == set() and not store._reading
     for name in dst:

@@ -107,8 +107,8 @@ def test_row_view_dumps_are_one_write_at_the_step_end(reach_the_end):
     worker = UcmWorker(store, keys, 0, BLOCKS, whole)
     worker.register_kv_caches(src)
     writes = []
-    real_write = store.write_planes
-    store.write_planes = lambda bw, planes, **k: writes.append(len(planes)) or real_write(bw, planes, **k)
+    real_write = store.dump_rows
+    store.dump_rows = lambda ids, planes, rows: writes.append(len(planes)) or real_write(ids, planes, rows)
     hashes = [f"d{i}".encode() for i in range(3)]
     meta = UcmConnectorMetadata(dumps=[DumpSpec("a", hashes, [7, 2, 19])], seq=1)
     for name in src:

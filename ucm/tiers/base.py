@@ -79,6 +79,26 @@ def check_pieces(block_ids, offset, tensors, block_size: int, tensor_arg: str) -
     return keys
 
 
+#: a block-API call over many blocks is planned and launched in stages (``stages``): about this
+#: many bytes first, so the link starts after a few blocks are planned, then each stage
+#: STAGE_FANOUT x the last, whose copies run while Python plans the next (~2.5 us a block)
+STAGE_HEAD_BYTES = 128 << 20
+STAGE_FANOUT = 3
+
+
+def stages(n: int, block_bytes: int, from_end: bool = False) -> list[tuple[int, int]]:
+    """(lo, hi) ranges covering ``range(n)``: ~STAGE_HEAD_BYTES of blocks, then each range
+    STAGE_FANOUT x larger; a rest smaller than the first range joins the range before it. With
+    ``from_end`` the first range is the last blocks (a load touches a chain tail-first)."""
+    head = max(16, STAGE_HEAD_BYTES // max(1, block_bytes))
+    out, done, size = [], 0, head
+    while done < n:
+        take = n - done if n - done - size < head else size
+        out.append((done, done + take))
+        done, size = done + take, size * STAGE_FANOUT
+    return [(n - hi, n - lo) for lo, hi in out] if from_end else out
+
+
 def pieces_of_blocks(block_ids, planes, rows, offset: int = 0) -> tuple[list, list[int], list[torch.Tensor]]:
     """The (ids, offsets, tensors) pieces of a block-API call."""
     if len(rows) != len(block_ids):
@@ -265,6 +285,20 @@ class Store(ABC):
         """Batched form of load; ``task.planes[j]`` lists the completions plane ``j`` waits for."""
         task = self.load(*pieces_of_blocks(block_ids, planes, rows, offset))
         task.planes = [[task] for _ in planes]
+        return task
+
+    def dump_rows(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence) -> Task:
+        """A dump of whole blocks (every plane, offset 0), e.g. a vLLM step's new blocks at its end:
+        ``reserve_blocks`` + ``write_planes`` in ``stages``, so the first stage's copies run while
+        the next is planned (1,000 blocks took ~2.5 ms of planning before the first copy)."""
+        keys, rows = to_keys(block_ids), list(rows)
+        if len(rows) != len(keys):
+            raise ValueError(f"block_ids and rows must have the same length, got {len(keys)} and {len(rows)}")
+        task = Task("dump")
+        for lo, hi in stages(len(keys), self.block_size):
+            bw = self.reserve_blocks(keys[lo:hi], rows[lo:hi])
+            self.write_planes(bw, planes, 0)
+            task.add_task(bw.task)
         return task
 
     def reserve_blocks(self, block_ids: Sequence[BlockId], rows: Sequence) -> BlockWrite:

@@ -37,7 +37,7 @@ import torch
 
 from ucm.policies import AdmissionPolicy, EvictionPolicy
 from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, BlockRead, BlockWrite, SpareBuffers, Task, Tier, as_bytes, check_pieces,
-                            log, to_keys)
+                            log, stages, to_keys)
 from ucm.tiers.copy import CopyEngine
 from ucm.tiers.planes import CudaPlaneCopier, PlaneCopy, RowPlan, copy_planes_cpu, cuda_view, rows_view
 
@@ -208,9 +208,11 @@ class SlotPoolTier(Tier):
         may write one layer's planes at a time). Asynchronous.
         """
         keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
-        task = Task("dump")
-        for part in self._submit_planes(views, self._plan(keys, rows, k, task, write=True), True, task, keys):
-            task.add(part)
+        task, rows = Task("dump"), list(rows)
+        for lo, hi in stages(len(keys), self.block_size):  # the first copies run while the rest is planned
+            plan = self._plan(keys[lo:hi], rows[lo:hi], k, task, write=True)
+            for part in self._submit_planes(views, plan, True, task, keys[lo:hi]):
+                task.add(part)
         return task
 
     def load_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence,
@@ -218,14 +220,16 @@ class SlotPoolTier(Tier):
         """The reverse of ``dump_blocks``. ``task.planes[j]`` lists the completions of plane ``j``,
         so a caller can start on one layer while the next still copies."""
         keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
-        task, pinned = Task("load"), {}
+        task, pinned, rows = Task("load"), {}, list(rows)
         task.planes = [[] for _ in views]
-        plan = self._plan(keys, rows, k, task, pinned=pinned)
-        # one plan for all blocks, issued plane by plane: plane 0 (a caller's first layer) lands
-        # first, then plane 1, ..., so a caller can compute layer l while later layers copy
-        for j, part in enumerate(self._submit_planes(views, plan, False, task, keys)):
-            task.planes[j].append(part)
-            task.add(part)
+        # planned in stages, the last blocks first (reads touch a chain tail-first), each stage
+        # issued plane by plane as soon as it is planned: the link starts after a few blocks, and
+        # within a stage plane 0 (a caller's first layer) lands first, then plane 1, ...
+        for lo, hi in stages(len(keys), self.block_size, from_end=True):
+            plan = self._plan(keys[lo:hi], rows[lo:hi], k, task, pinned=pinned)
+            for j, part in enumerate(self._submit_planes(views, plan, False, task, keys[lo:hi])):
+                task.planes[j].append(part)
+                task.add(part)
         self._track_read(task, pinned)
         return task
 

@@ -12,7 +12,8 @@ One stored block = one vLLM block of one TP rank: every layer's K and V, layer a
   that layer only (on CUDA the compute stream waits for the layer's copy event: no CPU stall), so
   later layers copy while layer l computes, and the forward's first kernel does not wait for the
   CPU to launch every layer's copies. A load-bound step (``meta.upfront``: e.g. a 100 % hit, one block to
-  compute) launches every layer's copies up front instead: there the link, not the compute, sets
+  compute) launches every layer's copies up front instead (``load_blocks``, in stages of blocks, so
+  the first copies start after a few blocks are planned): there the link, not the compute, sets
   the pace. Pinned blocks cannot miss; should a copy fail anyway, its blocks are reported through
   ``get_block_ids_with_load_errors``.
 - Other loads run between steps (vLLM's asynchronous load path): ``start_load_kv`` submits them
@@ -21,8 +22,8 @@ One stored block = one vLLM block of one TP rank: every layer's K and V, layer a
   same pass, before the request ever runs, so vLLM recomputes from the first failed block (ucm
   sets ``kv_load_failure_policy=recompute``).
 - Dumps are asynchronous. With row views (every layout vLLM 0.26/0.32 gives), a step's new full
-  blocks are dumped at the step's end in one store call for all layers (``reserve_blocks`` +
-  ``write_planes``; ``save_kv_layer`` only counts the layers: 28 calls a step, each ~0.15 ms of
+  blocks are dumped at the step's end in one store call for all layers (``dump_rows``: reserve and
+  write in stages of blocks; ``save_kv_layer`` only counts the layers: 28 calls a step, each ~0.15 ms of
   the model's CPU, made small-compute steps CPU-bound on an H200); on CUDA the copies run on the
   store's copy stream, which first waits for the compute stream, on the CPU on a copy thread.
   Layouts without row views copy each layer's pieces right after its attention. ``wait_for_save``
@@ -285,16 +286,18 @@ class UcmWorker:
             n = len(set(mine))
             self.stats.add(loaded_blocks=n, loaded_bytes=n * self.block_bytes, layerwise_blocks=n)
         name, t0 = ",".join(s.req_id for s in specs), time.perf_counter()
-        br = self.store.open_blocks(keys, rows)
-        if br.plan is not None:
+        br = None if upfront else self.store.open_blocks(keys, rows)
+        if br is not None and br.plan is not None:
             # layer 0 now, the others as the model reaches them (_lookahead): launching all 28 up
             # front kept the forward's first kernel waiting for the CPU (~3 ms at 16k, ~20 ms at 4 x 16k),
             # which costs a step that has tokens to compute
             ld = _LayerLoad(name, br.task, where, [], t0, planes=[[] for _ in self._planes], read=br)
-            # a load-bound step (meta.upfront: little to compute) launches every layer now: the
-            # link then runs at its rate from the start, instead of at the pace of the forward's CPU
-            self._issue_layers(ld, len(self._layer_order) if upfront else 1)
-        else:  # a store without a per-layer read: every layer now
+            self._issue_layers(ld, 1)
+        else:
+            # a load-bound step (meta.upfront: little to compute) launches every layer now, in
+            # stages of blocks (load_blocks): the link starts after a few blocks are planned and
+            # then runs at its rate, instead of at the pace of the forward's CPU; also a store
+            # without a per-layer read
             task = self.store.load_blocks(keys, self._planes, rows)
             ld = _LayerLoad(name, task, where, [], t0, planes=getattr(task, "planes", None))
         self._layer_loads.append(ld)
@@ -525,9 +528,7 @@ class UcmWorker:
         d, self._step = self._step, None
         d.final = True
         if d.keys and self._planes is not None and not self._cross and d.layers == self._dump_parts:
-            bw = self.store.reserve_blocks(d.keys, d.rows)
-            self.store.write_planes(bw, self._planes, offset=0)
-            d.tasks.append(bw.task)
+            d.tasks.append(self.store.dump_rows(d.keys, self._planes, d.rows))
 
     def _flush(self, req_id: str) -> None:
         """Wait for (and commit) every pending dump that reads ``req_id``'s blocks."""
