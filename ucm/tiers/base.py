@@ -16,6 +16,7 @@ Block ids are ``str`` or ``bytes``; a ``str`` is stored as its UTF-8 bytes, so `
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -82,7 +83,7 @@ def check_pieces(block_ids, offset, tensors, block_size: int, tensor_arg: str) -
 #: a block-API call over many blocks is planned and launched in stages (``stages``): about this
 #: many bytes first, so the link starts after a few blocks are planned, then each stage
 #: STAGE_FANOUT x the last, whose copies run while Python plans the next (~2.5 us a block)
-STAGE_HEAD_BYTES = 128 << 20
+STAGE_HEAD_BYTES = int(os.environ.get("UCM_STAGE_HEAD_MIB", "128")) << 20  # the env: for A/B benchmarks
 STAGE_FANOUT = 3
 
 
