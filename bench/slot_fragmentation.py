@@ -2,9 +2,9 @@
 """How fragmented the DRAM pool's slots get under the prefix_ttft grid's traffic, without a GPU.
 
 The GPU copier moves a load or dump as one DMA per run of consecutive slots (and caller rows) only
-when a plane's runs are few and long (``planes.MAX_DIRECT_RUNS``, ``planes.MIN_RUN_BYTES``);
+when they are long and, where vLLM's rows do not run with the slots, few (``planes.takes_direct``);
 otherwise it stages through a gather/scatter kernel, or, for short runs, one UVA kernel that
-occupies SMs while it crosses the link. This replays the grid's store traffic (bench/prefix_ttft.py:
+occupies SMs while it crosses the link (``planes.copier_path``). This replays the grid's store traffic (bench/prefix_ttft.py:
 per cell and repetition, c fresh prompts computed and stored, a store pass of 2c prompts, a 100 %
 load of c of them, an 80 % load of the other c plus their new tails stored) on a pool of the grid's
 slot count with tiny blocks (the plans depend on slots, not bytes), and reports per cell the slot
@@ -22,21 +22,12 @@ import sys
 import torch
 from tqdm import tqdm
 
-from ucm.tiers import base, create_store, planes as planes_mod
-from ucm.tiers.planes import RowPlan
+from ucm.tiers import base, create_store
+from ucm.tiers.planes import copier_path
 
 BLOCK_TOKENS = 16
 KV_BYTES_PER_TOKEN = 57344  # Qwen2.5-7B, bfloat16: 28 layers x 2 x 4 heads x 128 x 2 bytes
 LAYERS = 28
-
-
-def path(plan: RowPlan, layer_bytes: int) -> str:
-    """The CudaPlaneCopier path of one call (its ``_submit`` rule for one plane per layer)."""
-    if len(plan.pairs) <= planes_mod.MAX_DIRECT_RUNS and layer_bytes * len(plan) >= planes_mod.MIN_RUN_BYTES * len(plan.pairs):
-        return "direct"
-    if layer_bytes * len(plan) >= planes_mod.MIN_RUN_BYTES * len(plan.runs):
-        return "staged"
-    return "uva-kernel"
 
 
 def main(argv=None) -> dict:
@@ -108,7 +99,7 @@ def main(argv=None) -> dict:
             cell["dump"] += dump([prompt(nb - hit) for _ in B])  # the 80 % pass stores its new tails
         row = {"L": L, "c": c}
         for kind, plans in cell.items():
-            paths = [path(p, layer_bytes) for p in plans]
+            paths = [copier_path(p, layer_bytes) for p in plans]
             row[kind] = {"calls": len(plans), "median_runs": statistics.median(len(p.runs) for p in plans),
                          "max_runs": max(len(p.runs) for p in plans),
                          "paths": {x: paths.count(x) for x in sorted(set(paths))}}

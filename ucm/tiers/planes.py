@@ -25,7 +25,8 @@ import torch
 
 #: below this many bytes per run of consecutive slots, per-run DMAs lose to one UVA kernel
 MIN_RUN_BYTES = 256 << 10
-#: at most this many direct DMAs per plane (each costs the CPU a launch, on the model's thread)
+#: the direct path may cost at most this many more DMAs per plane than the staged one (each DMA
+#: costs the CPU a launch, on the model's thread)
 MAX_DIRECT_RUNS = 8
 
 
@@ -54,6 +55,31 @@ def words(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
            and t.data_ptr() % 8 == 0 for t in ts):
         return tuple(t.view(torch.int64) for t in ts)
     return ts
+
+
+def dma_worthy(plan: "RowPlan", width: int, n_runs: int) -> bool:
+    """Whether ``n_runs`` DMAs a plane move ``width``-byte rows fast: runs of MIN_RUN_BYTES or more
+    on average (shorter ones lose to one UVA kernel)."""
+    return width * len(plan) >= MIN_RUN_BYTES * n_runs
+
+
+def takes_direct(plan: "RowPlan", widths) -> bool:
+    """Whether a call goes straight between the caller's rows and the pool, a DMA per run where slot
+    and row both go up by one (``plan.pairs``), instead of staging: a DMA per run of slots, then a
+    gather or scatter kernel. Direct when its DMAs are long enough and at most MAX_DIRECT_RUNS more
+    per plane than staging's: a prompt spread over many slot runs (a full pool's scattered LRU victims:
+    a 16k prompt in 20-100 runs, bench/slot_fragmentation.py) but on consecutive vLLM rows costs the
+    same DMAs either way, and staging adds a kernel, an index upload and a wait between streams."""
+    return len(plan.pairs) <= len(plan.runs) + MAX_DIRECT_RUNS and all(
+        dma_worthy(plan, w, len(plan.pairs)) for w in widths)
+
+
+def copier_path(plan: "RowPlan", width: int) -> str:
+    """The path a GPU<->pinned call of one plane of ``width`` bytes a row takes: "direct", "staged"
+    (DMAs by slot run + a kernel) or "uva-kernel" (one kernel through the link)."""
+    if takes_direct(plan, [width]):
+        return "direct"
+    return "staged" if dma_worthy(plan, width, len(plan.runs)) else "uva-kernel"
 
 
 def pair_runs(slots: list[int], rows: list[int]) -> list[tuple[int, int, int]]:
@@ -226,8 +252,7 @@ class CudaPlaneCopier:
 
     def _submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list[_Events]:
         caller = torch.cuda.current_stream(self.device)
-        if len(plan.pairs) <= MAX_DIRECT_RUNS and all(
-                pc.dma and pc.user.shape[1] * len(plan) >= MIN_RUN_BYTES * len(plan.pairs) for pc in planes):
+        if all(pc.dma for pc in planes) and takes_direct(plan, [pc.user.shape[1] for pc in planes]):
             return self._direct(planes, plan, to_pool, caller)
         self.kernel_stream.wait_stream(caller)
         fresh = (self.device.type, self.device.index) not in plan._index
@@ -241,13 +266,13 @@ class CudaPlaneCopier:
         done = []
         for group in row_groups(planes):
             if len(group) > 1 and group[0].row_uva is not None \
-                    and group[0].row.shape[1] * len(plan) >= MIN_RUN_BYTES * len(plan.runs):
+                    and dma_worthy(plan, group[0].row.shape[1], len(plan.runs)):
                 ev = (self._dump_rows if to_pool else self._load_rows)(group, r, plan.runs, ring)
                 done.extend(ev for _ in group)  # the planes of a group land together
                 continue
             for pc in group:
                 width = pc.user.shape[1]
-                dma = pc.dma and width * len(plan) >= MIN_RUN_BYTES * len(plan.runs)
+                dma = pc.dma and dma_worthy(plan, width, len(plan.runs))
                 if to_pool:
                     done.append(self._dump_plane(pc, r, s, plan.runs, dma, ring))
                 else:
