@@ -540,19 +540,28 @@ class Bench:
                          use_tqdm=False)
         # the offline API returns outputs only when requests finish: read the scheduler's requests
         reqs, t1, first, steps = self.core.scheduler.requests, None, 0, 0
-        before = self._counters() or {}
+        before, g0, step_s = self._counters() or {}, self.gc.snapshot(), []
         while eng.has_unfinished_requests():
+            ts = time.perf_counter()
             eng.step()
             if t1 is None and len(reqs) == a.decode_batch and all(r.num_output_tokens >= 1 for r in reqs.values()):
                 t1, first = time.perf_counter(), sum(r.num_output_tokens for r in reqs.values())
             elif t1 is not None:
                 steps += 1
+                step_s.append(time.perf_counter() - ts)
         t2 = time.perf_counter()
         tokens = a.decode_batch * a.decode_tokens - first
         after = self._counters() or None
         if after and store is not None:  # what this repetition stored (none without storing)
             after = dict(after, dumped_blocks_rep=after.get("dumped_blocks", 0) - before.get("dumped_blocks", 0))
-        return dict(tokens=tokens, seconds=t2 - t1, tok_s=tokens / (t2 - t1), steps=steps, store=store, ucm=after)
+        # where a slow repetition's time went: a few long steps (a pause) or every step a bit slower
+        step_ms = sorted(1e3 * x for x in step_s) or [0.0]
+        med = statistics.median(step_ms)
+        steps_summary = dict(median=round(med, 3), p90=round(step_ms[int(0.9 * (len(step_ms) - 1))], 3),
+                             max=round(step_ms[-1], 3), over_2x_median=sum(x > 2 * med for x in step_ms),
+                             ms_over_median=round(sum(x - med for x in step_ms if x > med), 3))
+        return dict(tokens=tokens, seconds=t2 - t1, tok_s=tokens / (t2 - t1), steps=steps, store=store, ucm=after,
+                    step_ms=steps_summary, gc=self.gc.since(g0))
 
     def _decode_summary(self, reps: list) -> dict:
         a = self.a
