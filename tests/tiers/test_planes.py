@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ucm.tiers import NOT_FOUND, OK, REFUSED, create_store
-from ucm.tiers.planes import RowPlan, pair_runs, runs, words
+from ucm.tiers.planes import RowPlan, copier_path, pair_runs, runs, words
 
 LAYERS, ROW = 4, 512  # 4 layers x (K, V) rows of 512 bytes: a 4 KiB block
 BLOCK = 2 * LAYERS * ROW
@@ -361,3 +361,14 @@ def test_words_view_bytes_as_int64_only_where_the_layout_allows():
     wb, ws = words(b, src)
     torch.index_select(ws, 0, idx, out=wb)
     assert torch.equal(a, b)
+
+
+def test_the_copier_goes_direct_when_staging_would_not_save_dmas():
+    layer = 32 << 10  # 8 blocks of a layer make the 256 KiB a DMA needs
+    assert copier_path(RowPlan(list(range(100)), list(range(100))), layer) == "direct"
+    twenty = [s for r in range(20) for s in range(100 * r, 100 * r + 10)]  # 20 runs of 10 slots
+    # onto consecutive rows: as many DMAs as staging would need, so direct
+    assert copier_path(RowPlan(twenty, list(range(200))), layer) == "direct"
+    # onto rows that break every 2 blocks (100 pairs for 20 slot runs): staged
+    assert copier_path(RowPlan(twenty, [r * 3 + j for r in range(100) for j in range(2)]), layer) == "staged"
+    assert copier_path(RowPlan(list(range(0, 200, 2)), list(range(100))), layer) == "uva-kernel"
