@@ -8,11 +8,15 @@ link, set the pace. This measures them on a vLLM-0.26-like KV
 cache (``--layers`` tensors of (blocks, ``--layer-kib``) bytes: K and V of a block packed) and a
 DRAM pool with one plane per layer, for the rows vLLM hands out:
 
-  consecutive  fresh blocks, ascending: slots and rows run together (the direct path: a DMA a layer)
-  pairs        reused blocks, freed in reverse: ascending pairs in descending order (the staging
-               path: DMAs by slot run into a staging buffer, then a scatter kernel)
-  pairs-uva    the same rows with the DMA paths off (``planes.MIN_RUN_BYTES`` raised): one gather
-               and one scatter kernel reading or writing the pinned pool through UVA
+  consecutive      fresh blocks, ascending: slots and rows run together (the direct path: a DMA a layer)
+  interleaved      every other row (two requests' blocks freed in turn): no two blocks on adjacent
+                   rows, so no run of slots and rows together, whatever order the pool gives the
+                   slots in (the staging path: DMAs by slot run into a staging buffer, then a
+                   gather or scatter kernel)
+  interleaved-uva  the same rows with the DMA paths off (``planes.MIN_RUN_BYTES`` raised): one gather
+                   and one scatter kernel reading or writing the pinned pool through UVA
+(Rows that are merely reversed, as vLLM hands out a freed prompt's blocks, take the direct path: new
+blocks get their slots in row order.)
 
 For each: the CPU microseconds of the ``read_planes`` / ``dump_rows`` calls per layer (their sum
 over a read or write, divided by the layers; median over repetitions), the whole read's or write's
@@ -39,16 +43,14 @@ import torch
 
 from ucm.tiers import create_store, planes
 
-ORDERS = ("consecutive", "pairs", "pairs-uva")
+ORDERS = ("consecutive", "interleaved", "interleaved-uva")
 
 
 def dst_rows(order: str, blocks: int, base: int) -> list[int]:
     """Rows of the loaded (or dumped) blocks in the KV cache, first block first."""
     if order == "consecutive":
         return list(range(base, base + blocks))
-    top = base + blocks - blocks % 2  # reused blocks: ascending pairs, in descending order
-    rows = [r for i in range(2, top - base + 1, 2) for r in (top - i, top - i + 1)]
-    return rows + list(range(top, base + blocks))
+    return list(range(base, base + 2 * blocks, 2))  # interleaved: every other row
 
 
 def _sync(device: torch.device) -> None:
@@ -136,7 +138,7 @@ def run(device: torch.device, order: str, layers: int, blocks: int, layer_bytes:
                                           "max_cache_size": layer_bytes * layers * (blocks * (reps + 1) + 4),
                                           "planes": layers})
     g = torch.Generator().manual_seed(0)
-    src = [torch.randint(0, 255, (2 * blocks + 2, layer_bytes), dtype=torch.uint8, generator=g).to(device)
+    src = [torch.randint(0, 255, (3 * blocks + 2, layer_bytes), dtype=torch.uint8, generator=g).to(device)
            for _ in range(layers)]
     dst = [torch.zeros_like(t) for t in src]
     rows = dst_rows(order, blocks, blocks + 1)
@@ -160,6 +162,7 @@ def run(device: torch.device, order: str, layers: int, blocks: int, layer_bytes:
             _sync(device)
             t0 = time.perf_counter()
             br = store.open_blocks(ids, rows)
+            plan = br.plan  # the pool's real plan: its slots follow the rows
             rcpu = _load_layers(lambda a, b: [[p] for p in store.read_planes(
                 br, dst[a:b], offset=a * layer_bytes, last=b == layers)], layers, model)
             assert store.wait(br.task) == 0
@@ -184,7 +187,6 @@ def run(device: torch.device, order: str, layers: int, blocks: int, layer_bytes:
             model.layer()
         _sync(device)
         alone.append(time.perf_counter() - t0)
-    plan = planes.RowPlan(list(range(blocks)), rows)  # fresh slots, in order
     return {"order": order, "layers": layers, "blocks": blocks, "layer_bytes": layer_bytes,
             "model_gpu_us": model.gpu_us, "model_cpu_us": model.cpu_us, "model_alone_ms": 1e3 * min(alone),
             "row_runs": len(plan.pairs), "slot_runs": len(plan.runs),

@@ -15,6 +15,7 @@ runs of each load and dump call and the path the copier would take for it on vLL
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import statistics
 import sys
@@ -30,9 +31,25 @@ KV_BYTES_PER_TOKEN = 57344  # Qwen2.5-7B, bfloat16: 28 layers x 2 x 4 heads x 12
 LAYERS = 28
 
 
+class VllmBlocks:
+    """vLLM's free block queue (v1 ``BlockPool``, 0.26 and 0.32, prefix caching on): allocation takes
+    from the front; a finished request's blocks, which carry hashes, are appended at the back in
+    reverse (tail first: ``free_blocks(reversed(...))``); a prefix-cache reset keeps the order."""
+
+    def __init__(self, n: int):
+        self.free = collections.deque(range(1, n))  # block 0 is vLLM's null block
+
+    def take(self, n: int) -> list[int]:
+        return [self.free.popleft() for _ in range(n)]
+
+    def give_back(self, rows: list[int]) -> None:
+        self.free.extend(reversed(rows))
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache-gib", type=float, default=16.0)
+    ap.add_argument("--gpu-blocks", type=int, default=111320, help="vLLM's KV blocks (H200, 7B, gpu_util 0.8)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--order", default="8000,4000,16000")
     ap.add_argument("--concurrency", default="1,2,4")
@@ -44,45 +61,46 @@ def main(argv=None) -> dict:
     slots = int(a.cache_gib * (1 << 30)) // block_bytes
     tiny = LAYERS * 8  # 8 bytes a plane: the plans only depend on slot numbers
     store = create_store("UcmDramStore", {"kv_block_size": tiny, "max_cache_size": tiny * slots, "planes": LAYERS})
-    kv = [torch.zeros(1 << 17, 8, dtype=torch.uint8) for _ in range(LAYERS)]
+    kv = [torch.zeros(a.gpu_blocks, 8, dtype=torch.uint8) for _ in range(LAYERS)]
+    gpu = VllmBlocks(a.gpu_blocks)
     calls: list = []
     real = store._submit_planes
-    store._submit_planes = lambda views, plan, to_pool, task, keys: calls.append(plan) or real(views, plan, to_pool, task, keys)
+    store._submit_planes = lambda views, plan, to_pool, task, keys: (calls.append(plan) if len(plan) else None) or real(
+        views, plan, to_pool, task, keys)
     counter = [0]
 
     def prompt(n_blocks):
         counter[0] += 1
         return [f"p{counter[0]}-{i}".encode() for i in range(n_blocks)]
 
-    def dump(prompts):
-        """Chunked prefill: 16384 tokens a step; each step's new blocks in one staged dump."""
-        budget, step, out = 1024, [], []
-        for p in prompts:
-            for k in p:
-                step.append(k)
-                if len(step) == budget:
-                    out.append(step)
-                    step = []
-        out += [step] if step else []
+    def dump_steps(pairs):
+        """Chunked prefill: 16384 tokens a step; each step's new blocks (key, row) in one ``dump_rows``."""
         plans = []
-        for keys in out:
+        for lo in range(0, len(pairs), 1024):
+            keys, rows = [k for k, _ in pairs[lo:lo + 1024]], [r for _, r in pairs[lo:lo + 1024]]
             calls.clear()
-            rows = list(range(len(keys)))
-            failed = set()
-            for lo, hi in base.stages(len(keys), block_bytes):
-                bw = store.reserve_blocks(keys[lo:hi], rows[lo:hi])
-                store.write_planes(bw, kv, 0)
-                store.wait(bw.task)
-                failed |= bw.task.failed_ids  # refused: more in flight than the pool holds
+            task = store.dump_rows(keys, kv, rows)
+            store.wait(task)
             plans += list(calls)
+            failed = task.failed_ids  # refused: more in flight than the pool holds
             store.commit([k for k in keys if k not in failed])
             store.commit([k for k in keys if k in failed], False)
         return plans
 
-    def load(keys):
+    def run_pass(prompts, loaded=0):
+        """One pass: vLLM gives each prompt its rows; the first ``loaded`` blocks of each load from
+        the store, the rest are computed and dumped; the rows go back when the pass ends.
+        Returns (load plans, dump plans)."""
+        rows = [gpu.take(len(p)) for p in prompts]
         calls.clear()
-        store.wait(store.load_blocks(keys, kv, list(range(len(keys)))))  # evicted blocks just miss
-        return list(calls)
+        if loaded:
+            store.wait(store.load_blocks([k for p in prompts for k in p[:loaded]], kv,
+                                         [r for rs in rows for r in rs[:loaded]]))  # evicted blocks just miss
+        loads = list(calls)
+        dumps = dump_steps([(k, r) for p, rs in zip(prompts, rows) for k, r in list(zip(p, rs))[loaded:]])
+        for rs in rows:
+            gpu.give_back(rs)
+        return loads, dumps
 
     rows = []
     cells = [(int(L), int(c)) for L in a.order.split(",") for c in a.concurrency.split(",")]
@@ -90,18 +108,20 @@ def main(argv=None) -> dict:
         nb = L // BLOCK_TOKENS
         cell = {"dump": [], "load100": [], "load80": []}
         for _ in range(a.reps):
-            cell["dump"] += dump([prompt(nb) for _ in range(c)])  # full pass, connector on
+            cell["dump"] += run_pass([prompt(nb) for _ in range(c)])[1]  # full pass, connector on
             A, B = [prompt(nb) for _ in range(c)], [prompt(nb) for _ in range(c)]
-            dump(A + B)  # store pass
-            cell["load100"] += load([k for p in A for k in p[:nb - 1]])
+            run_pass(A + B)  # store pass
+            cell["load100"] += run_pass(A, loaded=nb - 1)[0]  # the last block is computed (and stored)
             hit = int(a.hit * nb)
-            cell["load80"] += load([k for p in B for k in p[:hit]])
-            cell["dump"] += dump([prompt(nb - hit) for _ in B])  # the 80 % pass stores its new tails
+            loads, dumps = run_pass([p[:hit] + prompt(nb - hit) for p in B], loaded=hit)
+            cell["load80"] += loads
+            cell["dump"] += dumps
         row = {"L": L, "c": c}
         for kind, plans in cell.items():
             paths = [copier_path(p, layer_bytes) for p in plans]
             row[kind] = {"calls": len(plans), "median_runs": statistics.median(len(p.runs) for p in plans),
                          "max_runs": max(len(p.runs) for p in plans),
+                         "median_pairs": statistics.median(len(p.pairs) for p in plans),
                          "paths": {x: paths.count(x) for x in sorted(set(paths))}}
         rows.append(row)
         print(json.dumps(row), flush=True)

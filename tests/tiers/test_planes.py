@@ -61,6 +61,31 @@ def test_new_blocks_get_ascending_slots_after_a_tail_first_eviction(dev):
             assert torch.equal(d[20:24], s[10:14])
 
 
+def test_new_blocks_take_slots_in_the_order_of_their_rows(dev):
+    """Once vLLM's never-used blocks are gone it hands a prompt descending rows (freed tail first):
+    the new blocks take ascending slots in row order, so slots and rows still run together, and a
+    later load into descending rows again is one run too (a DMA per run on the GPU)."""
+    with create_store("UcmDramStore", {"kv_block_size": BLOCK, "max_cache_size": 8 * BLOCK,
+                                       "planes": LAYERS}) as store:
+        src = kv_cache(device=dev)
+        ids = [f"d{i}" for i in range(6)]
+        bw = store.reserve_blocks(ids, [20, 19, 18, 17, 16, 15])  # chain order, rows descending
+        assert bw.plans[0].pairs == [(0, 15, 6)], "slots 0..5 onto rows 15..20"
+        for layer in range(LAYERS):
+            store.write_planes(bw, src[2 * layer:2 * layer + 2], offset=2 * layer * ROW)
+        assert store.wait(bw.task) == OK
+        store.commit(ids)
+        dst = [torch.zeros_like(t) for t in src]
+        back = [30, 29, 28, 27, 26, 25]
+        br = store.open_blocks(ids, back)
+        assert len(br.plan.pairs) == 1
+        for layer in range(LAYERS):
+            store.read_planes(br, dst[2 * layer:2 * layer + 2], offset=2 * layer * ROW, last=layer == LAYERS - 1)
+        assert store.wait(br.task) == OK
+        for s, d in zip(src, dst):
+            assert torch.equal(d[back], s[[20, 19, 18, 17, 16, 15]])
+
+
 def test_block_api_and_piece_api_agree(pool_store):
     src = kv_cache()
     pool_store.wait(pool_store.dump_blocks(["a"], src, [3]))

@@ -11,8 +11,8 @@ block before it (a prefix lookup stops at its first miss). So a commit inserts i
 eviction policy last-first, and a read touches them last-first: a recency policy then evicts a
 request's tail before its head, and a partial eviction shortens a cached prefix instead of
 breaking it at block 0 (seen at TP = 2, 2026-11-28: four head blocks evicted lost a whole 800-block
-hit). A call's new blocks take their slots in ascending order, so a request's blocks land in
-ascending slots even after such an eviction (the GPU moves a run of them as one DMA).
+hit). A call's new blocks take their slots in the ascending order of the caller's rows, so slots and
+rows go up together even after such an eviction (the GPU moves a run of them as one DMA).
 
 Layout: the pool is ``(planes, num_slots, block_size // planes)``. With ``planes=1`` a block is
 one contiguous row; with one plane per layer's K or V, the same layer of many blocks is
@@ -372,13 +372,15 @@ class SlotPoolTier(Tier):
                 new = keys[i] not in self._blocks
                 blk = self._writable(keys[i], task, demoted)
                 if new and blk is not None:
-                    fresh.append(blk)
+                    fresh.append((rows[i] if k == 1 else rows[i][0], blk))
                 if blk is not None:
                     chunk.append((blk, rows[i]))
-            # new blocks take their slots in ascending order, first block first: slots freed by
-            # evicting a chain tail-first come back descending, and a request's blocks in
-            # ascending slots can move as one DMA per run (nothing was copied into them yet)
-            for blk, slot in zip(fresh, sorted(b.slot for b in fresh)):
+            # new blocks take their slots in ascending order of their caller rows (nothing was
+            # copied into them yet): slots and rows then go up together, so a run of them moves
+            # as one DMA, whichever way the caller's rows run (vLLM hands a prompt descending rows
+            # once its never-used blocks are gone) and in whatever order eviction freed the slots
+            fresh.sort(key=lambda rb: rb[0])
+            for (_, blk), slot in zip(fresh, sorted(b.slot for _, b in fresh)):
                 blk.slot = slot
             picked += [(blk.slot, row) for blk, row in chunk]
             taken += len(fresh)
