@@ -84,3 +84,11 @@ def test_a_staged_read_leaves_the_chain_evicted_tail_first(small_stages):
         store.commit(new)
         assert store.lookup(old) == [False] * 4
         assert store.lookup(chain) == [True] * 58 + [False] * 2, "the tail went, the prefix stays"
+
+
+def test_a_bad_stage_head_in_the_environment_fails_with_its_name(monkeypatch):
+    monkeypatch.setenv("UCM_STAGE_HEAD_MIB", "lots")
+    with pytest.raises(ValueError, match="UCM_STAGE_HEAD_MIB"):
+        base._stage_head_bytes()
+    monkeypatch.setenv("UCM_STAGE_HEAD_MIB", "64")
+    assert base._stage_head_bytes() == 64 << 20

@@ -83,8 +83,18 @@ def check_pieces(block_ids, offset, tensors, block_size: int, tensor_arg: str) -
 #: a block-API call over many blocks is planned and launched in stages (``stages``): about this
 #: many bytes first, so the link starts after a few blocks are planned, then each stage
 #: STAGE_FANOUT x the last, whose copies run while Python plans the next (~2.5 us a block)
-STAGE_HEAD_BYTES = int(os.environ.get("UCM_STAGE_HEAD_MIB", "128")) << 20  # the env: for A/B benchmarks
 STAGE_FANOUT = 3
+
+
+def _stage_head_bytes() -> int:
+    """128 MiB, or ``UCM_STAGE_HEAD_MIB`` (for A/B benchmarks: a huge value turns stages off)."""
+    raw = os.environ.get("UCM_STAGE_HEAD_MIB", "128")
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"UCM_STAGE_HEAD_MIB must be a positive whole number of MiB, got {raw!r}: unset it for 128")
+    return int(raw) << 20
+
+
+STAGE_HEAD_BYTES = _stage_head_bytes()
 
 
 def stages(n: int, block_bytes: int, from_end: bool = False) -> list[tuple[int, int]]:
