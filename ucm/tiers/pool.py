@@ -43,8 +43,10 @@ from ucm.tiers.planes import CudaPlaneCopier, PlaneCopy, RowPlan, copy_planes_cp
 
 #: a group of at least this many same-shaped pieces is copied as one plane copy, not piece by piece
 MIN_GROUP = 8
-#: calls are planned and launched in chunks of about this many bytes, so the first copies run
-#: while Python plans the rest (smaller chunks would spend more on launches than they overlap)
+#: the piece API plans and launches a call in chunks of about this many bytes, so the first copies
+#: run while Python plans the rest (smaller chunks would spend more on launches than they overlap);
+#: every plan holds the lock for at most this many bytes of blocks at a time. (The block API
+#: launches in ``base.stages`` instead: small first, then growing.)
 CHUNK_BYTES = 256 << 20
 
 
@@ -208,11 +210,8 @@ class SlotPoolTier(Tier):
         may write one layer's planes at a time). Asynchronous.
         """
         keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
-        task, rows = Task("dump"), list(rows)
-        for lo, hi in stages(len(keys), self.block_size):  # the first copies run while the rest is planned
-            plan = self._plan(keys[lo:hi], rows[lo:hi], k, task, write=True)
-            for part in self._submit_planes(views, plan, True, task, keys[lo:hi]):
-                task.add(part)
+        task = Task("dump")
+        self._submit_staged(keys, list(rows), k, views, task, to_pool=True)
         return task
 
     def load_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence,
@@ -220,16 +219,8 @@ class SlotPoolTier(Tier):
         """The reverse of ``dump_blocks``. ``task.planes[j]`` lists the completions of plane ``j``,
         so a caller can start on one layer while the next still copies."""
         keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
-        task, pinned, rows = Task("load"), {}, list(rows)
-        task.planes = [[] for _ in views]
-        # planned in stages, the last blocks first (reads touch a chain tail-first), each stage
-        # issued plane by plane as soon as it is planned: the link starts after a few blocks, and
-        # within a stage plane 0 (a caller's first layer) lands first, then plane 1, ...
-        for lo, hi in stages(len(keys), self.block_size, from_end=True):
-            plan = self._plan(keys[lo:hi], rows[lo:hi], k, task, pinned=pinned)
-            for j, part in enumerate(self._submit_planes(views, plan, False, task, keys[lo:hi])):
-                task.planes[j].append(part)
-                task.add(part)
+        task, pinned = Task("load"), {}
+        task.planes = self._submit_staged(keys, list(rows), k, views, task, to_pool=False, pinned=pinned)
         self._track_read(task, pinned)
         return task
 
@@ -397,6 +388,20 @@ class SlotPoolTier(Tier):
                 slots.append(blk.slot)
                 picked.append(rows[i])
         return RowPlan(slots, picked, k)
+
+    def _submit_staged(self, keys: list[bytes], rows: list, k: int, views: list[PlaneCopy], task: Task,
+                       to_pool: bool, pinned: Optional[dict] = None) -> list[list]:
+        """A whole block-API call, planned and launched in ``stages``: the link starts after a few
+        blocks are planned, and each stage copies while the next is planned. A read's stages go
+        last blocks first (reads touch a chain tail-first); within a stage plane 0 (a caller's
+        first layer) is issued first, then plane 1, ... Returns each plane's completions."""
+        parts: list[list] = [[] for _ in views]
+        for lo, hi in stages(len(keys), self.block_size, from_end=not to_pool):
+            plan = self._plan(keys[lo:hi], rows[lo:hi], k, task, write=to_pool, pinned=pinned)
+            for j, part in enumerate(self._submit_planes(views, plan, to_pool, task, keys[lo:hi])):
+                parts[j].append(part)
+                task.add(part)
+        return parts
 
     def _demote_ahead(self) -> None:
         """Evict until ``_ahead`` slots are free or draining; each victim's slot goes to the tier
