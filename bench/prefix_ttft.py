@@ -420,14 +420,21 @@ class Bench:
         g0 = self.gc.snapshot()
         t0 = time.perf_counter()
         self.llm.enqueue([{"prompt_token_ids": p} for p in prompts], self.sp, use_tqdm=False)
-        lat, cached = [], []
+        lat, cached, steps = [], [], []
         while eng.has_unfinished_requests():
+            ts = time.perf_counter()
+            done = 0
             for o in eng.step():
                 if o.finished:
                     lat.append(time.perf_counter() - t0)
                     cached.append(o.num_cached_tokens or 0)
+                    done += 1
+            steps.append([round(1e3 * (time.perf_counter() - ts), 2), done])
         assert len(lat) == len(prompts), (len(lat), len(prompts))
-        r = dict(mean_s=statistics.mean(lat), max_s=max(lat), cached_tokens=cached, gc=self.gc.since(g0))
+        # every latency and every engine.step() call (ms, requests finished in it): a request whose first
+        # token waits for a later step than it needs shows as a step call that blocked
+        r = dict(mean_s=statistics.mean(lat), max_s=max(lat), lat_s=[round(x, 4) for x in lat], steps=steps,
+                 cached_tokens=cached, gc=self.gc.since(g0))
         c1 = self._counters()
         if c1:
             r["ucm"] = {k: c1[k] - c0.get(k, 0) for k in c1}

@@ -8,10 +8,13 @@ concurrency, times ``hbm``-free passes (fresh store pass, then the 80 % hit pass
 - CPU seconds per connector hook (scheduler lookup+pin, ``start_load_kv``, ``wait_for_layer_load``,
   ``save_kv_layer``) and per copier call, with how many plane groups took the whole-row DMA path,
   the per-plane DMA path or the UVA kernel path, and the runs of consecutive slots they moved;
-- a torch.profiler trace of one 100 % and one 80 % hit pass (CUDA kernels and copies per stream),
-  written gzipped as ``hit<P>_<L>_<c>.trace.json.gz`` (chrome://tracing, Perfetto) and summarised
-  per stream: busy time, first/last activity, and how much of the copy stream overlaps the compute
-  stream; and a cProfile of the Python functions of a pass alike (``hit<P>_<L>_<c>.cprofile.txt``).
+- a torch.profiler trace of one pass of fresh prompts with the store on (``full``: its dumps), one
+  100 % and one 80 % hit pass (CUDA kernels and copies per stream), written gzipped as
+  ``<pass>_<L>_<c>.trace.json.gz`` (chrome://tracing, Perfetto) and summarised per stream (busy time,
+  first/last activity, overlap of each stream with the compute stream) and by CUDA runtime call (the
+  longest ones with the CPU ops around them: a wait for the GPU on the model's thread); each pass's
+  per-request latencies and engine step calls; and a cProfile of the Python functions of a pass alike
+  (``<pass>_<L>_<c>.cprofile.txt``).
 
 Writes ``profile_layerwise.json`` with all of it into --out. Not a benchmark: it slows the hooks a
 little to time them; compare its TTFTs only with each other.
@@ -30,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import prefix_ttft  # noqa: E402
-from trace_summary import save_trace, stream_summary  # noqa: E402
+from trace_summary import blocking_calls, save_trace, stream_summary  # noqa: E402
 
 CPU = collections.defaultdict(lambda: [0, 0.0])  # name -> [calls, seconds]
 PATHS = collections.Counter()  # copier path -> plane groups
@@ -64,6 +67,7 @@ def instrument() -> None:
                  "finished_loads", "poll_dumps"):
         _timed(worker.UcmWorker, name, f"worker.{name}")
     _timed(planes.CudaPlaneCopier, "submit", "copier.submit")
+    _timed(planes.CudaPlaneCopier, "_submit_after", "copier.dump_thread (waits for its forward, then issues)")
 
     orig_groups = planes.row_groups
 
@@ -77,16 +81,16 @@ def instrument() -> None:
     planes.row_groups = row_groups
     orig_direct = planes.CudaPlaneCopier._direct
 
-    def direct(self, pcs, plan, to_pool, caller):
+    def direct(self, pcs, plan, to_pool, wait):
         PATHS["direct (slot and row runs)"] += len(pcs)
-        return orig_direct(self, pcs, plan, to_pool, caller)
+        return orig_direct(self, pcs, plan, to_pool, wait)
 
     planes.CudaPlaneCopier._direct = direct
     orig_submit = planes.CudaPlaneCopier.submit
 
-    def submit(self, pcs, plan, to_pool):
+    def submit(self, pcs, plan, to_pool, on_error=None):
         RUNS.append(dict(to_pool=bool(to_pool), rows=len(plan), runs=len(plan.runs), pairs=len(plan.pairs)))
-        return orig_submit(self, pcs, plan, to_pool)
+        return orig_submit(self, pcs, plan, to_pool, on_error=on_error)
 
     planes.CudaPlaneCopier.submit = submit
 
@@ -120,7 +124,8 @@ def profiled(b, make, cuda: bool, stem: str) -> dict:
     pstats.Stats(prof_py, stream=out).sort_stats("tottime").print_stats(45)
     with open(stem + ".cprofile.txt", "w") as f:
         f.write(out.getvalue())
-    return dict(ttft_s=t["mean_s"], ttft_under_cprofile_s=t_py["mean_s"], streams=stream_summary(trace))
+    return dict(ttft_s=t["mean_s"], lat_s=t.get("lat_s"), steps=t.get("steps"), ttft_under_cprofile_s=t_py["mean_s"],
+                streams=stream_summary(trace), cuda_calls=blocking_calls(trace))
 
 
 def main() -> None:
@@ -154,13 +159,18 @@ def main() -> None:
                         cpu_s={k: dict(calls=v[0], seconds=round(v[1], 5), per_rep_ms=round(1e3 * v[1] / a.reps, 3))
                                for k, v in sorted(CPU.items())},
                         copier_paths=dict(PATHS),
-                        load_calls=[r for r in RUNS if not r["to_pool"]][-8:])
+                        load_calls=[r for r in RUNS if not r["to_pool"]][-8:],
+                        dump_calls=[r for r in RUNS if r["to_pool"]][-8:],
+                        full_passes=[dict(lat_s=r["full_connector_on"].get("lat_s"), steps=r["full_connector_on"].get("steps"))
+                                     for r in reps])
             # one more 100 % and 80 % pass each under the profilers (CUDA streams; Python functions)
             A = b.fresh(c, L)
             b.timed(A)
             b.drain()
             b.reset_gpu()
-            for name, make in (("hit100", lambda: A), ("hit80", lambda: b.partial(A, L))):
+            # fresh prompts with the store on first: its dumps run while the next step computes
+            for name, make in (("full", lambda: b.fresh(c, L)), ("hit100", lambda: A),
+                               ("hit80", lambda: b.partial(A, L))):
                 cell[f"profiled_{name}"] = profiled(b, make, cuda, os.path.join(args.out, f"{name}_{L}_{c}"))
             res["cells"].append(cell)
             print(json.dumps(cell, indent=1, default=str), flush=True)

@@ -60,3 +60,33 @@ def stream_summary(trace: dict) -> dict:
                            overlap_with_main_ms=None if s == main else round(overlap / 1e3, 3),
                            main=s == main)
     return out
+
+
+def blocking_calls(trace: dict, min_ms: float = 2.0, top: int = 12) -> dict:
+    """CUDA runtime/driver calls on the CPU side: totals per name, and the longest ones (>= ``min_ms``)
+    with the CPU ops around them (outermost first) and their start after the trace's first event: a
+    hook or copy that waits for the GPU (a synchronize, an allocation that frees cached memory)
+    shows here with what called it."""
+    evs = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
+    if not evs:
+        return {}
+    t0 = min(e["ts"] for e in evs)
+    calls = [e for e in evs if e.get("cat") in ("cuda_runtime", "cuda_driver")]
+    ops = sorted((e for e in evs if e.get("cat") in ("cpu_op", "user_annotation", "python_function")),
+                 key=lambda e: e["ts"])
+    totals = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    for e in calls:
+        t = totals[e["name"]]
+        t[0] += 1
+        t[1] += e.get("dur", 0) / 1e3
+        t[2] = max(t[2], e.get("dur", 0) / 1e3)
+    long = sorted((e for e in calls if e.get("dur", 0) / 1e3 >= min_ms), key=lambda e: -e.get("dur", 0))[:top]
+    out_long = []
+    for e in long:
+        a, b = e["ts"], e["ts"] + e.get("dur", 0)
+        around = [o["name"] for o in ops if o["ts"] <= a and o["ts"] + o.get("dur", 0) >= b and o.get("tid") == e.get("tid")]
+        out_long.append(dict(name=e["name"], start_ms=round((a - t0) / 1e3, 3), ms=round(e.get("dur", 0) / 1e3, 3),
+                             inside=around[:6]))
+    return dict(totals={k: dict(calls=v[0], ms=round(v[1], 3), max_ms=round(v[2], 3))
+                        for k, v in sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]},
+                longest=out_long)
