@@ -397,3 +397,48 @@ def test_the_copier_goes_direct_when_staging_would_not_save_dmas():
     # onto rows that break every 2 blocks (100 pairs for 20 slot runs): staged
     assert copier_path(RowPlan(twenty, [r * 3 + j for r in range(100) for j in range(2)]), layer) == "staged"
     assert copier_path(RowPlan(list(range(0, 200, 2)), list(range(100))), layer) == "uva-kernel"
+
+
+def test_a_bad_defer_dumps_switch_fails_with_its_name(monkeypatch):
+    from ucm.tiers import planes
+
+    monkeypatch.setenv("UCM_DEFER_DUMPS", "yes")
+    with pytest.raises(ValueError, match="UCM_DEFER_DUMPS"):
+        planes._defer_dumps()
+    monkeypatch.setenv("UCM_DEFER_DUMPS", "0")
+    assert planes._defer_dumps() is False
+    monkeypatch.delenv("UCM_DEFER_DUMPS")
+    assert planes._defer_dumps() is True
+
+
+class _Part:
+    def __init__(self, landed):
+        self.landed = landed
+
+    def done(self):
+        return self.landed
+
+    def wait(self, timeout):
+        return self.landed
+
+
+def test_a_dump_issued_later_is_done_only_once_issued_and_landed():
+    """The submitter thread's completion: not done while the thread has not issued the copies, nor
+    while they are in flight; a submission that raised is done, and ``wait`` says whether its error
+    was recorded by the caller's hook."""
+    from concurrent.futures import Future
+
+    from ucm.tiers.planes import _Later
+
+    fut = Future()
+    later = _Later(fut, handled=True)
+    assert not later.done() and not later.wait(0.01)  # not issued yet
+    fut.set_result([_Part(True), _Part(False)])
+    assert not later.done() and not later.wait(0.01)  # issued, one plane still copying
+    fut = Future()
+    fut.set_result([_Part(True)])
+    assert _Later(fut, handled=True).done() and _Later(fut, handled=True).wait(0.01)
+    fut = Future()
+    fut.set_exception(RuntimeError("injected"))
+    assert _Later(fut, handled=True).done() and _Later(fut, handled=True).wait(0.01)
+    assert not _Later(fut, handled=False).wait(0.01)

@@ -14,20 +14,42 @@ vLLM block) and ``pool_rows`` is a (slots, width) view of the pool. Instead of o
   pool directly through unified virtual addressing;
 - GPU <-> device pool (HBM tier): one gather/scatter kernel.
 Each plane's completion is its own event, so a caller can wait for one layer while others copy.
+
+Dumps are issued by a submitter thread once the caller's work is done (``DEFER_DUMPS``): a dump's copies
+must wait for the forward that wrote the rows, and CUDA blocks the CPU that queues commands behind such
+a wait once about a thousand are pending. Issued at once, a fragmented step-end dump (56 planes x
+~20 runs) blocked vLLM's thread until the forward ended, which held back the previous step's output a
+whole step (H200 grid, 2026-11-28: the first request of 16k c = 2 at 0.87 s instead of 0.43 s).
 """
 from __future__ import annotations
 
+import os
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+
+from ucm.tiers.base import log
 
 #: below this many bytes per run of consecutive slots, per-run DMAs lose to one UVA kernel
 MIN_RUN_BYTES = 256 << 10
 #: the direct path may cost at most this many more DMAs per plane than the staged one (each DMA
 #: costs the CPU a launch, on the model's thread)
 MAX_DIRECT_RUNS = 8
+
+
+def _defer_dumps() -> bool:
+    """On, or off with ``UCM_DEFER_DUMPS=0`` (A/B benchmarks: dumps queued on the caller's thread)."""
+    raw = os.environ.get("UCM_DEFER_DUMPS", "1").strip()
+    if raw not in ("0", "1"):
+        raise ValueError(f"UCM_DEFER_DUMPS must be 0 or 1, got {raw!r}: unset it for 1")
+    return raw == "1"
+
+
+DEFER_DUMPS = _defer_dumps()
 
 
 def cuda_view(host: torch.Tensor) -> torch.Tensor:
@@ -190,6 +212,32 @@ class _Events:
             stream.wait_event(e)
 
 
+class _Later:
+    """The completion of copies a submitter thread issues later (``Future`` of their ``_Events``):
+    done once issued and landed. A submission that raised counts as done; its error is recorded by
+    the caller's ``on_error`` hook (then ``wait`` says True, as for the CPU path's jobs) or, without
+    one, makes ``wait`` say False."""
+
+    def __init__(self, fut: Future, handled: bool):
+        self.fut = fut
+        self.handled = handled
+
+    def done(self) -> bool:
+        if not self.fut.done():
+            return False
+        return self.fut.exception() is not None or all(p.done() for p in self.fut.result())
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        try:
+            parts = self.fut.result(timeout)
+        except TimeoutError:
+            return False
+        except Exception:
+            return self.handled
+        return all(p.wait(max(0.0, deadline - time.monotonic())) for p in parts)
+
+
 def copy_planes_cpu(planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> None:
     """Row by row: a memcpy each, no temporary (index ops would allocate and fault in a gathered copy)."""
     for pc in planes:
@@ -243,18 +291,53 @@ class CudaPlaneCopier:
         self.kernel_stream = torch.cuda.Stream(device, priority=priority)
         self._rings = {True: _Ring(device), False: _Ring(device)}  # per direction (to_pool)
         self._lock = threading.Lock()  # the rings' turns (a chain also loads from its promoter thread)
+        self._submitter: Optional[ThreadPoolExecutor] = None  # dumps (module docstring), made on first use
 
-    def submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list[_Events]:
+    def submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool,
+               on_error: Optional[Callable[[Exception], None]] = None) -> list:
+        """Copy ``planes`` by ``plan``, after the work queued on the caller's stream so far. Returns a
+        completion per plane. A dump goes to the submitter thread (``DEFER_DUMPS``); should its
+        submission fail there, ``on_error(exc)`` records it."""
+        caller = torch.cuda.current_stream(self.device)
+        if to_pool and DEFER_DUMPS:
+            after = torch.cuda.Event(blocking=True)  # the thread sleeps on it, not polling the driver
+            after.record(caller)
+            if self._submitter is None:
+                self._submitter = ThreadPoolExecutor(1, thread_name_prefix="ucm-dump-submit")
+            later = _Later(self._submitter.submit(self._submit_after, planes, plan, after, on_error),
+                           handled=on_error is not None)
+            return [later] * len(planes)  # a dump's planes land together
         # outside inference mode: staging made under it would be an inference tensor, which a
         # later copy outside it (vLLM calls some connector hooks under it, some not) may not write
         with self._lock, torch.inference_mode(False):
-            return self._submit(planes, plan, to_pool)
+            return self._submit(planes, plan, to_pool, lambda s: s.wait_stream(caller))
 
-    def _submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list[_Events]:
-        caller = torch.cuda.current_stream(self.device)
+    def _submit_after(self, planes: list[PlaneCopy], plan: RowPlan, after: torch.cuda.Event, on_error) -> list[_Events]:
+        """On the submitter thread: wait (GIL released) until the caller's work before the dump is
+        done, then issue the dump; its copies start at once, so few commands are ever pending."""
+        try:
+            torch.cuda.set_device(self.device)  # in here, so that its failure too reaches on_error
+            after.synchronize()
+            with self._lock:
+                return self._submit(planes, plan, True, lambda s: s.wait_event(after))
+        except Exception as exc:  # reported through the caller's task, never lost
+            log.error("ucm: dump submission failed: %s", exc)
+            if on_error is not None:
+                on_error(exc)
+            raise
+
+    def close(self) -> None:
+        """Issue the dumps still waiting for their forward, and stop the submitter thread."""
+        if self._submitter is not None:
+            self._submitter.shutdown(wait=True)
+            self._submitter = None
+
+    def _submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool,
+                wait: Callable[[torch.cuda.Stream], None]) -> list[_Events]:
+        """``wait(stream)`` makes ``stream`` wait for the caller's work before the copies."""
         if all(pc.dma for pc in planes) and takes_direct(plan, [pc.user.shape[1] for pc in planes]):
-            return self._direct(planes, plan, to_pool, caller)
-        self.kernel_stream.wait_stream(caller)
+            return self._direct(planes, plan, to_pool, wait)
+        wait(self.kernel_stream)
         fresh = (self.device.type, self.device.index) not in plan._index
         with torch.cuda.stream(self.copy_stream):
             r, s = plan.index(self.device)
@@ -279,11 +362,11 @@ class CudaPlaneCopier:
                     done.append(self._load_plane(pc, r, s, plan.runs, dma, ring))
         return done
 
-    def _direct(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool, caller) -> list[_Events]:
+    def _direct(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool, wait) -> list[_Events]:
         """Few long runs of consecutive slots onto consecutive caller rows (e.g. a request's blocks as
         vLLM hands out fresh ones): one DMA per run between the caller's tensor and the pool, on the
         copy stream, after the work queued on the caller's stream (it may still use those rows)."""
-        self.copy_stream.wait_stream(caller)
+        wait(self.copy_stream)
         done = []
         with torch.cuda.stream(self.copy_stream):
             for pc in planes:

@@ -346,6 +346,9 @@ class SlotPoolTier(Tier):
                         draining_slots=self._draining, committed=len(self.eviction), pool_bytes=self.pool.numel())
 
     def close(self) -> None:
+        for copier in (self._cuda_dump, self._cuda_load):
+            if copier is not None:
+                copier.close()
         self._dumps.close()
         self._loads.close()
 
@@ -587,10 +590,10 @@ class SlotPoolTier(Tier):
                        keys: list[bytes]) -> list:
         if not len(plan):
             return []
-        if self._cuda_dump is not None and views[0].user.is_cuda:
-            return (self._cuda_dump if to_pool else self._cuda_load).submit(views, plan, to_pool)
-        engine = self._dumps if to_pool else self._loads  # one job per plane: each completes on its own
         fail = lambda exc: [task.fail(k, IO_ERROR) for k in keys]  # noqa: E731 (a copy failed: every block of the call)
+        if self._cuda_dump is not None and views[0].user.is_cuda:
+            return (self._cuda_dump if to_pool else self._cuda_load).submit(views, plan, to_pool, on_error=fail)
+        engine = self._dumps if to_pool else self._loads  # one job per plane: each completes on its own
         return [engine.run(copy_planes_cpu, [v], plan, to_pool, on_error=fail) for v in views]
 
     def _submit_pieces(self, task: Task, pieces: list, to_pool: bool, keys: list[bytes]) -> None:
