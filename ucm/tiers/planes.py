@@ -16,10 +16,10 @@ vLLM block) and ``pool_rows`` is a (slots, width) view of the pool. Instead of o
 Each plane's completion is its own event, so a caller can wait for one layer while others copy.
 
 Dumps are issued by a submitter thread once the caller's work is done (``DEFER_DUMPS``): a dump's copies
-must wait for the forward that wrote the rows, and CUDA blocks the CPU that queues commands behind such
-a wait once about a thousand are pending. Issued at once, a fragmented step-end dump (56 planes x
-~20 runs) blocked vLLM's thread until the forward ended, which held back the previous step's output a
-whole step (H200 grid, 2026-11-28: the first request of 16k c = 2 at 0.87 s instead of 0.43 s).
+must wait for the forward that wrote the rows, and queued at once behind that wait, a fragmented step-end
+dump (56 planes x ~20 runs: thousands of DMAs) held vLLM's thread in the submission until the forward
+ended (likely CUDA's limit on pending commands), which delayed the previous step's output by a whole step
+(H200 grid, 2026-11-28: the first request of 16k c = 2 at 0.87 s instead of 0.43 s).
 """
 from __future__ import annotations
 
