@@ -20,6 +20,9 @@ must wait for the forward that wrote the rows, and queued at once behind that wa
 dump (56 planes x ~20 runs: thousands of DMAs) held vLLM's thread in the submission until the forward
 ended (likely CUDA's limit on pending commands), which delayed the previous step's output by a whole step
 (H200 grid, 2026-11-28: the first request of 16k c = 2 at 0.87 s instead of 0.43 s).
+
+With ``UCM_BATCH_DMA=1`` every DMA loop (a plane's runs; a dump's planes) is one driver command
+(``batch_dma``): not yet checked on a GPU, so off by default.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ucm.tiers import batch_dma
 from ucm.tiers.base import log
 
 #: below this many bytes per run of consecutive slots, per-run DMAs lose to one UVA kernel
@@ -367,6 +371,8 @@ class CudaPlaneCopier:
         vLLM hands out fresh ones): one DMA per run between the caller's tensor and the pool, on the
         copy stream, after the work queued on the caller's stream (it may still use those rows)."""
         wait(self.copy_stream)
+        if batch_dma.available():
+            return self._direct_batched(planes, plan, to_pool)
         done = []
         with torch.cuda.stream(self.copy_stream):
             for pc in planes:
@@ -382,13 +388,31 @@ class CudaPlaneCopier:
                 done = [_Events([_record(self.copy_stream)])] * len(planes)  # a dump's land together
         return done
 
+    def _direct_batched(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list[_Events]:
+        """``_direct`` with every run of a plane (a dump: of all its planes) queued as one command
+        (``batch_dma``): the copy stream already waits for the caller's work."""
+        slots, rows, counts = zip(*plan.pairs)
+        pools, users = [pc.pool for pc in planes], [pc.user for pc in planes]
+        if to_pool:
+            dsts, srcs, sizes = batch_dma.descriptors(pools, users, slots, rows, counts)
+        else:
+            dsts, srcs, sizes = batch_dma.descriptors(users, pools, rows, slots, counts)
+        handle = self.copy_stream.cuda_stream
+        if to_pool:
+            batch_dma.copy(dsts, srcs, sizes, handle)
+            return [_Events([_record(self.copy_stream)])] * len(planes)
+        done, n = [], len(counts)
+        for j in range(len(planes)):  # a load's planes land one by one
+            batch_dma.copy(dsts[j * n:(j + 1) * n], srcs[j * n:(j + 1) * n], sizes[j * n:(j + 1) * n], handle)
+            done.append(_Events([_record(self.copy_stream)]))
+        return done
+
     def _dma_in(self, ring: _Ring, rows: int, width: int, src: torch.Tensor, slot_runs) -> tuple[int, torch.Tensor]:
         """Slot runs of ``src`` (pool rows) into a staging buffer, on the copy stream; the kernel
         stream then waits for them."""
         b, staging = ring.take(rows, width, self.copy_stream)
         with torch.cuda.stream(self.copy_stream):
-            for slot0, i0, n in slot_runs:
-                staging[i0:i0 + n].copy_(src[slot0:slot0 + n], non_blocking=True)
+            self._copy_runs(staging, src, [(i0, slot0, n) for slot0, i0, n in slot_runs])
             self.kernel_stream.wait_event(_record(self.copy_stream))
         return b, staging
 
@@ -396,11 +420,20 @@ class CudaPlaneCopier:
         """A gathered staging buffer into slot runs of ``dst`` (pool rows), on the copy stream."""
         self.copy_stream.wait_event(_record(self.kernel_stream))
         with torch.cuda.stream(self.copy_stream):
-            for slot0, i0, n in slot_runs:
-                dst[slot0:slot0 + n].copy_(staging[i0:i0 + n], non_blocking=True)
+            self._copy_runs(dst, staging, slot_runs)
             ev = _record(self.copy_stream)
         ring.free[b] = ev
         return _Events([ev])
+
+    def _copy_runs(self, dst: torch.Tensor, src: torch.Tensor, runs) -> None:
+        """Rows ``src[j:j + n]`` to ``dst[i:i + n]`` for each (i, j, n) in ``runs``, on the copy
+        stream: one batched command where the driver has it, else a DMA per run."""
+        if runs and batch_dma.available():
+            i, j, n = zip(*runs)
+            batch_dma.copy(*batch_dma.descriptors([dst], [src], i, j, n), self.copy_stream.cuda_stream)
+            return
+        for i, j, n in runs:
+            dst[i:i + n].copy_(src[j:j + n], non_blocking=True)
 
     def _load_rows(self, group: list[PlaneCopy], r, slot_runs, ring: _Ring) -> _Events:
         """Whole pool rows (e.g. a layer's K and V) DMA'd by slot run into staging, then one

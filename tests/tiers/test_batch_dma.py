@@ -1,0 +1,104 @@
+"""Batched DMAs (ucm/tiers/batch_dma.py): which bytes go where, checked on the CPU through a stand-in
+for the driver call that performs each copy; the real driver call on CUDA."""
+import ctypes
+
+import pytest
+import torch
+
+from ucm.tiers import OK, batch_dma, create_store
+
+
+def _memmove_entry(calls):
+    """A stand-in for cuMemcpyBatchAsync that copies at once, reading the same arrays the driver would."""
+    def entry(dsts, srcs, sizes, count, attrs, first, num_attrs, fail, stream):
+        arr = ctypes.c_int64 * count
+        d, s, n = arr.from_address(dsts), arr.from_address(srcs), arr.from_address(sizes)
+        order = batch_dma._Attributes.from_address(attrs).srcAccessOrder
+        calls.append((count, order, stream, ctypes.c_size_t.from_address(first).value, num_attrs))
+        for i in range(count):
+            ctypes.memmove(d[i], s[i], n[i])
+        return 0
+    return entry
+
+
+def _planes(rows, width, n_planes, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 255, (rows, width), dtype=torch.uint8, generator=g) for _ in range(n_planes)]
+
+
+def test_runs_of_rows_land_where_the_descriptors_say_in_every_plane():
+    users, pools = _planes(40, 24, 3, seed=1), [torch.zeros(30, 24, dtype=torch.uint8) for _ in range(3)]
+    runs = [(2, 10, 4), (20, 0, 1), (7, 30, 3)]  # (pool row, user row, rows)
+    slots, rows, counts = zip(*runs)
+    dsts, srcs, sizes = batch_dma.descriptors(pools, users, slots, rows, counts)
+    assert len(dsts) == len(srcs) == len(sizes) == 9  # planes x runs, plane by plane
+    assert sizes.tolist() == [96, 24, 72] * 3
+    calls = []
+    batch_dma.copy(dsts, srcs, sizes, stream_handle=1234, entry=_memmove_entry(calls))
+    assert calls == [(9, batch_dma.SRC_IN_STREAM_ORDER, 1234, 0, 1)]  # one call, one attribute set
+    for u, p in zip(users, pools):
+        for slot, row, n in runs:
+            assert torch.equal(p[slot:slot + n], u[row:row + n])
+        untouched = [r for r in range(30) if not any(s <= r < s + n for s, _, n in runs)]
+        assert p[untouched].eq(0).all()
+    # and back, one plane at a time (a load's planes land one by one): slices of the descriptors
+    back = [torch.zeros_like(u) for u in users]
+    dsts, srcs, sizes = batch_dma.descriptors(back, pools, rows, slots, counts)
+    for j in range(3):
+        batch_dma.copy(dsts[3 * j:3 * j + 3], srcs[3 * j:3 * j + 3], sizes[3 * j:3 * j + 3], 0,
+                       entry=_memmove_entry(calls))
+        for slot, row, n in runs:
+            assert torch.equal(back[j][row:row + n], users[j][row:row + n])
+
+
+def test_views_a_batch_cannot_take_are_refused():
+    a, b = torch.zeros(8, 16, dtype=torch.uint8), torch.zeros(8, 32, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="same width"):
+        batch_dma.descriptors([a], [b], [0], [0], [1])
+    strided = torch.zeros(8, 32, dtype=torch.uint8)[:, :16]  # rows not back to back
+    with pytest.raises(ValueError, match="contiguous rows"):
+        batch_dma.descriptors([strided], [a], [0], [0], [2])
+    d, s, n = batch_dma.descriptors([a], [a], [0], [1], [1])
+    with pytest.raises(ValueError, match="one entry per copy"):
+        batch_dma.copy(d, s[:0], n, 0, entry=lambda *x: 0)
+    with pytest.raises(RuntimeError, match="CUresult 1 at copy 0"):
+        batch_dma.copy(d, s, n, 0, entry=lambda *x: 1)
+
+
+def test_the_switch_is_validated(monkeypatch):
+    monkeypatch.setenv("UCM_BATCH_DMA", "on")
+    with pytest.raises(ValueError, match="UCM_BATCH_DMA"):
+        batch_dma._enabled()
+    monkeypatch.setenv("UCM_BATCH_DMA", "1")
+    assert batch_dma._enabled() is True
+    monkeypatch.delenv("UCM_BATCH_DMA")
+    assert batch_dma._enabled() is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the driver's batched DMAs are CUDA-only")
+@pytest.mark.parametrize("forward", [True, False], ids=["direct-load", "staged-load"])
+def test_dumps_and_loads_through_the_driver_batch_move_exact_bytes(monkeypatch, forward):
+    """The pool's direct path with UCM_BATCH_DMA on: dumped rows and loaded rows (layer by layer)
+    equal the source, through the real cuMemcpyBatchAsync."""
+    monkeypatch.setattr(batch_dma, "ENABLED", True)
+    monkeypatch.setattr(batch_dma, "_missing", None)
+    assert batch_dma.available(), batch_dma._missing
+    layers, n, row = 6, 300, 1024
+    block = layers * row
+    with create_store("UcmDramStore", {"kv_block_size": block, "max_cache_size": (n + 8) * block,
+                                       "planes": layers}) as store:
+        g = torch.Generator().manual_seed(4)
+        src = [torch.randint(-100, 100, (n + 20, row // 2), dtype=torch.int16, generator=g).cuda()
+               for _ in range(layers)]
+        rows = list(range(20, 20 + n))
+        ids = [f"b{r}" for r in rows]
+        assert store.wait(store.dump_rows(ids, src, rows)) == OK
+        store.commit(ids)
+        dst = [torch.zeros_like(t) for t in src]
+        back = list(range(n)) if forward else list(reversed(range(n)))
+        br = store.open_blocks(ids, back)
+        for layer in range(layers):
+            store.read_planes(br, [dst[layer]], offset=layer * row, last=layer == layers - 1)
+        assert store.wait(br.task) == OK
+        for s, d in zip(src, dst):
+            assert torch.equal(d[back], s[rows])

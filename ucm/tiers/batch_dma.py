@@ -1,0 +1,123 @@
+"""Many DMAs in one driver call: ``cuMemcpyBatchAsync`` (CUDA 12.8+ drivers).
+
+Every vLLM layer is a tensor of its own, so a copy between vLLM's KV cache and the pool is one DMA per
+(layer plane, run of rows): 56 planes x 10-20 runs per call once the pool's slots fragment. Queued one
+by one through PyTorch each costs the CPU a launch (~3-5 us) and takes a place in CUDA's queue of pending
+commands; one batch call queues all of them as one command. It is the entry point vLLM's own
+SimpleCPUOffloadConnector (0.32) uses, with the CUDA 12.8 signature that CUDA 13 drivers keep, resolved
+here through ``cuGetProcAddress`` with ctypes (no cuda-python needed).
+
+``descriptors`` (which bytes go where) is plain tensor arithmetic and is tested on the CPU; ``copy``
+calls the driver. Off unless ``UCM_BATCH_DMA=1`` until a GPU run has checked it (see planes.py).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Callable, Optional, Sequence
+
+import torch
+
+#: the source is read in stream order (after earlier work on the stream): a dump reads rows the model
+#: has just written. (CU_MEMCPY_SRC_ACCESS_ORDER_STREAM)
+SRC_IN_STREAM_ORDER = 1
+
+
+def _enabled() -> bool:
+    """Off, or on with ``UCM_BATCH_DMA=1``."""
+    raw = os.environ.get("UCM_BATCH_DMA", "0").strip()
+    if raw not in ("0", "1"):
+        raise ValueError(f"UCM_BATCH_DMA must be 0 or 1, got {raw!r}: unset it for 0")
+    return raw == "1"
+
+
+ENABLED = _enabled()
+
+
+class _Location(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint), ("id", ctypes.c_int)]
+
+
+class _Attributes(ctypes.Structure):  # CUmemcpyAttributes
+    _fields_ = [("srcAccessOrder", ctypes.c_uint), ("srcLocHint", _Location), ("dstLocHint", _Location),
+                ("flags", ctypes.c_uint)]
+
+
+# CUresult cuMemcpyBatchAsync(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count,
+#     CUmemcpyAttributes* attrs, size_t* attrsIdxs, size_t numAttrs, size_t* failIdx, CUstream hStream)
+_PROTO = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p)
+_entry: Optional[Callable] = None
+_missing: Optional[str] = None  # why the entry point could not be had (asked once)
+
+
+def _resolve() -> Callable:
+    libcuda = ctypes.CDLL("libcuda.so.1")
+    get = libcuda.cuGetProcAddress_v2
+    get.restype = ctypes.c_int
+    get.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_uint64,
+                    ctypes.POINTER(ctypes.c_int)]
+    pfn, status = ctypes.c_void_p(), ctypes.c_int(0)
+    err = get(b"cuMemcpyBatchAsync", ctypes.byref(pfn), 12080, 0, ctypes.byref(status))
+    if err != 0 or not pfn.value:
+        raise RuntimeError(f"cuGetProcAddress(cuMemcpyBatchAsync, 12.8) failed: CUresult {err}, status {status.value}")
+    return _PROTO(pfn.value)
+
+
+def available() -> bool:
+    """Whether ``copy`` can run here (enabled, and the driver has the entry point; asked once)."""
+    global _entry, _missing
+    if not ENABLED or _missing is not None:
+        return False
+    if _entry is None:
+        try:
+            _entry = _resolve()
+        except (OSError, AttributeError, RuntimeError) as exc:
+            from ucm.tiers.base import log
+
+            _missing = str(exc)
+            log.warning("ucm: batched DMAs unavailable (%s); copying run by run", exc)
+            return False
+    return True
+
+
+def descriptors(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor], dst_rows: Sequence[int],
+                src_rows: Sequence[int], counts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dst addresses, src addresses, sizes) as int64 CPU tensors, plane by plane: for each plane j
+    and run i, ``counts[i]`` rows from row ``src_rows[i]`` of ``src[j]`` to row ``dst_rows[i]`` of
+    ``dst[j]``. Each tensor is a (rows, width) view whose rows are contiguous and whose runs of rows
+    are too (row stride = width); ``dst[j]`` and ``src[j]`` have the same width."""
+    for d, s in zip(dst, src):
+        if d.dim() != 2 or s.dim() != 2 or d.shape[1] != s.shape[1]:
+            raise ValueError("batched DMAs need (rows, width) views of the same width on both sides")
+        row = d.shape[1] * d.element_size()
+        if d.stride() != (d.shape[1], 1) or s.stride() != (s.shape[1], 1):
+            raise ValueError(f"batched DMAs need contiguous rows on both sides (width {row} bytes)")
+    width = torch.tensor([d.shape[1] * d.element_size() for d in dst], dtype=torch.int64)[:, None]
+    dbase = torch.tensor([d.data_ptr() for d in dst], dtype=torch.int64)[:, None]
+    sbase = torch.tensor([s.data_ptr() for s in src], dtype=torch.int64)[:, None]
+    drow = torch.tensor(list(dst_rows), dtype=torch.int64)[None, :]
+    srow = torch.tensor(list(src_rows), dtype=torch.int64)[None, :]
+    n = torch.tensor(list(counts), dtype=torch.int64)[None, :]
+    return ((dbase + drow * width).reshape(-1), (sbase + srow * width).reshape(-1), (n * width).reshape(-1))
+
+
+def copy(dsts: torch.Tensor, srcs: torch.Tensor, sizes: torch.Tensor, stream_handle: int,
+         entry: Optional[Callable] = None) -> None:
+    """Queue ``sizes[i]`` bytes from ``srcs[i]`` to ``dsts[i]`` for every i as one command on the stream
+    ``stream_handle`` (not the legacy default stream), sources read in stream order. ``entry`` stands
+    in for the driver (tests)."""
+    count = len(dsts)
+    if not (len(srcs) == len(sizes) == count):
+        raise ValueError(f"dsts, srcs and sizes must have one entry per copy, got {count}, {len(srcs)}, {len(sizes)}")
+    if count == 0:
+        return
+    fn = entry or _entry
+    if fn is None:
+        raise RuntimeError("batched DMAs are not available: check available() first")
+    attrs = _Attributes(srcAccessOrder=SRC_IN_STREAM_ORDER)
+    first, fail = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    err = fn(dsts.data_ptr(), srcs.data_ptr(), sizes.data_ptr(), count, ctypes.addressof(attrs),
+             ctypes.addressof(first), 1, ctypes.addressof(fail), stream_handle)
+    if err != 0:
+        raise RuntimeError(f"cuMemcpyBatchAsync failed: CUresult {err} at copy {fail.value} of {count}")
