@@ -66,6 +66,25 @@ def test_layerwise_hits_past_the_step_budget_wait_for_the_next_step(tiny_model, 
     engine.assert_same_outputs(second, baseline["shared"])
 
 
+def test_hits_past_the_step_load_budget_load_between_steps(tiny_model, baseline):
+    """``ucm_layerwise_step_load_blocks``: 4 prompts with DRAM hits submitted together, a budget of 1
+    block. The first hit loads layer by layer in its step; the other three load between steps (their
+    copies beside that step) and run later. Every block still hits, and the tokens are the same."""
+    texts = engine.prompts("shared")
+    cfg = engine.ktc(config={"max_cache_size": 64 << 20}, ucm_layerwise_step_tokens=0,
+                     ucm_layerwise_step_load_blocks=1)
+    with engine.llm(tiny_model, cfg) as llm:
+        engine.generate(llm, texts)  # stores every block
+        stats.reset_totals()
+        second = engine.generate(llm, texts)
+        t = stats.totals()
+    assert t["load_overflow"] == 3 and t["deferred"] == 0
+    assert t["hit_tokens"] == 4 * 9 * engine.BLOCK and t["loaded_blocks"] == 4 * 9
+    assert t["layerwise_blocks"] == 9 and t["load_failed_blocks"] == 0
+    assert [o["cached"] for o in second] == [engine.full_blocks(o["prompt_len"]) * engine.BLOCK for o in second]
+    engine.assert_same_outputs(second, baseline["shared"])
+
+
 @pytest.mark.parametrize("cross_layer", [False, True], ids=["per-layer", "cross-layer-asked"])
 def test_earlier_finished_request_hits_in_later_call(tiny_model, baseline, cross_layer):
     """One prompt at a time: each later call hits what the finished earlier request dumped. With

@@ -16,6 +16,8 @@ def test_seed_form_defaults():
     assert s.cross_layer is False and settings.parse_extra_config({"ucm_cross_layer": True}).cross_layer
     assert s.layerwise_step_tokens == 3072
     assert settings.parse_extra_config({"ucm_layerwise_step_tokens": 0}).layerwise_step_tokens == 0
+    assert s.layerwise_step_load_blocks == 0
+    assert settings.parse_extra_config({"ucm_layerwise_step_load_blocks": 1000}).layerwise_step_load_blocks == 1000
     assert settings.given_block_size(s) == 262144
 
 
@@ -37,6 +39,8 @@ def test_hydra_form():
     ({"ucm_cross_layer": "yes"}, "ucm_cross_layer must be true or false"),
     ({"ucm_layerwise_step_tokens": -1}, "ucm_layerwise_step_tokens must be an integer >= 0"),
     ({"ucm_layerwise_step_tokens": "1k"}, "ucm_layerwise_step_tokens must be an integer >= 0"),
+    ({"ucm_layerwise_step_load_blocks": -5}, "ucm_layerwise_step_load_blocks must be an integer >= 0"),
+    ({"ucm_layerwise_step_load_blocks": True}, "ucm_layerwise_step_load_blocks must be an integer >= 0"),
 ])
 def test_bad_extra_config_names_the_key(extra, words):
     with pytest.raises(ValueError, match=words):

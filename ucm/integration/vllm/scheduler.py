@@ -12,6 +12,8 @@
   request with a hit is left for the next step (``None``: vLLM keeps it first in its queue). Such a
   step keeps the GPU busy already: batching one more prefill into it delays every first token in
   it by that prefill's compute, and the added request would finish no sooner in the next step.
+  Once they load ``step_load_blocks`` blocks, a further hit loads between steps instead (async):
+  its copies run beside this step and it computes in a later one.
   A step whose layer-wise hits load at least ``UPFRONT_RATIO`` tokens per token the step computes
   (a 100 % hit computes one block) is load-bound: ``meta.upfront`` tells the worker to launch every
   layer's copies before the forward, so the link never waits for the forward's CPU to reach a layer.
@@ -76,11 +78,13 @@ def stores_request(request: Any) -> bool:
 
 class UcmScheduler:
     def __init__(self, lookup: Any, keys: KeyMaker, block_size: int, layerwise: bool = True,
-                 step_tokens: int = 0):
+                 step_tokens: int = 0, step_load_blocks: int = 0):
         self.lookup = lookup  # lookup_rpc.RankedLookup: every rank's store
         self.layerwise = layerwise
         self.step_tokens = step_tokens  # 0: no limit
         self.step_new_tokens = 0  # new tokens of the layer-wise hits taken in the step being planned
+        self.step_load_blocks = step_load_blocks  # 0: no limit
+        self.step_loaded_blocks = 0  # blocks those hits load
         self.pinned: set[str] = set()  # requests holding pins whose load is not planned yet
         self.keys = keys
         self.block_size = block_size
@@ -134,11 +138,18 @@ class UcmScheduler:
                     log.debug("ucm: %s deferred: the step's hits compute %d new tokens already",
                               request.request_id, self.step_new_tokens)
                 return None, False  # vLLM asks again in its next step
+            if self.step_load_blocks and self.step_loaded_blocks >= self.step_load_blocks:
+                self.stats.add(load_overflow=1)
+                if debug:
+                    log.debug("ucm: %s loads between steps: the step's layer-wise hits load %d blocks already",
+                              request.request_id, self.step_loaded_blocks)
+                return hit * bs, True
             rid = request.request_id
             self.pinned.add(rid)
             if self.lookup.pin([keys[:hit] for keys in per_rank], rid):
                 st.layerwise = True
                 self.step_new_tokens += request.num_tokens - (first + hit) * bs
+                self.step_loaded_blocks += hit
                 return hit * bs, False
             self._unpin(rid)
             if debug:
@@ -171,7 +182,7 @@ class UcmScheduler:
 
     def build_connector_meta(self, scheduler_output: Any) -> UcmConnectorMetadata:
         self.seq += 1
-        self.step_new_tokens = 0  # the next schedule() plans a new step
+        self.step_new_tokens = self.step_loaded_blocks = 0  # the next schedule() plans a new step
         meta = UcmConnectorMetadata(seq=self.seq, delayed=self.delayed)
         self.delayed = []
         # Preempted requests' blocks are already free: the worker waits for their dumps before this

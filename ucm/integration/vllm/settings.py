@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 KNOWN_KEYS = ("ucm_connector_name", "ucm_connector_config", "ucm_config", "ucm_overrides",
-              "ucm_load_failure_policy", "ucm_load_mode", "ucm_cross_layer", "ucm_layerwise_step_tokens")
+              "ucm_load_failure_policy", "ucm_load_mode", "ucm_cross_layer", "ucm_layerwise_step_tokens",
+              "ucm_layerwise_step_load_blocks")
 #: "layerwise": hits pinned in the store's memory tier load during the request's own step, layer
 #: by layer ahead of its attention; other hits (disk) load between steps. "async": every hit
 #: loads between steps (the request waits, others compute).
@@ -47,6 +48,12 @@ class ConnectorSettings:
     #: finishes at the end of the second step (measured on an H200, 7B model: 3072 keeps the 16k
     #: wins of 1024 and batches the 4k and 8k x 2 cells that 1024 slowed).
     layerwise_step_tokens: int = 3072
+    #: layer-wise mode: once the layer-wise hits a step took load this many blocks, a further hit
+    #: loads between steps instead (as in ``async`` mode): its copies run beside the step, and it
+    #: computes in a later one, so a step of c large 100 % hits does not hold every first token
+    #: until all c have loaded. 0: off (every hit the step takes loads layer by layer). Not yet
+    #: measured on a GPU (bench/README.md); off until it is.
+    layerwise_step_load_blocks: int = 0
 
 
 def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
@@ -89,6 +96,10 @@ def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"ucm: ucm_layerwise_step_tokens must be an integer >= 0 (0: no limit), got {step!r}")
     s.layerwise_step_tokens = step
+    load = extra.get("ucm_layerwise_step_load_blocks", ConnectorSettings.layerwise_step_load_blocks)
+    if isinstance(load, bool) or not isinstance(load, int) or load < 0:
+        raise ValueError(f"ucm: ucm_layerwise_step_load_blocks must be an integer >= 0 (0: off), got {load!r}")
+    s.layerwise_step_load_blocks = load
     return s
 
 

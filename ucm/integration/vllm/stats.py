@@ -13,7 +13,7 @@ from ucm.integration.vllm.compat import KVConnectorPromMetrics, KVConnectorStats
 
 COUNTERS = ("lookup_tokens", "hit_tokens", "loaded_blocks", "layerwise_blocks", "loaded_bytes", "load_seconds",
             "load_failed_blocks", "dumped_blocks", "dumped_bytes", "dump_seconds", "dump_failed_blocks",
-            "evictions", "refusals", "deferred")
+            "evictions", "refusals", "deferred", "load_overflow")
 
 _totals_lock = threading.Lock()
 _totals: dict[str, float] = dict.fromkeys(COUNTERS, 0)
@@ -86,6 +86,8 @@ _PROM = {  # counter -> (metric name, help)
     "refusals": ("vllm:ucm_refusals", "Blocks ucm refused to store (admission or full)"),
     "deferred": ("vllm:ucm_deferred", "Times a request with a DRAM hit was left for the next step "
                  "(ucm_layerwise_step_tokens)"),
+    "load_overflow": ("vllm:ucm_load_overflow", "Requests whose DRAM hit loaded between steps because the "
+                      "step's layer-wise loads were full (ucm_layerwise_step_load_blocks)"),
 }
 
 

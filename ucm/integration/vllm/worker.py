@@ -237,10 +237,13 @@ class UcmWorker:
         self.finish_layer_loads()  # a step that never reached its end (none in practice)
         if meta is None or not meta.loads or not self._dump_parts:  # nothing registered yet
             return
-        batch = []  # layer-wise loads with row views: one store call for all of them (below)
+        # layer-wise loads with row views: one store call for all of them, issued first (this step's
+        # attention waits for them; the loads between steps are for later steps)
+        batch = [spec for spec in meta.loads if spec.layerwise and self._planes is not None and not self._cross]
+        if batch:
+            self._start_layer_loads(batch, upfront=meta.upfront)
         for spec in meta.loads:
             if spec.layerwise and self._planes is not None and not self._cross:
-                batch.append(spec)
                 continue
             ids, offs, dsts, staging, keys = [], [], [], [], []
             where: dict[bytes, list[int]] = {}
@@ -269,8 +272,6 @@ class UcmWorker:
                 self._loading[spec.req_id] = (task, where, staging, time.perf_counter())
             self.stats.add(loaded_blocks=len(where), loaded_bytes=len(where) * self.block_bytes,
                            layerwise_blocks=len(where) if spec.layerwise else 0)
-        if batch:
-            self._start_layer_loads(batch, upfront=meta.upfront)
 
     def _start_layer_loads(self, specs: list, upfront: bool = False) -> None:
         """One load for every layer-wise request of the step: its plan issues layer 0 of all of them,
