@@ -65,16 +65,6 @@ def test_views_a_batch_cannot_take_are_refused():
         batch_dma.copy(d, s, n, 0, entry=lambda *x: 1)
 
 
-def test_the_switch_is_validated(monkeypatch):
-    monkeypatch.setenv("UCM_BATCH_DMA", "on")
-    with pytest.raises(ValueError, match="UCM_BATCH_DMA"):
-        batch_dma._enabled()
-    monkeypatch.setenv("UCM_BATCH_DMA", "1")
-    assert batch_dma._enabled() is True
-    monkeypatch.delenv("UCM_BATCH_DMA")
-    assert batch_dma._enabled() is False
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the driver's batched DMAs are CUDA-only")
 @pytest.mark.parametrize("forward", [True, False], ids=["direct-load", "staged-load"])
 def test_dumps_and_loads_through_the_driver_batch_move_exact_bytes(monkeypatch, forward):

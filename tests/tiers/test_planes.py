@@ -399,18 +399,6 @@ def test_the_copier_goes_direct_when_staging_would_not_save_dmas():
     assert copier_path(RowPlan(list(range(0, 200, 2)), list(range(100))), layer) == "uva-kernel"
 
 
-def test_a_bad_defer_dumps_switch_fails_with_its_name(monkeypatch):
-    from ucm.tiers import planes
-
-    monkeypatch.setenv("UCM_DEFER_DUMPS", "yes")
-    with pytest.raises(ValueError, match="UCM_DEFER_DUMPS"):
-        planes._defer_dumps()
-    monkeypatch.setenv("UCM_DEFER_DUMPS", "0")
-    assert planes._defer_dumps() is False
-    monkeypatch.delenv("UCM_DEFER_DUMPS")
-    assert planes._defer_dumps() is True
-
-
 class _Part:
     def __init__(self, landed):
         self.landed = landed

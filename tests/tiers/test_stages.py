@@ -92,3 +92,16 @@ def test_a_bad_stage_head_in_the_environment_fails_with_its_name(monkeypatch):
         base._stage_head_bytes()
     monkeypatch.setenv("UCM_STAGE_HEAD_MIB", "64")
     assert base._stage_head_bytes() == 64 << 20
+
+
+@pytest.mark.parametrize("name, default", [("UCM_DEFER_DUMPS", True), ("UCM_BATCH_DMA", False)])
+def test_an_on_off_switch_in_the_environment_is_0_or_1(monkeypatch, name, default):
+    monkeypatch.delenv(name, raising=False)
+    assert base.env_switch(name, default) is default
+    monkeypatch.setenv(name, "yes")
+    with pytest.raises(ValueError, match=f"{name} must be 0 or 1"):
+        base.env_switch(name, default)
+    monkeypatch.setenv(name, "0")
+    assert base.env_switch(name, default) is False
+    monkeypatch.setenv(name, "1")
+    assert base.env_switch(name, default) is True

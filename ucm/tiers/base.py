@@ -86,6 +86,15 @@ def check_pieces(block_ids, offset, tensors, block_size: int, tensor_arg: str) -
 STAGE_FANOUT = 3
 
 
+def env_switch(name: str, default: bool) -> bool:
+    """An on/off environment switch (A/B benchmarks): ``1`` on, ``0`` off, unset the default;
+    anything else fails at import with the name and the fix."""
+    raw = os.environ.get(name, "1" if default else "0").strip()
+    if raw not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1, got {raw!r}: unset it for {int(default)}")
+    return raw == "1"
+
+
 def _stage_head_bytes() -> int:
     """128 MiB, or ``UCM_STAGE_HEAD_MIB`` (for A/B benchmarks: a huge value turns stages off)."""
     raw = os.environ.get("UCM_STAGE_HEAD_MIB", "128")

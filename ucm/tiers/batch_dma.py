@@ -13,25 +13,19 @@ calls the driver. Off unless ``UCM_BATCH_DMA=1`` until a GPU run has checked it 
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Callable, Optional, Sequence
 
 import torch
+
+from ucm.tiers.base import env_switch, log
 
 #: the source is read in stream order (after earlier work on the stream): a dump reads rows the model
 #: has just written. (CU_MEMCPY_SRC_ACCESS_ORDER_STREAM)
 SRC_IN_STREAM_ORDER = 1
 
 
-def _enabled() -> bool:
-    """Off, or on with ``UCM_BATCH_DMA=1``."""
-    raw = os.environ.get("UCM_BATCH_DMA", "0").strip()
-    if raw not in ("0", "1"):
-        raise ValueError(f"UCM_BATCH_DMA must be 0 or 1, got {raw!r}: unset it for 0")
-    return raw == "1"
-
-
-ENABLED = _enabled()
+#: ``UCM_BATCH_DMA=1`` turns batching on
+ENABLED = env_switch("UCM_BATCH_DMA", False)
 
 
 class _Location(ctypes.Structure):
@@ -73,8 +67,6 @@ def available() -> bool:
         try:
             _entry = _resolve()
         except (OSError, AttributeError, RuntimeError) as exc:
-            from ucm.tiers.base import log
-
             _missing = str(exc)
             log.warning("ucm: batched DMAs unavailable (%s); copying run by run", exc)
             return False

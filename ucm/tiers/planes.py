@@ -26,7 +26,6 @@ With ``UCM_BATCH_DMA=1`` every DMA loop (a plane's runs; a dump's planes) is one
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,7 +35,7 @@ from typing import Callable, Optional
 import torch
 
 from ucm.tiers import batch_dma
-from ucm.tiers.base import log
+from ucm.tiers.base import env_switch, log
 
 #: below this many bytes per run of consecutive slots, per-run DMAs lose to one UVA kernel
 MIN_RUN_BYTES = 256 << 10
@@ -45,15 +44,8 @@ MIN_RUN_BYTES = 256 << 10
 MAX_DIRECT_RUNS = 8
 
 
-def _defer_dumps() -> bool:
-    """On, or off with ``UCM_DEFER_DUMPS=0`` (A/B benchmarks: dumps queued on the caller's thread)."""
-    raw = os.environ.get("UCM_DEFER_DUMPS", "1").strip()
-    if raw not in ("0", "1"):
-        raise ValueError(f"UCM_DEFER_DUMPS must be 0 or 1, got {raw!r}: unset it for 1")
-    return raw == "1"
-
-
-DEFER_DUMPS = _defer_dumps()
+#: dumps issued by a submitter thread (module docstring); ``UCM_DEFER_DUMPS=0``: on the caller's thread
+DEFER_DUMPS = env_switch("UCM_DEFER_DUMPS", True)
 
 
 def cuda_view(host: torch.Tensor) -> torch.Tensor:
