@@ -7,6 +7,12 @@
 #   bash bench/gpu_session.sh replay   # the trace replay, one mode per lane
 #   bash bench/gpu_session.sh tp2      # TP = 2 (GPUs 0,1) beside the cross-layer runs (GPU 2) and the 16k row (GPU 3)
 #   bash bench/gpu_session.sh cells    # 4k / 8k cells with async scheduling on / off, replay with a small HBM
+# On one GPU (nvidia-h200; bench/README.md "The next device session"), each a call of its own:
+#   bash bench/gpu_session.sh check      # after the first stash: tier tests; bandwidth and per-layer CPU, batched DMAs off / on
+#   bash bench/gpu_session.sh lategrid   # after the second stash: full, ucm over the whole grid (3 reps, decode)
+#   bash bench/gpu_session.sh batch      # ucm over the grid with UCM_BATCH_DMA=1 (merge with lategrid's full part)
+#   bash bench/gpu_session.sh overflow   # ucm_layerwise_step_load_blocks 1000 on 16k / 4k c = 2, 4; then the profile
+#   bash bench/gpu_session.sh native     # native_best, native over the grid (the comparison, same machine)
 # On two GPUs (nvidia-h200-x2), after the two stash calls:
 #   bash bench/gpu_session.sh pair     # the whole grid: full/ucm on GPU 0 beside native on GPU 1; then the 16k profile
 #   bash bench/gpu_session.sh tp2c4    # TP = 2 16k c = 4 with the scheduler's lookups logged, then the trace replay
@@ -14,7 +20,7 @@
 # Each step leaves $OUT/<step>.tgz (everything it wrote) and $OUT/<step>.log: the device returns <= 8 files.
 # STEP_S (default 570) is the step's whole budget: jobs get deadlines that end inside it.
 set -o pipefail
-step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof}
+step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof|check|lategrid|batch|overflow|native}
 OUT=${OUT:-/tmp/gpu_session_out}
 W=/tmp/session/$step
 mkdir -p "$W" "$OUT"
@@ -145,6 +151,38 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     CUDA_VISIBLE_DEVICES=0 BENCH=bench/profile_layerwise.py OUT=$W/profile timeout "$(left 5)" \
       bash bench/gpu_prefix_ttft.sh --lengths 16000 --concurrency 4,1 > "$W/profile.log" 2>&1
     grep -E '"(L|c|copier_paths|ttft_s|hit100|hit80)"|direct|single plane|whole-row' "$W/profile.log" | head -40
+    ;;
+  check)
+    source bench/ucm_site.sh || exit 1
+    timeout "$(left 150)" python3 -m pytest -q -p no:cacheprovider tests/tiers 2>&1 | tail -5
+    for b in 0 1; do
+      UCM_BATCH_DMA=$b timeout "$(left 60)" python3 bench/dram_bandwidth.py --blocks 1024 --piece-kib 32 --fragmented \
+        --out "$W/bw_batch$b.json" 2>&1 | grep -E "plain|^vllm|^per-layer "
+      UCM_BATCH_DMA=$b timeout "$(left 5)" python3 bench/layer_launch.py --out "$W/launch_batch$b.json" 2>&1 | tail -6
+    done
+    ;;
+  lategrid)
+    setup || exit 1
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes full,ucm --lengths 8000,4000,16000 --reps 3 --decode-reps 6 \
+      --decode-tokens 1024 --deadline-s "$(left 30)" 2>&1 | tail -40
+    ;;
+  batch)
+    setup || exit 1
+    UCM_BATCH_DMA=1 OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 8000,4000,16000 --reps 3 \
+      --decode-batch 0 --deadline-s "$(left 30)" 2>&1 | tail -30
+    ;;
+  overflow)
+    setup || exit 1
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 16000,4000 --concurrency 2,4 --reps 3 \
+      --decode-batch 0 --ucm-step-load-blocks 1000 --deadline-s "$(left 200)" 2>&1 | tail -20
+    BENCH=bench/profile_layerwise.py OUT=$W/profile timeout "$(left 5)" bash bench/gpu_prefix_ttft.sh \
+      --lengths 8000,16000 --concurrency 4,2 --reps 3 > "$W/profile.log" 2>&1
+    grep -E '"copier\.|"ttft"|full_connector_on' "$W/profile.log" | head -30
+    ;;
+  native)
+    setup || exit 1
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes native_best,native --lengths 8000,4000,16000 --reps 3 \
+      --decode-batch 0 --deadline-s "$(left 30)" 2>&1 | tail -20
     ;;
   *) echo "unknown step $step"; exit 2 ;;
   esac
