@@ -102,6 +102,18 @@ class _FutureCompletion:
         return True
 
 
+def guarded(fn, args, on_error):
+    """``fn(*args)`` on a worker thread; should it raise, the error is logged, ``on_error(exc)``
+    records it in the caller's task, and it is raised again (to the job's future)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # reported through the caller's task, never lost
+        log.error("ucm: %s failed: %s", getattr(fn, "__name__", "a job"), exc)
+        if on_error is not None:
+            on_error(exc)
+        raise
+
+
 def _job(fn, *args):
     # Callers may hand us inference tensors (vLLM allocates its KV cache under inference_mode);
     # in-place writes into those are only allowed inside inference mode, and plain tensors don't mind.
@@ -147,17 +159,7 @@ class CopyEngine:
         """Run ``fn(*args)`` on this engine's worker thread (file I/O, CPU copies). Should it raise,
         ``on_error(exc)`` records the failure (a completion's ``wait`` does not raise); without a
         hook the error is logged and the completion's ``wait`` returns False."""
-        return _FutureCompletion(self._pool.submit(_job, self._guarded, fn, args, on_error), on_error is not None)
-
-    @staticmethod
-    def _guarded(fn, args, on_error) -> None:
-        try:
-            fn(*args)
-        except Exception as exc:  # reported through the caller's task, never lost
-            log.error("ucm: %s failed: %s", getattr(fn, "__name__", "a job"), exc)
-            if on_error is not None:
-                on_error(exc)
-            raise
+        return _FutureCompletion(self._pool.submit(_job, guarded, fn, args, on_error), on_error is not None)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

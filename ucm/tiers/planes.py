@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from ucm.tiers import batch_dma
-from ucm.tiers.base import env_switch, log
+from ucm.tiers.base import env_switch
+from ucm.tiers.copy import _EventCompletion, _FutureCompletion, guarded
 
 #: below this many bytes per run of consecutive slots, per-run DMAs lose to one UVA kernel
 MIN_RUN_BYTES = 256 << 10
@@ -196,8 +197,6 @@ class _Events:
         return self._done
 
     def wait(self, timeout: float) -> bool:
-        from ucm.tiers.copy import _EventCompletion
-
         return all(_EventCompletion(e).wait(timeout) for e in self.events)
 
     def stream_wait(self, stream=None) -> None:
@@ -208,30 +207,21 @@ class _Events:
             stream.wait_event(e)
 
 
-class _Later:
-    """The completion of copies a submitter thread issues later (``Future`` of their ``_Events``):
-    done once issued and landed. A submission that raised counts as done; its error is recorded by
-    the caller's ``on_error`` hook (then ``wait`` says True, as for the CPU path's jobs) or, without
-    one, makes ``wait`` say False."""
-
-    def __init__(self, fut: Future, handled: bool):
-        self.fut = fut
-        self.handled = handled
+class _Later(_FutureCompletion):
+    """The completion of copies a submitter thread issues later (a job whose result is their
+    ``_Events``): done once issued and landed. A submission that raised counts as done, with the
+    job semantics of ``_FutureCompletion`` (error recorded by the caller's hook, or a failed wait)."""
 
     def done(self) -> bool:
-        if not self.fut.done():
-            return False
-        return self.fut.exception() is not None or all(p.done() for p in self.fut.result())
+        return super().done() and (self.fut.exception() is not None or all(p.done() for p in self.fut.result()))
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        try:
-            parts = self.fut.result(timeout)
-        except TimeoutError:
+        if not super().wait(timeout):
             return False
-        except Exception:
-            return self.handled
-        return all(p.wait(max(0.0, deadline - time.monotonic())) for p in parts)
+        if self.fut.exception() is not None:
+            return True  # recorded by the caller's hook (super() said False otherwise)
+        return all(p.wait(max(0.0, deadline - time.monotonic())) for p in self.fut.result())
 
 
 def copy_planes_cpu(planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> None:
@@ -300,7 +290,7 @@ class CudaPlaneCopier:
             after.record(caller)
             if self._submitter is None:
                 self._submitter = ThreadPoolExecutor(1, thread_name_prefix="ucm-dump-submit")
-            later = _Later(self._submitter.submit(self._submit_after, planes, plan, after, on_error),
+            later = _Later(self._submitter.submit(guarded, self._submit_after, (planes, plan, after), on_error),
                            handled=on_error is not None)
             return [later] * len(planes)  # a dump's planes land together
         # outside inference mode: staging made under it would be an inference tensor, which a
@@ -308,19 +298,14 @@ class CudaPlaneCopier:
         with self._lock, torch.inference_mode(False):
             return self._submit(planes, plan, to_pool, lambda s: s.wait_stream(caller))
 
-    def _submit_after(self, planes: list[PlaneCopy], plan: RowPlan, after: torch.cuda.Event, on_error) -> list[_Events]:
-        """On the submitter thread: wait (GIL released) until the caller's work before the dump is
-        done, then issue the dump; its copies start at once, so few commands are ever pending."""
-        try:
-            torch.cuda.set_device(self.device)  # in here, so that its failure too reaches on_error
-            after.synchronize()
-            with self._lock:
-                return self._submit(planes, plan, True, lambda s: s.wait_event(after))
-        except Exception as exc:  # reported through the caller's task, never lost
-            log.error("ucm: dump submission failed: %s", exc)
-            if on_error is not None:
-                on_error(exc)
-            raise
+    def _submit_after(self, planes: list[PlaneCopy], plan: RowPlan, after: torch.cuda.Event) -> list[_Events]:
+        """On the submitter thread (errors reach the caller's task through ``guarded``): wait (GIL
+        released) until the caller's work before the dump is done, then issue the dump; its copies
+        start at once, so few commands are ever pending."""
+        torch.cuda.set_device(self.device)
+        after.synchronize()
+        with self._lock:
+            return self._submit(planes, plan, True, lambda s: s.wait_event(after))
 
     def close(self) -> None:
         """Issue the dumps still waiting for their forward, and stop the submitter thread."""

@@ -239,12 +239,12 @@ class UcmWorker:
             return
         # layer-wise loads with row views: one store call for all of them, issued first (this step's
         # attention waits for them; the loads between steps are for later steps)
-        batch = [spec for spec in meta.loads if spec.layerwise and self._planes is not None and not self._cross]
+        batch, others = [], []
+        for spec in meta.loads:
+            (batch if spec.layerwise and self._planes is not None and not self._cross else others).append(spec)
         if batch:
             self._start_layer_loads(batch, upfront=meta.upfront)
-        for spec in meta.loads:
-            if spec.layerwise and self._planes is not None and not self._cross:
-                continue
+        for spec in others:
             ids, offs, dsts, staging, keys = [], [], [], [], []
             where: dict[bytes, list[int]] = {}
             for key, b in zip(self.keys.rank_keys(spec.block_hashes, self.rank), spec.block_ids):
