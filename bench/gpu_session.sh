@@ -158,7 +158,10 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     for b in 0 1; do
       UCM_BATCH_DMA=$b timeout "$(left 60)" python3 bench/dram_bandwidth.py --blocks 1024 --piece-kib 32 --fragmented \
         --out "$W/bw_batch$b.json" 2>&1 | grep -E "plain|^vllm|^per-layer "
-      UCM_BATCH_DMA=$b timeout "$(left 5)" python3 bench/layer_launch.py --out "$W/launch_batch$b.json" 2>&1 | tail -6
+      # layer_launch.py needs vLLM, unpacked only by the second stash call's setup
+      if python3 -c 'import vllm' 2>/dev/null; then
+        UCM_BATCH_DMA=$b timeout "$(left 5)" python3 bench/layer_launch.py --out "$W/launch_batch$b.json" 2>&1 | tail -6
+      fi
     done
     ;;
   lategrid)

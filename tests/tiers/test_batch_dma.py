@@ -66,13 +66,14 @@ def test_views_a_batch_cannot_take_are_refused():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the driver's batched DMAs are CUDA-only")
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "run-by-run"])
 @pytest.mark.parametrize("forward", [True, False], ids=["direct-load", "staged-load"])
-def test_dumps_and_loads_through_the_driver_batch_move_exact_bytes(monkeypatch, forward):
-    """The pool's direct path with UCM_BATCH_DMA on: dumped rows and loaded rows (layer by layer)
-    equal the source, through the real cuMemcpyBatchAsync."""
-    monkeypatch.setattr(batch_dma, "ENABLED", True)
+def test_dumps_and_loads_through_the_driver_batch_move_exact_bytes(monkeypatch, forward, batched):
+    """The pool's direct path with UCM_BATCH_DMA on (the real cuMemcpyBatchAsync) and off (one
+    PyTorch copy per run): dumped rows and loaded rows (layer by layer) equal the source."""
+    monkeypatch.setattr(batch_dma, "ENABLED", batched)
     monkeypatch.setattr(batch_dma, "_missing", None)
-    assert batch_dma.available(), batch_dma._missing
+    assert batch_dma.available() == batched, batch_dma._missing
     layers, n, row = 6, 300, 1024
     block = layers * row
     with create_store("UcmDramStore", {"kv_block_size": block, "max_cache_size": (n + 8) * block,

@@ -94,7 +94,7 @@ def test_a_bad_stage_head_in_the_environment_fails_with_its_name(monkeypatch):
     assert base._stage_head_bytes() == 64 << 20
 
 
-@pytest.mark.parametrize("name, default", [("UCM_DEFER_DUMPS", True), ("UCM_BATCH_DMA", False)])
+@pytest.mark.parametrize("name, default", [("UCM_DEFER_DUMPS", True), ("UCM_BATCH_DMA", True)])
 def test_an_on_off_switch_in_the_environment_is_0_or_1(monkeypatch, name, default):
     monkeypatch.delenv(name, raising=False)
     assert base.env_switch(name, default) is default

@@ -21,8 +21,8 @@ dump (56 planes x ~20 runs: thousands of DMAs) held vLLM's thread in the submiss
 ended (likely CUDA's limit on pending commands), which delayed the previous step's output by a whole step
 (H200 grid, 2026-11-28: the first request of 16k c = 2 at 0.87 s instead of 0.43 s).
 
-With ``UCM_BATCH_DMA=1`` every DMA loop (a plane's runs; a dump's planes) is one driver command
-(``batch_dma``): not yet checked on a GPU, so off by default.
+Every DMA loop (a plane's runs; a dump's planes) is one driver command where the driver has
+``cuMemcpyBatchAsync`` (``batch_dma``; ``UCM_BATCH_DMA=0``: one PyTorch copy per run).
 """
 from __future__ import annotations
 
