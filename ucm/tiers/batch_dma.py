@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
 from ucm.tiers.base import env_switch, log
@@ -80,20 +81,19 @@ def descriptors(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor], dst_ro
     """(dst addresses, src addresses, sizes) as int64 CPU tensors, plane by plane: for each plane j
     and run i, ``counts[i]`` rows from row ``src_rows[i]`` of ``src[j]`` to row ``dst_rows[i]`` of
     ``dst[j]``. Each tensor is a (rows, width) view whose rows are contiguous and whose runs of rows
-    are too (row stride = width); ``dst[j]`` and ``src[j]`` have the same width."""
-    for d, s in zip(dst, src):
+    are too (row stride = width); ``dst[j]`` and ``src[j]`` have the same width. NumPy, not torch:
+    it runs on the model's thread once per layer, and a handful of tiny torch ops cost ~40 us."""
+    planes = len(dst)
+    width, dbase, sbase = (np.empty((planes, 1), dtype=np.int64) for _ in range(3))
+    for k, (d, s) in enumerate(zip(dst, src)):
         if d.dim() != 2 or s.dim() != 2 or d.shape[1] != s.shape[1]:
             raise ValueError("batched DMAs need (rows, width) views of the same width on both sides")
-        row = d.shape[1] * d.element_size()
         if d.stride() != (d.shape[1], 1) or s.stride() != (s.shape[1], 1):
-            raise ValueError(f"batched DMAs need contiguous rows on both sides (width {row} bytes)")
-    width = torch.tensor([d.shape[1] * d.element_size() for d in dst], dtype=torch.int64)[:, None]
-    dbase = torch.tensor([d.data_ptr() for d in dst], dtype=torch.int64)[:, None]
-    sbase = torch.tensor([s.data_ptr() for s in src], dtype=torch.int64)[:, None]
-    drow = torch.tensor(list(dst_rows), dtype=torch.int64)[None, :]
-    srow = torch.tensor(list(src_rows), dtype=torch.int64)[None, :]
-    n = torch.tensor(list(counts), dtype=torch.int64)[None, :]
-    return ((dbase + drow * width).reshape(-1), (sbase + srow * width).reshape(-1), (n * width).reshape(-1))
+            raise ValueError(f"batched DMAs need contiguous rows on both sides (width "
+                             f"{d.shape[1] * d.element_size()} bytes)")
+        width[k, 0], dbase[k, 0], sbase[k, 0] = d.shape[1] * d.element_size(), d.data_ptr(), s.data_ptr()
+    drow, srow, n = (np.asarray(x, dtype=np.int64)[None, :] for x in (dst_rows, src_rows, counts))
+    return tuple(torch.from_numpy(a.reshape(-1)) for a in (dbase + drow * width, sbase + srow * width, n * width))
 
 
 def copy(dsts: torch.Tensor, srcs: torch.Tensor, sizes: torch.Tensor, stream_handle: int,
