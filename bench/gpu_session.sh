@@ -8,11 +8,14 @@
 #   bash bench/gpu_session.sh tp2      # TP = 2 (GPUs 0,1) beside the cross-layer runs (GPU 2) and the 16k row (GPU 3)
 #   bash bench/gpu_session.sh cells    # 4k / 8k cells with async scheduling on / off, replay with a small HBM
 # On one GPU (nvidia-h200; bench/README.md "The next device session"), each a call of its own:
-#   bash bench/gpu_session.sh check      # after the first stash: tier tests; bandwidth and per-layer CPU, batched DMAs off / on
+#   bash bench/gpu_session.sh check      # after the first stash: tier tests; bandwidth, dumps deferred / batched off and on
 #   bash bench/gpu_session.sh lategrid   # after the second stash: full, ucm over the whole grid (3 reps, decode)
-#   bash bench/gpu_session.sh batch      # ucm over the grid with UCM_BATCH_DMA=1 (merge with lategrid's full part)
 #   bash bench/gpu_session.sh overflow   # ucm_layerwise_step_load_blocks 1000 on 16k / 4k c = 2, 4; then the profile
 #   bash bench/gpu_session.sh native     # native_best, native over the grid (the comparison, same machine)
+#   bash bench/gpu_session.sh v1full     # full compute and HBM hits on the V1 model runner (native_best's)
+#   bash bench/gpu_session.sh v1ucm      # ucm on the V1 model runner (per-layer tensors)
+#   bash bench/gpu_session.sh v2ucm      # ucm on the V2 model runner (the default)
+#   bash bench/gpu_session.sh decode     # decode tokens/s storing vs not storing, 8 A B B A pairs
 # On two GPUs (nvidia-h200-x2), after the two stash calls:
 #   bash bench/gpu_session.sh pair     # the whole grid: full/ucm on GPU 0 beside native on GPU 1; then the 16k profile
 #   bash bench/gpu_session.sh tp2c4    # TP = 2 16k c = 4 with the scheduler's lookups logged, then the trace replay
@@ -20,7 +23,7 @@
 # Each step leaves $OUT/<step>.tgz (everything it wrote) and $OUT/<step>.log: the device returns <= 8 files.
 # STEP_S (default 570) is the step's whole budget: jobs get deadlines that end inside it.
 set -o pipefail
-step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof|check|lategrid|batch|overflow|native}
+step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof|check|lategrid|overflow|native|v1full|v1ucm|v2ucm|decode}
 OUT=${OUT:-/tmp/gpu_session_out}
 W=/tmp/session/$step
 mkdir -p "$W" "$OUT"
@@ -155,24 +158,18 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
   check)
     source bench/ucm_site.sh || exit 1
     timeout "$(left 150)" python3 -m pytest -q -p no:cacheprovider tests/tiers 2>&1 | tail -5
-    for b in 0 1; do
-      UCM_BATCH_DMA=$b timeout "$(left 60)" python3 bench/dram_bandwidth.py --blocks 1024 --piece-kib 32 --fragmented \
-        --out "$W/bw_batch$b.json" 2>&1 | grep -E "plain|^vllm|^per-layer "
-      # layer_launch.py needs vLLM, unpacked only by the second stash call's setup
-      if python3 -c 'import vllm' 2>/dev/null; then
-        UCM_BATCH_DMA=$b timeout "$(left 5)" python3 bench/layer_launch.py --out "$W/launch_batch$b.json" 2>&1 | tail -6
-      fi
-    done
+    # the dump's bandwidth with dumps deferred to the submitter thread or not, DMAs batched or not
+    # (2026-11-28: deferred 0.65-0.69 of plain against 0.80): one profiled dump and load each
+    for d in 1 0; do for b in 1 0; do
+      UCM_DEFER_DUMPS=$d UCM_BATCH_DMA=$b timeout "$(left 30)" python3 bench/dram_bandwidth.py --blocks 1024 \
+        --piece-kib 32 --fragmented --out "$W/bw_defer${d}_batch$b.json" --profile "$W/prof_defer${d}_batch$b" \
+        2>&1 | grep -E "plain|^vllm" | sed "s/^/defer $d batch $b: /"
+    done; done
     ;;
   lategrid)
     setup || exit 1
     OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes full,ucm --lengths 8000,4000,16000 --reps 3 --decode-reps 6 \
       --decode-tokens 1024 --deadline-s "$(left 30)" 2>&1 | tail -40
-    ;;
-  batch)
-    setup || exit 1
-    UCM_BATCH_DMA=1 OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 8000,4000,16000 --reps 3 \
-      --decode-batch 0 --deadline-s "$(left 30)" 2>&1 | tail -30
     ;;
   overflow)
     setup || exit 1
@@ -186,6 +183,22 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     setup || exit 1
     OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes native_best,native --lengths 8000,4000,16000 --reps 3 \
       --decode-batch 0 --deadline-s "$(left 30)" 2>&1 | tail -20
+    ;;
+  v1full|v1ucm)  # HBM hits and ucm on the V1 model runner that native_best uses (one mode a call)
+    setup || exit 1
+    mode=${step#v1}
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes "$mode" --model-runner v1 --lengths 8000,4000,16000 --reps 3 \
+      --decode-batch 0 --deadline-s "$(left 30)" 2>&1 | tail -20
+    ;;
+  v2ucm)
+    setup || exit 1
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 8000,4000,16000 --reps 3 --decode-batch 0 \
+      --deadline-s "$(left 30)" 2>&1 | tail -20
+    ;;
+  decode)  # decode storing vs not storing, A B B A pairs in one engine (the cell runs after a 4k c = 1 cell)
+    setup || exit 1
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 4000 --concurrency 1 --reps 1 --decode-reps 8 \
+      --decode-tokens 1024 --deadline-s "$(left 30)" 2>&1 | grep -A14 "Decode speed"
     ;;
   *) echo "unknown step $step"; exit 2 ;;
   esac
