@@ -16,6 +16,7 @@
 #   bash bench/gpu_session.sh v1ucm      # ucm on the V1 model runner (per-layer tensors)
 #   bash bench/gpu_session.sh v2ucm      # ucm on the V2 model runner (the default)
 #   bash bench/gpu_session.sh decode     # decode tokens/s storing vs not storing, 8 A B B A pairs
+#   bash bench/gpu_session.sh replay1    # the trace replay, REPLAY_MODES (default full,ucm_lru)
 # On two GPUs (nvidia-h200-x2), after the two stash calls:
 #   bash bench/gpu_session.sh pair     # the whole grid: full/ucm on GPU 0 beside native on GPU 1; then the 16k profile
 #   bash bench/gpu_session.sh tp2c4    # TP = 2 16k c = 4 with the scheduler's lookups logged, then the trace replay
@@ -23,7 +24,7 @@
 # Each step leaves $OUT/<step>.tgz (everything it wrote) and $OUT/<step>.log: the device returns <= 8 files.
 # STEP_S (default 570) is the step's whole budget: jobs get deadlines that end inside it.
 set -o pipefail
-step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof|check|lategrid|overflow|native|v1full|v1ucm|v2ucm|decode}
+step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof|check|lategrid|overflow|native|v1full|v1ucm|v2ucm|decode|replay1}
 OUT=${OUT:-/tmp/gpu_session_out}
 W=/tmp/session/$step
 mkdir -p "$W" "$OUT"
@@ -194,6 +195,10 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     setup || exit 1
     OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 8000,4000,16000 --reps 3 --decode-batch 0 \
       --deadline-s "$(left 30)" 2>&1 | tail -20
+    ;;
+  replay1)  # the trace replay on one GPU, REPLAY_MODES (default full,ucm_lru) in one job
+    setup || exit 1
+    eval "OUT=$W/replay $R --modes ${REPLAY_MODES:-full,ucm_lru} $D" 2>&1 | tail -12
     ;;
   decode)  # decode storing vs not storing, A B B A pairs in one engine (the cell runs after a 4k c = 1 cell)
     setup || exit 1
