@@ -7,7 +7,7 @@ commands; one batch call queues all of them as one command. It is the entry poin
 SimpleCPUOffloadConnector (0.32) uses, with the CUDA 12.8 signature that CUDA 13 drivers keep, resolved
 here through ``cuGetProcAddress`` with ctypes (no cuda-python needed).
 
-``descriptors`` (which bytes go where) is plain tensor arithmetic and is tested on the CPU; ``copy``
+``descriptors`` (which bytes go where) is plain array arithmetic and is tested on the CPU; ``copy``
 calls the driver. On by default since the H200 grid of 2026-11-28 (ninth session: the ucm cells beside
 the same run without batching, 4k c = 1 / 2 a third faster); ``UCM_BATCH_DMA=0`` queues run by run. A driver
 without the entry point falls back to run by run, with one warning.
