@@ -188,6 +188,9 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
   v1full|v1ucm)  # HBM hits and ucm on the V1 model runner that native_best uses (one mode a call)
     setup || exit 1
     mode=${step#v1}
+    # ucm on the V1 runner's per-layer tensors was never run on a GPU: first the greedy-tokens check
+    [ "$mode" = ucm ] && VLLM_USE_V2_MODEL_RUNNER=0 timeout "$(left 300)" python3 -m tests.vllm.gpu_check \
+      --out "$W/check_v1" --model-dir /tmp/ucm-tiny-bf16-v1 2>&1 | grep -E '"ok"|identical|Error' | head -5
     OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes "$mode" --model-runner v1 --lengths 8000,4000,16000 --reps 3 \
       --decode-batch 0 --deadline-s "$(left 30)" 2>&1 | tail -20
     ;;
