@@ -93,3 +93,40 @@ def test_dumps_and_loads_through_the_driver_batch_move_exact_bytes(monkeypatch, 
         assert store.wait(br.task) == OK
         for s, d in zip(src, dst):
             assert torch.equal(d[back], s[rows])
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "run-by-run"])
+def test_the_copiers_direct_path_moves_every_run_of_every_plane(monkeypatch, batched):
+    """CudaPlaneCopier._direct (dumps: one completion for all planes; loads: one per plane) on CPU
+    tensors, with stand-ins for the stream, the event and the driver's batch call: the bytes land
+    where the plan says, batched or run by run, and a batched load issues one command per plane."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from ucm.tiers import planes as P
+
+    calls = []
+    monkeypatch.setattr(batch_dma, "ENABLED", batched)
+    monkeypatch.setattr(batch_dma, "_missing", None)
+    monkeypatch.setattr(batch_dma, "_entry", _memmove_entry(calls))
+    monkeypatch.setattr(P.torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(P, "_record", lambda stream: "event")
+    copier = object.__new__(P.CudaPlaneCopier)
+    copier.copy_stream = SimpleNamespace(cuda_stream=7)
+    users = _planes(40, 16, 3, seed=2)
+    pools = [torch.zeros(50, 16, dtype=torch.uint8) for _ in range(3)]
+    planes = [P.PlaneCopy(u, p, None) for u, p in zip(users, pools)]
+    plan = P.RowPlan([3, 4, 5, 20, 21, 30], [10, 11, 12, 0, 1, 39])
+    waited = []
+    done = copier._direct(planes, plan, True, waited.append)
+    assert waited == [copier.copy_stream] and len(done) == 3 and len({id(d) for d in done}) == 1
+    for u, p in zip(users, pools):
+        assert torch.equal(p[[3, 4, 5, 20, 21, 30]], u[[10, 11, 12, 0, 1, 39]])
+    assert calls == ([(3 * 3, batch_dma.SRC_IN_STREAM_ORDER, 7, 0, 1)] if batched else [])  # 3 runs x 3 planes
+    back = [torch.zeros_like(u) for u in users]
+    calls.clear()
+    done = copier._direct([P.PlaneCopy(b, p, None) for b, p in zip(back, pools)], plan, False, waited.append)
+    assert len(done) == 3 and len({id(d) for d in done}) == 3  # a load's planes land one by one
+    for b, u in zip(back, users):
+        assert torch.equal(b[[10, 11, 12, 0, 1, 39]], u[[10, 11, 12, 0, 1, 39]])
+    assert [c[0] for c in calls] == ([3, 3, 3] if batched else [])

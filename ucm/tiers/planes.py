@@ -288,8 +288,9 @@ class CudaPlaneCopier:
         if to_pool and DEFER_DUMPS:
             after = torch.cuda.Event(blocking=True)  # the thread sleeps on it, not polling the driver
             after.record(caller)
-            if self._submitter is None:
-                self._submitter = ThreadPoolExecutor(1, thread_name_prefix="ucm-dump-submit")
+            if self._submitter is None:  # its thread works on this copier's device
+                self._submitter = ThreadPoolExecutor(1, thread_name_prefix="ucm-dump-submit",
+                                                     initializer=torch.cuda.set_device, initargs=(self.device,))
             later = _Later(self._submitter.submit(guarded, self._submit_after, (planes, plan, after), on_error),
                            handled=on_error is not None)
             return [later] * len(planes)  # a dump's planes land together
@@ -302,7 +303,6 @@ class CudaPlaneCopier:
         """On the submitter thread (errors reach the caller's task through ``guarded``): wait (GIL
         released) until the caller's work before the dump is done, then issue the dump; its copies
         start at once, so few commands are ever pending."""
-        torch.cuda.set_device(self.device)
         after.synchronize()
         with self._lock:
             return self._submit(planes, plan, True, lambda s: s.wait_event(after))
@@ -348,69 +348,50 @@ class CudaPlaneCopier:
         vLLM hands out fresh ones): one DMA per run between the caller's tensor and the pool, on the
         copy stream, after the work queued on the caller's stream (it may still use those rows)."""
         wait(self.copy_stream)
-        if batch_dma.available():
-            return self._direct_batched(planes, plan, to_pool)
-        done = []
-        with torch.cuda.stream(self.copy_stream):
-            for pc in planes:
-                pool, user = pc.pool, pc.user
-                for slot0, row0, n in plan.pairs:
-                    if to_pool:
-                        pool[slot0:slot0 + n].copy_(user[row0:row0 + n], non_blocking=True)
-                    else:
-                        user[row0:row0 + n].copy_(pool[slot0:slot0 + n], non_blocking=True)
-                if not to_pool:  # a load's planes land one by one (a caller waits for its layer only)
-                    done.append(_Events([_record(self.copy_stream)]))
-            if to_pool:
-                done = [_Events([_record(self.copy_stream)])] * len(planes)  # a dump's land together
-        return done
-
-    def _direct_batched(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> list[_Events]:
-        """``_direct`` with every run of a plane (a dump: of all its planes) queued as one command
-        (``batch_dma``): the copy stream already waits for the caller's work."""
-        slots, rows, counts = zip(*plan.pairs)
+        slots, rows, counts = (list(x) for x in zip(*plan.pairs))
         pools, users = [pc.pool for pc in planes], [pc.user for pc in planes]
-        if to_pool:
-            dsts, srcs, sizes = batch_dma.descriptors(pools, users, slots, rows, counts)
-        else:
-            dsts, srcs, sizes = batch_dma.descriptors(users, pools, rows, slots, counts)
-        handle = self.copy_stream.cuda_stream
-        if to_pool:
-            batch_dma.copy(dsts, srcs, sizes, handle)
-            return [_Events([_record(self.copy_stream)])] * len(planes)
-        done, n = [], len(counts)
-        for j in range(len(planes)):  # a load's planes land one by one
-            batch_dma.copy(dsts[j * n:(j + 1) * n], srcs[j * n:(j + 1) * n], sizes[j * n:(j + 1) * n], handle)
-            done.append(_Events([_record(self.copy_stream)]))
-        return done
+        if to_pool:  # a dump's planes land together
+            return self._copy_runs(pools, users, slots, rows, counts) * len(planes)
+        return self._copy_runs(users, pools, rows, slots, counts, each=True)  # a load's one by one
 
     def _dma_in(self, ring: _Ring, rows: int, width: int, src: torch.Tensor, slot_runs) -> tuple[int, torch.Tensor]:
         """Slot runs of ``src`` (pool rows) into a staging buffer, on the copy stream; the kernel
         stream then waits for them."""
         b, staging = ring.take(rows, width, self.copy_stream)
-        with torch.cuda.stream(self.copy_stream):
-            self._copy_runs(staging, src, [(i0, slot0, n) for slot0, i0, n in slot_runs])
-            self.kernel_stream.wait_event(_record(self.copy_stream))
+        landed = self._copy_runs([staging], [src], [i0 for _, i0, _ in slot_runs], [s0 for s0, _, _ in slot_runs],
+                                 [n for _, _, n in slot_runs])
+        landed[0].stream_wait(self.kernel_stream)
         return b, staging
 
     def _dma_out(self, ring: _Ring, b: int, staging: torch.Tensor, dst: torch.Tensor, slot_runs) -> _Events:
         """A gathered staging buffer into slot runs of ``dst`` (pool rows), on the copy stream."""
         self.copy_stream.wait_event(_record(self.kernel_stream))
-        with torch.cuda.stream(self.copy_stream):
-            self._copy_runs(dst, staging, slot_runs)
-            ev = _record(self.copy_stream)
-        ring.free[b] = ev
-        return _Events([ev])
+        landed = self._copy_runs([dst], [staging], [s0 for s0, _, _ in slot_runs], [i0 for _, i0, _ in slot_runs],
+                                 [n for _, _, n in slot_runs])[0]
+        ring.free[b] = landed.events[0]
+        return landed
 
-    def _copy_runs(self, dst: torch.Tensor, src: torch.Tensor, runs) -> None:
-        """Rows ``src[j:j + n]`` to ``dst[i:i + n]`` for each (i, j, n) in ``runs``, on the copy
-        stream: one batched command where the driver has it, else a DMA per run."""
-        if runs and batch_dma.available():
-            i, j, n = zip(*runs)
-            batch_dma.copy(*batch_dma.descriptors([dst], [src], i, j, n), self.copy_stream.cuda_stream)
-            return
-        for i, j, n in runs:
-            dst[i:i + n].copy_(src[j:j + n], non_blocking=True)
+    def _copy_runs(self, dsts: list[torch.Tensor], srcs: list[torch.Tensor], dst_rows: list[int],
+                   src_rows: list[int], counts: list[int], each: bool = False) -> list[_Events]:
+        """Rows ``srcs[j][src_rows[i]:+counts[i]]`` to ``dsts[j][dst_rows[i]:+counts[i]]`` for every plane
+        j and run i, on the copy stream: one batched driver command per completion where the driver
+        has it (``batch_dma``), else a DMA per run. One completion for all planes, or with ``each``
+        one per plane, in plane order (a load's planes land one by one)."""
+        n = len(counts)
+        batched = n > 0 and batch_dma.available()
+        if batched:  # every plane's descriptors at once, sliced per completion
+            d, s, size = batch_dma.descriptors(dsts, srcs, dst_rows, src_rows, counts)
+        done = []
+        with torch.cuda.stream(self.copy_stream):
+            for lo, hi in ([(j, j + 1) for j in range(len(dsts))] if each else [(0, len(dsts))]):
+                if batched:
+                    batch_dma.copy(d[lo * n:hi * n], s[lo * n:hi * n], size[lo * n:hi * n], self.copy_stream.cuda_stream)
+                else:
+                    for dst, src in zip(dsts[lo:hi], srcs[lo:hi]):
+                        for i, j, c in zip(dst_rows, src_rows, counts):
+                            dst[i:i + c].copy_(src[j:j + c], non_blocking=True)
+                done.append(_Events([_record(self.copy_stream)]))
+        return done
 
     def _load_rows(self, group: list[PlaneCopy], r, slot_runs, ring: _Ring) -> _Events:
         """Whole pool rows (e.g. a layer's K and V) DMA'd by slot run into staging, then one
