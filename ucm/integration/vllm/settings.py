@@ -51,8 +51,9 @@ class ConnectorSettings:
     #: layer-wise mode: once the layer-wise hits a step took load this many blocks, a further hit
     #: loads between steps instead (as in ``async`` mode): its copies run beside the step, and it
     #: computes in a later one, so a step of c large 100 % hits does not hold every first token
-    #: until all c have loaded. 0: off (every hit the step takes loads layer by layer). Not yet
-    #: measured on a GPU (bench/README.md); off until it is.
+    #: until all c have loaded. 0: off (every hit the step takes loads layer by layer). Off: on an
+    #: H200 (2026-11-28), 1000 did not help the cell it was made for (16k tokens x 4, 100 % hit: 0.143 s
+    #: against 0.139 s; bench/results/README.md, ninth session).
     layerwise_step_load_blocks: int = 0
 
 
