@@ -430,3 +430,63 @@ def test_a_dump_issued_later_is_done_only_once_issued_and_landed():
     fut.set_exception(RuntimeError("injected"))
     assert _Later(fut, handled=True).done() and _Later(fut, handled=True).wait(0.01)
     assert not _Later(fut, handled=False).wait(0.01)
+
+
+class _CountingPart(_Part):
+    def __init__(self, landed):
+        super().__init__(landed)
+        self.calls = 0
+
+    def done(self):
+        self.calls += 1
+        return self.landed
+
+    def wait(self, timeout):
+        self.calls += 1
+        return self.landed
+
+
+def test_a_landed_dump_is_not_polled_again_however_many_planes_share_it():
+    """A dump's planes share one completion (and a DMA loop one event set): the task waits it once,
+    the completion asks each distinct part once, and once landed it asks nothing (the profile's 784
+    event queries a stage held the GIL the submitter thread needed)."""
+    from concurrent.futures import Future
+
+    from ucm.tiers.base import Task
+    from ucm.tiers.planes import _Later
+
+    part = _CountingPart(True)
+    fut = Future()
+    fut.set_result([part] * 28)
+    later = _Later(fut, handled=True)
+    task = Task("dump")
+    for _ in range(28):
+        task.add(later)
+    assert task.wait(1.0) and part.calls == 1
+    assert later.done() and later.wait(1.0) and task.done() and part.calls == 1
+    shared = _CountingPart(True)  # a DMA loop's events, one completion for all of its planes
+    task = Task("dump")
+    for _ in range(28):
+        task.add(shared)
+    assert task.wait(1.0) and shared.calls == 1
+    pending = _CountingPart(False)
+    fut = Future()
+    fut.set_result([pending] * 3)
+    later = _Later(fut, handled=True)
+    assert not later.wait(0.01) and not later.done()  # not landed: asked again each time
+    pending.landed = True
+    assert later.done() and later.wait(0.01)
+
+
+def test_landed_copy_events_are_not_queried_again():
+    from ucm.tiers.planes import _Events
+
+    class Ev:
+        queries = 0
+
+        def query(self):
+            Ev.queries += 1
+            return True
+
+    evs = _Events([Ev(), Ev()])
+    assert evs.wait(1.0) and evs.wait(1.0) and evs.done() and Ev.queries == 2

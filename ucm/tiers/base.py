@@ -166,6 +166,8 @@ class Task:
             self.failed.setdefault(key, code)
 
     def add(self, part: Completion) -> None:
+        if self._parts and self._parts[-1] is part:  # one completion for several planes: waited once
+            return
         self._parts.append(part)
 
     def on_done(self, fn: Callable[[], None]) -> None:

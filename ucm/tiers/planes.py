@@ -197,7 +197,9 @@ class _Events:
         return self._done
 
     def wait(self, timeout: float) -> bool:
-        return all(_EventCompletion(e).wait(timeout) for e in self.events)
+        if not self._done:  # remembered too: a task waits each plane's completion, often the same one
+            self._done = all(_EventCompletion(e).wait(timeout) for e in self.events)
+        return self._done
 
     def stream_wait(self, stream=None) -> None:
         """Make ``stream`` (default: the current one) wait for these copies, without blocking
@@ -210,18 +212,34 @@ class _Events:
 class _Later(_FutureCompletion):
     """The completion of copies a submitter thread issues later (a job whose result is their
     ``_Events``): done once issued and landed. A submission that raised counts as done, with the
-    job semantics of ``_FutureCompletion`` (error recorded by the caller's hook, or a failed wait)."""
+    job semantics of ``_FutureCompletion`` (error recorded by the caller's hook, or a failed wait).
+    Once seen landed it stays so without asking again: a dump's planes share one completion, and
+    re-polling every plane's events for each of them (784 event queries a stage with 28 planes)
+    held the GIL that the submitter thread needs to issue the next stage (H200 profile, 2026-11-28)."""
+
+    def __init__(self, fut, handled: bool = True):
+        super().__init__(fut, handled)
+        self._landed = False
+
+    def _parts(self) -> list:
+        return list({id(p): p for p in self.fut.result()}.values())  # each distinct completion once
 
     def done(self) -> bool:
-        return super().done() and (self.fut.exception() is not None or all(p.done() for p in self.fut.result()))
+        if not self._landed:
+            self._landed = super().done() and (self.fut.exception() is not None
+                                               or all(p.done() for p in self._parts()))
+        return self._landed
 
     def wait(self, timeout: float) -> bool:
+        if self._landed:
+            return True
         deadline = time.monotonic() + timeout
         if not super().wait(timeout):
             return False
         if self.fut.exception() is not None:
             return True  # recorded by the caller's hook (super() said False otherwise)
-        return all(p.wait(max(0.0, deadline - time.monotonic())) for p in self.fut.result())
+        self._landed = all(p.wait(max(0.0, deadline - time.monotonic())) for p in self._parts())
+        return self._landed
 
 
 def copy_planes_cpu(planes: list[PlaneCopy], plan: RowPlan, to_pool: bool) -> None:
