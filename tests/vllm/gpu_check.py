@@ -5,6 +5,11 @@
 Tiny random-weight Llama in bf16 (FlashAttention), vLLM's prefix cache off: a run without ucm,
 then with ucm (DRAM): first pass dumps, second pass must hit every full block with the same greedy
 tokens; then an injected load failure must be recomputed with the same tokens. Writes a JSON.
+``--skip-failure`` leaves the injected failure out. vLLM 0.26 with async scheduling (its default)
+mishandles a failed same-step (layer-wise) load of any connector: the V2 runner recomputes with the
+rewound request's output placeholders (different tokens, vllm-project/vllm#49250), the V1 runner
+crashes (an output token read as a placeholder id, vllm-project/vllm#34484; H200, 2026-11-28). So the
+hit pass runs with vLLM's defaults and ``--skip-failure``, the failure pass with ``UCM_GPU_ASYNC_SCHEDULING=0``.
 With ``--tp 2`` (two GPUs) the stores live in the worker processes: no failure injection and no
 connector counters; the check is identical greedy tokens and every full block hit (no garbling
 across ranks).
@@ -15,6 +20,7 @@ import argparse
 import json
 import os
 import time
+from typing import Optional
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -25,6 +31,8 @@ def main() -> None:
     ap.add_argument("--model-dir", default="/tmp/ucm-tiny-bf16")
     ap.add_argument("--load-mode", default="layerwise", choices=["layerwise", "async"])
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size (2: two GPUs)")
+    ap.add_argument("--skip-failure", action="store_true",
+                    help="no injected load failure: the hits and greedy tokens only (see the module docstring)")
     ap.add_argument("--cross-layer", action="store_true",
                     help="ucm_cross_layer (run with VLLM_USE_V2_MODEL_RUNNER=0: only the V1 runner has that layout)")
     a = ap.parse_args()
@@ -64,6 +72,8 @@ def main() -> None:
         stats.reset_totals()
         second = engine.generate(llm, texts)
         res["second_totals"] = stats.totals()
+        if a.skip_failure:
+            return _finish(a, res, base, first, second, t0, store)
         injected = _failing_load(store, every=3)
         stats.reset_totals()
         third = engine.generate(llm, texts)
@@ -74,22 +84,30 @@ def main() -> None:
         _failing_load(store, every=3, garbage=False)
         fourth = engine.generate(llm, texts)
         res["store"] = store.stats()
+    _finish(a, res, base, first, second, t0, store, third, fourth)
+
+
+def _finish(a, res: dict, base: list, first: list, second: list, t0: float, store,
+            third: Optional[list] = None, fourth: Optional[list] = None) -> None:
+    """The verdict: every pass's greedy tokens equal the baseline's, the second pass hits every full
+    block (layer-wise when asked), and the injected failures (unless skipped) were reported."""
     res["connector_s"] = time.time() - t0
-    res["cached"] = dict(first=[o["cached"] for o in first], second=[o["cached"] for o in second],
-                         third=[o["cached"] for o in third])
+    if "store" not in res:
+        res["store"] = store.stats()
+    runs = dict(first=first, second=second) if third is None else dict(first=first, second=second,
+                                                                        third=third, fourth_no_garbage=fourth)
+    res["cached"] = {k: [o["cached"] for o in v] for k, v in runs.items() if k != "fourth_no_garbage"}
     res["expected_second"] = [(o["prompt_len"] - 1) // 16 * 16 for o in second]
-    res["tokens_equal"] = dict(first=[o["tokens"] for o in first] == [o["tokens"] for o in base],
-                               second=[o["tokens"] for o in second] == [o["tokens"] for o in base],
-                               third=[o["tokens"] for o in third] == [o["tokens"] for o in base])
-    res["tokens_equal"]["fourth_no_garbage"] = [o["tokens"] for o in fourth] == [o["tokens"] for o in base]
-    res["runs"] = dict(base=base, second=second, third=third, fourth=fourth)
+    res["tokens_equal"] = {k: [o["tokens"] for o in v] == [o["tokens"] for o in base] for k, v in runs.items()}
+    res["runs"] = dict(base=base, **runs)
     res["max_logprob_diff_second"] = max(abs(x - y) for o, b in zip(second, base)
                                          for x, y in zip(o["logprobs"], b["logprobs"]))
+    layerwise = a.load_mode == "layerwise" and not a.cross_layer
     res["ok"] = (all(res["tokens_equal"].values()) and res["cached"]["second"] == res["expected_second"]
-                 and res["failure_totals"]["load_failed_blocks"] > 0
-                 and (res["second_totals"]["layerwise_blocks"] > 0) == (a.load_mode == "layerwise" and not a.cross_layer))
+                 and (third is None or res["failure_totals"]["load_failed_blocks"] > 0)
+                 and (res["second_totals"]["layerwise_blocks"] > 0) == layerwise)
     print(json.dumps(res, indent=1, default=str))
-    name = f"gpu_check_{a.load_mode}{'_cross_layer' if a.cross_layer else ''}.json"
+    name = f"gpu_check_{a.load_mode}{'_cross_layer' if a.cross_layer else ''}{'_no_failure' if third is None else ''}.json"
     with open(os.path.join(a.out, name), "w") as f:
         json.dump(res, f, indent=1, default=str)
 
