@@ -8,7 +8,7 @@
 #   bash bench/gpu_session.sh tp2      # TP = 2 (GPUs 0,1) beside the cross-layer runs (GPU 2) and the 16k row (GPU 3)
 #   bash bench/gpu_session.sh cells    # 4k / 8k cells with async scheduling on / off, replay with a small HBM
 # On one GPU (nvidia-h200; bench/README.md "The next device session"), each a call of its own:
-#   bash bench/gpu_session.sh check      # after the first stash: tier tests; bandwidth, dumps deferred / batched off and on
+#   bash bench/gpu_session.sh check      # after the first stash: tier tests; bandwidth: defaults, dumps not deferred, no stages
 #   bash bench/gpu_session.sh lategrid   # after the second stash: full, ucm over the whole grid (3 reps, decode)
 #   bash bench/gpu_session.sh overflow   # ucm_layerwise_step_load_blocks 1000 on 16k / 4k c = 2, 4; then the profile
 #   bash bench/gpu_session.sh native     # native_best, native over the grid (the comparison, same machine)
@@ -160,13 +160,13 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
   check)
     source bench/ucm_site.sh || exit 1
     timeout "$(left 150)" python3 -m pytest -q -p no:cacheprovider tests/tiers 2>&1 | tail -5
-    # the dump's bandwidth with dumps deferred to the submitter thread or not, DMAs batched or not
-    # (2026-11-28: deferred 0.65-0.69 of plain against 0.80): one profiled dump and load each
-    for d in 1 0; do for b in 1 0; do
-      UCM_DEFER_DUMPS=$d UCM_BATCH_DMA=$b timeout "$(left 30)" python3 bench/dram_bandwidth.py --blocks 1024 \
-        --piece-kib 32 --fragmented --out "$W/bw_defer${d}_batch$b.json" --profile "$W/prof_defer${d}_batch$b" \
-        2>&1 | grep -E "plain|^vllm" | sed "s/^/defer $d batch $b: /"
-    done; done
+    # the bandwidth with the defaults (deferred, batched), dumps on the caller's thread, and no stages (2026-11-28,
+    # bdd705b: deferred 0.55-0.63 of plain against 0.81-0.87, lost to event polling fixed in b7caf54; loads
+    # 0.72-0.85 with a gap at each stage boundary): one profiled dump and load each
+    for v in DEFER_DUMPS=1 DEFER_DUMPS=0 STAGE_HEAD_MIB=100000; do
+      env "UCM_$v" timeout "$(left 30)" python3 bench/dram_bandwidth.py --blocks 1024 --piece-kib 32 --fragmented \
+        --out "$W/bw_$v.json" --profile "$W/prof_$v" 2>&1 | grep -E "plain|^vllm" | sed "s/^/$v: /"
+    done
     ;;
   lategrid)
     setup || exit 1

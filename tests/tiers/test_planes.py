@@ -288,12 +288,14 @@ def test_open_blocks_reads_layer_by_layer_and_keeps_blocks_until_the_last(pool_s
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the two-stream DMA path is CUDA-only")
 @pytest.mark.parametrize("shuffled,forward", [(False, False), (True, False), (False, True), (True, True)],
                          ids=["slot-runs", "fragmented", "slot-and-row-runs", "fragmented-forward"])
-def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward):
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy-forward"])
+def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward, busy):
     """More layers than staging buffers, each plane big enough for the DMA path: DMAs of one layer
     overlap the previous layer's kernel on the other stream; every byte must still land, both ways,
     through reserve/write and open/read as vLLM's connector calls them. Rows read back in order onto
     fresh slots take the direct path (one DMA per run, no staging); reversed or shuffled ones the
-    staging ring."""
+    staging ring. ``busy``: the caller's stream still runs a kernel (a forward) when the dumps are
+    submitted, so they go through the submitter thread and must wait for it."""
     layers, n = 12, 700  # 700 rows x 1 KiB a plane
     block = 2 * layers * ROW
     with create_store("UcmDramStore", {"kv_block_size": block, "max_cache_size": (n + 8) * block,
@@ -307,8 +309,16 @@ def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward):
         rows = list(range(40, 40 + n))
         ids = [f"L{r}" for r in rows]
         bw = store.reserve_blocks(ids, rows)
+        if busy:  # a "forward" still running (~0.1 s) that writes the rows last: the dump must copy its bytes
+            torch.cuda._sleep(1 << 28)
+            for t in src:
+                t.add_(1)
+        expect = [t[rows].clone() for t in src]  # queued on the caller's stream too
         for layer in range(layers):
             store.write_planes(bw, [src[layer]], offset=layer * 2 * ROW)
+        from ucm.tiers import planes as planes_mod
+        if busy and planes_mod.DEFER_DUMPS:
+            assert store._cuda_dump._submitter is not None  # deferred: the forward was still running
         assert store.wait(bw.task) == OK
         store.commit(ids)
         dst = [torch.zeros_like(t) for t in src]
@@ -318,8 +328,8 @@ def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward):
         for layer in range(layers):
             store.read_planes(br, [dst[layer]], offset=layer * 2 * ROW, last=layer == layers - 1)
         assert store.wait(br.task) == OK
-        for s, d in zip(src, dst):
-            assert torch.equal(d[back], s[rows])
+        for e, d in zip(expect, dst):
+            assert torch.equal(d[back], e)
 
 
 def test_dump_under_inference_mode_then_load_outside_it(dev):

@@ -19,7 +19,9 @@ Dumps are issued by a submitter thread once the caller's work is done (``DEFER_D
 must wait for the forward that wrote the rows, and queued at once behind that wait, a fragmented step-end
 dump (56 planes x ~20 runs: thousands of DMAs) held vLLM's thread in the submission until the forward
 ended (likely CUDA's limit on pending commands), which delayed the previous step's output by a whole step
-(H200 grid, 2026-11-28: the first request of 16k c = 2 at 0.87 s instead of 0.43 s).
+(H200 grid, 2026-11-28: the first request of 16k c = 2 at 0.87 s instead of 0.43 s). A dump whose
+forward has already ended has nothing to wait for and is issued on the caller's thread (the thread
+hop cost a microbenchmark's dumps, issued on an idle GPU, a quarter of their bandwidth).
 
 Every DMA loop (a plane's runs; a dump's planes) is one driver command where the driver has
 ``cuMemcpyBatchAsync`` (``batch_dma``; ``UCM_BATCH_DMA=0``: one PyTorch copy per run).
@@ -300,12 +302,14 @@ class CudaPlaneCopier:
     def submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool,
                on_error: Optional[Callable[[Exception], None]] = None) -> list:
         """Copy ``planes`` by ``plan``, after the work queued on the caller's stream so far. Returns a
-        completion per plane. A dump goes to the submitter thread (``DEFER_DUMPS``); should its
-        submission fail there, ``on_error(exc)`` records it."""
+        completion per plane. A dump whose caller's work still runs goes to the submitter thread
+        (``DEFER_DUMPS``); should its submission fail there, ``on_error(exc)`` records it."""
         caller = torch.cuda.current_stream(self.device)
+        after = None
         if to_pool and DEFER_DUMPS:
             after = torch.cuda.Event(blocking=True)  # the thread sleeps on it, not polling the driver
             after.record(caller)
+        if after is not None and not after.query():  # the forward still runs: issue the dump after it
             if self._submitter is None:  # its thread works on this copier's device
                 self._submitter = ThreadPoolExecutor(1, thread_name_prefix="ucm-dump-submit",
                                                      initializer=torch.cuda.set_device, initargs=(self.device,))
