@@ -163,7 +163,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # the bandwidth with the defaults (deferred, batched), dumps on the caller's thread, and no stages (2026-11-28,
     # bdd705b: deferred 0.55-0.63 of plain against 0.81-0.87, lost to event polling fixed in b7caf54; loads
     # 0.72-0.85 with a gap at each stage boundary): one profiled dump and load each
-    for v in DEFER_DUMPS=1 DEFER_DUMPS=0 STAGE_HEAD_MIB=100000; do
+    for v in DEFER_DUMPS=1 DEFER_DUMPS=0 STAGE_HEAD_MIB=512 STAGE_HEAD_MIB=100000; do
       env "UCM_$v" timeout "$(left 30)" python3 bench/dram_bandwidth.py --blocks 1024 --piece-kib 32 --fragmented \
         --out "$W/bw_$v.json" --profile "$W/prof_$v" 2>&1 | grep -E "plain|^vllm" | sed "s/^/$v: /"
     done
@@ -193,9 +193,9 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # load failure with async scheduling off (vLLM 0.26's V1 runner crashes on a failed same-step load
     # with it on, vLLM issue #34484: tests/vllm/gpu_check.py)
     if [ "$mode" = ucm ]; then
-      VLLM_USE_V2_MODEL_RUNNER=0 timeout "$(left 360)" python3 -m tests.vllm.gpu_check --skip-failure \
+      VLLM_USE_V2_MODEL_RUNNER=0 timeout 150 python3 -m tests.vllm.gpu_check --skip-failure \
         --out "$W/check_v1" --model-dir /tmp/ucm-tiny-bf16-v1 > "$W/check_v1_hits.log" 2>&1
-      UCM_GPU_ASYNC_SCHEDULING=0 VLLM_USE_V2_MODEL_RUNNER=0 timeout "$(left 300)" python3 -m tests.vllm.gpu_check \
+      UCM_GPU_ASYNC_SCHEDULING=0 VLLM_USE_V2_MODEL_RUNNER=0 timeout 150 python3 -m tests.vllm.gpu_check \
         --out "$W/check_v1" --model-dir /tmp/ucm-tiny-bf16-v1 > "$W/check_v1_failure.log" 2>&1
       grep -H -E '"ok"|Error' "$W"/check_v1_*.log | head -6
     fi
@@ -204,15 +204,16 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     ;;
   prof4k)  # where ucm's extra ~10 ms at 4k c = 1 goes on the V1 runner (2026-11-28): the same profile on V2, then V1
     setup || exit 1
-    for r in 1 0; do
-      VLLM_USE_V2_MODEL_RUNNER=$r BENCH=bench/profile_layerwise.py OUT=$W/profile_v2runner$r timeout "$(left 10)" \
+    for r in 1 0; do  # the first runner gets half of what is left, the second the rest
+      t=$(left 10); [ "$r" = 1 ] && t=$(( t / 2 ))
+      VLLM_USE_V2_MODEL_RUNNER=$r BENCH=bench/profile_layerwise.py OUT=$W/profile_v2runner$r timeout "$t" \
         bash bench/gpu_prefix_ttft.sh --lengths 4000,16000 --concurrency 1 2>&1 | grep -E "ms|wall" | tail -12
     done
     ;;
   v2ucm)
     setup || exit 1
     # the injected-failure check with async scheduling off (with it on, vLLM 0.26 recomputes wrongly: #49250)
-    UCM_GPU_ASYNC_SCHEDULING=0 timeout "$(left 300)" python3 -m tests.vllm.gpu_check --out "$W/check_v2" \
+    UCM_GPU_ASYNC_SCHEDULING=0 timeout 150 python3 -m tests.vllm.gpu_check --out "$W/check_v2" \
       > "$W/check_v2_failure.log" 2>&1; grep -H -E '"ok"|Error' "$W/check_v2_failure.log" | head -3
     OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 8000,4000,16000 --reps 3 --decode-batch 0 \
       --deadline-s "$(left 30)" 2>&1 | tail -20
