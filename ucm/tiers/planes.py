@@ -20,8 +20,9 @@ must wait for the forward that wrote the rows, and queued at once behind that wa
 dump (56 planes x ~20 runs: thousands of DMAs) held vLLM's thread in the submission until the forward
 ended (likely CUDA's limit on pending commands), which delayed the previous step's output by a whole step
 (H200 grid, 2026-11-28: the first request of 16k c = 2 at 0.87 s instead of 0.43 s). A dump whose
-forward has already ended has nothing to wait for and is issued on the caller's thread (the thread
-hop cost a microbenchmark's dumps, issued on an idle GPU, a quarter of their bandwidth).
+forward has already ended has nothing to wait for and is issued on the caller's thread (there the
+hop only delayed the copies: the submitter waited for the GIL while the caller planned the next
+stages, 3.5-6 ms of an idle link per 1 GiB dump in an H200 profile).
 
 Every DMA loop (a plane's runs; a dump's planes) is one driver command where the driver has
 ``cuMemcpyBatchAsync`` (``batch_dma``; ``UCM_BATCH_DMA=0``: one PyTorch copy per run).
