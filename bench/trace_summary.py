@@ -18,6 +18,17 @@ def save_trace(prof, stem: str) -> dict:
     return trace
 
 
+def interval_union(iv) -> list[list[float]]:
+    """Overlapping (start, end) intervals merged, in order."""
+    out: list[list[float]] = []
+    for a, b in sorted(iv):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
 def stream_summary(trace: dict) -> dict:
     """Per CUDA stream: busy ms (union of its kernel/memcpy intervals), first and last ms after the
     first GPU event, ms per kind (kernel, memcpy), and the overlap of every other stream with the
@@ -29,16 +40,7 @@ def stream_summary(trace: dict) -> dict:
         stream = ev.get("args", {}).get("stream", ev.get("tid"))
         by_stream[stream].append((ev["ts"], ev["ts"] + ev.get("dur", 0), ev.get("cat")))
 
-    def union(iv):
-        out = []
-        for a, b in sorted(iv):
-            if out and a <= out[-1][1]:
-                out[-1][1] = max(out[-1][1], b)
-            else:
-                out.append([a, b])
-        return out
-
-    unions = {s: union([(a, b) for a, b, _ in iv]) for s, iv in by_stream.items()}
+    unions = {s: interval_union([(a, b) for a, b, _ in iv]) for s, iv in by_stream.items()}
     busy = {s: sum(b - a for a, b in u) for s, u in unions.items()}
     if not busy:
         return {}

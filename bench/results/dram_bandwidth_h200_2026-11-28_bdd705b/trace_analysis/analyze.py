@@ -4,20 +4,14 @@ Per trace: the threads (main = the caller, the one with cudaDeviceSynchronize; s
 submitter thread), their clusters of CUDA runtime calls, the GPU's link work (DtoH/HtoD memcpys and
 UVA index_copy kernels, which read/write pinned memory over PCIe), idle gaps of the link between its
 first and last op, and for each gap who launched the op that ended it and what each thread did
-during the gap. Usage: analyze.py [TRACE.gz ...] (default: every trace under /tmp/s12/check)."""
-import collections, glob, gzip, json, sys
+during the gap. Usage, from the repo root: python <this file> [TRACE.gz ...] (default: every trace of
+this results folder)."""
+import collections, glob, gzip, json, os, sys
 
-CHECK = '/tmp/s12/check'
+sys.path.insert(0, os.getcwd())
+from bench.trace_summary import interval_union as union  # noqa: E402
 
-
-def union(iv):
-    out = []
-    for a, b in sorted(iv):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return out
+CHECK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def clip_sum(iv, lo, hi):
@@ -142,7 +136,7 @@ def analyze(path, top=6, verbose=True):
 if __name__ == '__main__':
     paths = sys.argv[1:] or sorted(glob.glob(CHECK + '/prof_*/*.trace.json.gz'))
     out = [analyze(p) for p in paths]
-    json.dump(out, open('/tmp/trace_analysis/analysis.json', 'w'), indent=1)
+    json.dump(out, open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'analysis.json'), 'w'), indent=1)
     for r in out:
         print(json.dumps(r, indent=None)[:6000])
         print()

@@ -1,11 +1,15 @@
 """Table: benchmark time vs the profiled run's decomposition (analysis.json from analyze.py)."""
 import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHECK = os.path.dirname(HERE)
 NB = 1170 * 28 * 32768
-an = {r['trace']: r for r in json.load(open('/tmp/trace_analysis/analysis.json'))}
+an = {r['trace']: r for r in json.load(open(os.path.join(HERE, 'analysis.json')))}
 print(f"{'config':14} {'layout':10} {'dir':4} | {'bench ms':>8} {'ideal':>6} {'loss':>5} | {'prof wall':>9} {'pre-1st':>7} {'busy':>6} {'GB/s@busy':>9} {'idle-in':>7} {'tail':>5} {'max gap':>7} {'EvQuery(main)':>13}")
 for d in (0, 1):
     for b in (0, 1):
-        bench = json.load(open(f'/tmp/s12/check/bw_defer{d}_batch{b}.json'))
+        bench = json.load(open(f'{CHECK}/bw_defer{d}_batch{b}.json'))
         for row in bench['rows']:
             if 'profile' not in row:
                 continue
