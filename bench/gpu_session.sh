@@ -218,9 +218,10 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 8000,4000,16000 --reps 3 --decode-batch 0 \
       --deadline-s "$(left 30)" 2>&1 | tail -20
     ;;
-  replay1)  # the trace replay on one GPU, REPLAY_MODES (default full,ucm_lru) in one job
+  replay1)  # the trace replay on one GPU, REPLAY_MODES (default full,ucm_lru) in one job; REPLAY_ARGS adds
+    # flags (e.g. "--ucm-admission reuse": store a block on its second sighting, fewer dumps)
     setup || exit 1
-    eval "OUT=$W/replay $R --modes ${REPLAY_MODES:-full,ucm_lru} $D" 2>&1 | tail -12
+    eval "OUT=$W/replay $R --modes ${REPLAY_MODES:-full,ucm_lru} ${REPLAY_ARGS:-} $D" 2>&1 | tail -12
     ;;
   decode)  # decode storing vs not storing, A B B A pairs in one engine (the cell runs after a 4k c = 1 cell)
     setup || exit 1
