@@ -309,11 +309,12 @@ def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward, busy):
         rows = list(range(40, 40 + n))
         ids = [f"L{r}" for r in rows]
         bw = store.reserve_blocks(ids, rows)
+        rows_dev = torch.tensor(rows, device="cuda")  # indexing by a list would upload and wait for the stream
         if busy:  # a "forward" still running (~0.1 s) that writes the rows last: the dump must copy its bytes
             torch.cuda._sleep(1 << 28)
             for t in src:
                 t.add_(1)
-        expect = [t[rows].clone() for t in src]  # queued on the caller's stream too
+        expect = [t.index_select(0, rows_dev) for t in src]  # queued on the caller's stream too
         for layer in range(layers):
             store.write_planes(bw, [src[layer]], offset=layer * 2 * ROW)
         from ucm.tiers import planes as planes_mod
