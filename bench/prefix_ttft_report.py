@@ -183,6 +183,36 @@ def connector_on_table(res: dict) -> list:
     return L
 
 
+DECODE_TARGET = 0.97  # storing may cost decode at most 3 %
+
+
+def median_interval(xs: list, coverage: float = 0.9) -> tuple:
+    """A distribution-free interval for the median of ``xs`` (order statistics: the k-th smallest
+    and k-th largest, k the largest whose binomial coverage is >= ``coverage``), and its coverage;
+    (None, None, 0.0) when too few values reach it."""
+    from math import comb
+
+    n, ys = len(xs), sorted(xs)
+    best = (None, None, 0.0)
+    for k in range(1, n // 2 + 1):
+        cov = 1 - 2 * sum(comb(n, i) for i in range(k)) / 2 ** n
+        if cov < coverage:
+            break
+        best = (ys[k - 1], ys[n - k], cov)
+    return best
+
+
+def decode_verdict(pairs: list, target: float = DECODE_TARGET) -> str:
+    """Met when the median pair ratio's interval lies at or above ``target``, missed when below it,
+    else inconclusive (the pairs spread across it)."""
+    lo, hi, cov = median_interval(pairs)
+    if lo is None:
+        return f"inconclusive ({len(pairs)} pairs are too few for a 90 % interval)"
+    span = f"{cov:.0%} interval of the median {lo:.3f}-{hi:.3f}"
+    return (f"met ({span})" if lo >= target else f"missed ({span})" if hi < target
+            else f"inconclusive ({span}, across {target})")
+
+
 def decode_table(res: dict) -> list:
     """Decode tokens/s without a connector and with ucm storing every block that fills (target: <= 3 % slower)."""
     dec = res.get("decode") or {}
@@ -200,7 +230,8 @@ def decode_table(res: dict) -> list:
             rows.append((f"{mode}, not storing (same engine)", d["no_store_median_tok_s"], d["no_store_reps"]))
             ab.append(f"- {mode}: storing / not storing in the same engine, repetitions alternated A B B A: median of "
                       f"the pairs' ratios **{d['store_vs_no_store']:.3f}** (pairs "
-                      f"{', '.join(f'{x:.3f}' for x in d['store_vs_no_store_pairs'])}; target >= 0.97)")
+                      f"{', '.join(f'{x:.3f}' for x in d['store_vs_no_store_pairs'])}; target >= {DECODE_TARGET}: "
+                      f"{decode_verdict(d['store_vs_no_store_pairs'])})")
         for name, med, reps in rows:
             rel = med / base if base else None
             L.append(f"| {name} | {med:.1f} | {', '.join(f'{x:.1f}' for x in (r['tok_s'] for r in reps))} "

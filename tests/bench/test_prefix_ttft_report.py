@@ -115,6 +115,19 @@ def test_a_decode_only_run_merges_its_decode_cell_and_keeps_the_grid(parts, tmp_
     assert "median of the pairs' ratios **0.998**" in md
 
 
+def test_the_decode_verdict_needs_the_median_interval_on_one_side_of_the_target():
+    from prefix_ttft_report import decode_verdict, median_interval
+
+    # n = 8: the 2nd smallest and 2nd largest cover the median with 1 - 2 * 9 / 256 = 93 %
+    lo, hi, cov = median_interval([0.913, 0.984, 1.036, 0.955, 0.845, 0.930, 1.587, 1.348])
+    assert (lo, hi) == (0.913, 1.348) and abs(cov - (1 - 18 / 256)) < 1e-12
+    assert decode_verdict([0.913, 0.984, 1.036, 0.955, 0.845, 0.930, 1.587, 1.348]).startswith("inconclusive")
+    assert decode_verdict([0.99, 1.0, 0.98, 1.01, 0.975, 1.02]).startswith("met")
+    assert decode_verdict([0.90, 0.92, 0.91, 0.95, 0.93, 0.94]).startswith("missed")
+    assert median_interval([1.0, 1.0, 1.0]) == (None, None, 0.0)  # 3 pairs: at most 75 %
+    assert decode_verdict([1.0, 1.0, 1.0]).startswith("inconclusive (3 pairs")
+
+
 def test_gpu_slug():
     assert gpu_slug("NVIDIA H100 80GB HBM3") == "h100"
     assert gpu_slug("NVIDIA H200") == "h200"
