@@ -102,6 +102,11 @@ class _FutureCompletion:
         return True
 
 
+def _copy_all(pairs: list[Pair]) -> None:
+    for dst, src in pairs:
+        dst.copy_(src)
+
+
 def guarded(fn, args, on_error):
     """``fn(*args)`` on a worker thread; should it raise, the error is logged, ``on_error(exc)``
     records it in the caller's task, and it is raised again (to the job's future)."""
@@ -142,18 +147,7 @@ class CopyEngine:
                 event = torch.cuda.Event()
                 event.record(self.stream)
             return _EventCompletion(event)
-        return _FutureCompletion(self._pool.submit(_job, self._copy_all, pairs, on_error), on_error is not None)
-
-    @staticmethod
-    def _copy_all(pairs: list[Pair], on_error) -> None:
-        try:
-            for dst, src in pairs:
-                dst.copy_(src)
-        except Exception as exc:  # reported through the task, never lost
-            log.error("ucm: copy failed: %s", exc)
-            if on_error is not None:
-                on_error(exc)
-            raise
+        return _FutureCompletion(self._pool.submit(_job, guarded, _copy_all, (pairs,), on_error), on_error is not None)
 
     def run(self, fn, *args, on_error=None) -> _FutureCompletion:
         """Run ``fn(*args)`` on this engine's worker thread (file I/O, CPU copies). Should it raise,
