@@ -130,3 +130,37 @@ def test_the_copiers_direct_path_moves_every_run_of_every_plane(monkeypatch, bat
     for b, u in zip(back, users):
         assert torch.equal(b[[10, 11, 12, 0, 1, 39]], u[[10, 11, 12, 0, 1, 39]])
     assert [c[0] for c in calls] == ([3, 3, 3] if batched else [])
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "run-by-run"])
+def test_the_copiers_staging_dmas_move_every_slot_run(monkeypatch, batched):
+    """CudaPlaneCopier._dma_out / _dma_in (the staged path's DMAs between a staging buffer and the
+    pool's slot runs, ``RowPlan.run_cols``) on CPU tensors with stand-ins for the streams, events,
+    ring and driver: staging row i goes to / comes from pool row ``plan.slots[i]``, one command each."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from ucm.tiers import planes as P
+
+    calls = []
+    monkeypatch.setattr(batch_dma, "ENABLED", batched)
+    monkeypatch.setattr(batch_dma, "_missing", None)
+    monkeypatch.setattr(batch_dma, "_entry", _memmove_entry(calls))
+    monkeypatch.setattr(P.torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(P, "_record", lambda stream: "event")
+    copier = object.__new__(P.CudaPlaneCopier)
+    copier.copy_stream = SimpleNamespace(cuda_stream=7, wait_event=lambda e: None)
+    copier.kernel_stream = SimpleNamespace(wait_event=lambda e: None)
+    plan = P.RowPlan([30, 3, 20, 4, 5, 21], [0, 1, 2, 3, 4, 5])  # sorted: slots 3 4 5 | 20 21 | 30
+    assert plan.run_cols == ([3, 20, 30], [0, 3, 5], [3, 2, 1])
+    staging = _planes(6, 16, 1, seed=3)[0]
+    pool = torch.zeros(40, 16, dtype=torch.uint8)
+    ring = SimpleNamespace(free=[None, None], take=lambda rows, width, producer: (0, torch.zeros(rows, width,
+                                                                                              dtype=torch.uint8)))
+    landed = copier._dma_out(ring, 1, staging, pool, plan.run_cols)
+    assert torch.equal(pool[plan.slots], staging) and ring.free[1] == landed.events[0]
+    assert [c[0] for c in calls] == ([3] if batched else [])  # one command for the 3 slot runs
+    calls.clear()
+    b, back = copier._dma_in(ring, 6, 16, pool, plan.run_cols)
+    assert torch.equal(back, staging)
+    assert [c[0] for c in calls] == ([3] if batched else [])

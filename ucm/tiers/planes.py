@@ -131,6 +131,8 @@ class RowPlan:
         self.slots = [slots[i] for i in order]
         self.rows = [rows[i] for i in order]
         self.runs = runs(self.slots)
+        # the runs as (first slots, first indices, lengths): what every plane's DMA loop takes
+        self.run_cols = tuple(list(c) for c in zip(*self.runs)) if self.runs else ([], [], [])
         self.pairs = pair_runs(self.slots, self.rows)
         self._index: dict = {}
 
@@ -223,9 +225,12 @@ class _Later(_FutureCompletion):
     def __init__(self, fut, handled: bool = True):
         super().__init__(fut, handled)
         self._landed = False
+        self._distinct: Optional[list] = None
 
     def _parts(self) -> list:
-        return list({id(p): p for p in self.fut.result()}.values())  # each distinct completion once
+        if self._distinct is None:  # each distinct completion once, worked out once
+            self._distinct = list({id(p): p for p in self.fut.result()}.values())
+        return self._distinct
 
     def done(self) -> bool:
         if not self._landed:
@@ -306,21 +311,23 @@ class CudaPlaneCopier:
         completion per plane. A dump whose caller's work still runs goes to the submitter thread
         (``DEFER_DUMPS``); should its submission fail there, ``on_error(exc)`` records it."""
         caller = torch.cuda.current_stream(self.device)
-        after = None
         if to_pool and DEFER_DUMPS:
             after = torch.cuda.Event(blocking=True)  # the thread sleeps on it, not polling the driver
             after.record(caller)
-        if after is not None and not after.query():  # the forward still runs: issue the dump after it
-            if self._submitter is None:  # its thread works on this copier's device
-                self._submitter = ThreadPoolExecutor(1, thread_name_prefix="ucm-dump-submit",
-                                                     initializer=torch.cuda.set_device, initargs=(self.device,))
-            later = _Later(self._submitter.submit(guarded, self._submit_after, (planes, plan, after), on_error),
-                           handled=on_error is not None)
-            return [later] * len(planes)  # a dump's planes land together
+            if not after.query():  # the forward still runs: issue the dump after it, off this thread
+                return [self._defer(planes, plan, after, on_error)] * len(planes)  # its planes land together
         # outside inference mode: staging made under it would be an inference tensor, which a
         # later copy outside it (vLLM calls some connector hooks under it, some not) may not write
         with self._lock, torch.inference_mode(False):
             return self._submit(planes, plan, to_pool, lambda s: s.wait_stream(caller))
+
+    def _defer(self, planes: list[PlaneCopy], plan: RowPlan, after: torch.cuda.Event, on_error) -> "_Later":
+        if self._submitter is None:  # its thread works on this copier's device (outside inference mode,
+            # unlike a CopyEngine's jobs: staging it makes must stay writable outside it)
+            self._submitter = ThreadPoolExecutor(1, thread_name_prefix="ucm-dump-submit",
+                                                 initializer=torch.cuda.set_device, initargs=(self.device,))
+        return _Later(self._submitter.submit(guarded, self._submit_after, (planes, plan, after), on_error),
+                      handled=on_error is not None)
 
     def _submit_after(self, planes: list[PlaneCopy], plan: RowPlan, after: torch.cuda.Event) -> list[_Events]:
         """On the submitter thread (errors reach the caller's task through ``guarded``): wait (GIL
@@ -354,16 +361,16 @@ class CudaPlaneCopier:
         for group in row_groups(planes):
             if len(group) > 1 and group[0].row_uva is not None \
                     and dma_worthy(plan, group[0].row.shape[1], len(plan.runs)):
-                ev = (self._dump_rows if to_pool else self._load_rows)(group, r, plan.runs, ring)
+                ev = (self._dump_rows if to_pool else self._load_rows)(group, r, plan.run_cols, ring)
                 done.extend(ev for _ in group)  # the planes of a group land together
                 continue
             for pc in group:
                 width = pc.user.shape[1]
                 dma = pc.dma and dma_worthy(plan, width, len(plan.runs))
                 if to_pool:
-                    done.append(self._dump_plane(pc, r, s, plan.runs, dma, ring))
+                    done.append(self._dump_plane(pc, r, s, plan.run_cols, dma, ring))
                 else:
-                    done.append(self._load_plane(pc, r, s, plan.runs, dma, ring))
+                    done.append(self._load_plane(pc, r, s, plan.run_cols, dma, ring))
         return done
 
     def _direct(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool, wait) -> list[_Events]:
@@ -378,19 +385,18 @@ class CudaPlaneCopier:
         return self._copy_runs(users, pools, rows, slots, counts, each=True)  # a load's one by one
 
     def _dma_in(self, ring: _Ring, rows: int, width: int, src: torch.Tensor, slot_runs) -> tuple[int, torch.Tensor]:
-        """Slot runs of ``src`` (pool rows) into a staging buffer, on the copy stream; the kernel
-        stream then waits for them."""
+        """Slot runs of ``src`` (pool rows; ``slot_runs`` is ``RowPlan.run_cols``) into a staging
+        buffer, on the copy stream; the kernel stream then waits for them."""
         b, staging = ring.take(rows, width, self.copy_stream)
-        landed = self._copy_runs([staging], [src], [i0 for _, i0, _ in slot_runs], [s0 for s0, _, _ in slot_runs],
-                                 [n for _, _, n in slot_runs])
-        landed[0].stream_wait(self.kernel_stream)
+        slot0, i0, n = slot_runs
+        self._copy_runs([staging], [src], i0, slot0, n)[0].stream_wait(self.kernel_stream)
         return b, staging
 
     def _dma_out(self, ring: _Ring, b: int, staging: torch.Tensor, dst: torch.Tensor, slot_runs) -> _Events:
         """A gathered staging buffer into slot runs of ``dst`` (pool rows), on the copy stream."""
         self.copy_stream.wait_event(_record(self.kernel_stream))
-        landed = self._copy_runs([dst], [staging], [s0 for s0, _, _ in slot_runs], [i0 for _, i0, _ in slot_runs],
-                                 [n for _, _, n in slot_runs])[0]
+        slot0, i0, n = slot_runs
+        landed = self._copy_runs([dst], [staging], slot0, i0, n)[0]
         ring.free[b] = landed.events[0]
         return landed
 
