@@ -95,11 +95,9 @@ def test_dumps_and_loads_through_the_driver_batch_move_exact_bytes(monkeypatch, 
             assert torch.equal(d[back], s[rows])
 
 
-@pytest.mark.parametrize("batched", [True, False], ids=["batched", "run-by-run"])
-def test_the_copiers_direct_path_moves_every_run_of_every_plane(monkeypatch, batched):
-    """CudaPlaneCopier._direct (dumps: one completion for all planes; loads: one per plane) on CPU
-    tensors, with stand-ins for the stream, the event and the driver's batch call: the bytes land
-    where the plan says, batched or run by run, and a batched load issues one command per plane."""
+def _stand_in_copier(monkeypatch, batched: bool):
+    """A CudaPlaneCopier on the CPU: streams, events and the driver's batch call replaced by stand-ins
+    (the batch call copies at once and is logged in ``calls``)."""
     import contextlib
     from types import SimpleNamespace
 
@@ -112,7 +110,19 @@ def test_the_copiers_direct_path_moves_every_run_of_every_plane(monkeypatch, bat
     monkeypatch.setattr(P.torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(P, "_record", lambda stream: "event")
     copier = object.__new__(P.CudaPlaneCopier)
-    copier.copy_stream = SimpleNamespace(cuda_stream=7)
+    copier.copy_stream = SimpleNamespace(cuda_stream=7, wait_event=lambda e: None)
+    copier.kernel_stream = SimpleNamespace(wait_event=lambda e: None)
+    return copier, calls
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "run-by-run"])
+def test_the_copiers_direct_path_moves_every_run_of_every_plane(monkeypatch, batched):
+    """CudaPlaneCopier._direct (dumps: one completion for all planes; loads: one per plane) on CPU
+    tensors, with stand-ins for the stream, the event and the driver's batch call: the bytes land
+    where the plan says, batched or run by run, and a batched load issues one command per plane."""
+    from ucm.tiers import planes as P
+
+    copier, calls = _stand_in_copier(monkeypatch, batched)
     users = _planes(40, 16, 3, seed=2)
     pools = [torch.zeros(50, 16, dtype=torch.uint8) for _ in range(3)]
     planes = [P.PlaneCopy(u, p, None) for u, p in zip(users, pools)]
@@ -137,20 +147,11 @@ def test_the_copiers_staging_dmas_move_every_slot_run(monkeypatch, batched):
     """CudaPlaneCopier._dma_out / _dma_in (the staged path's DMAs between a staging buffer and the
     pool's slot runs, ``RowPlan.run_cols``) on CPU tensors with stand-ins for the streams, events,
     ring and driver: staging row i goes to / comes from pool row ``plan.slots[i]``, one command each."""
-    import contextlib
     from types import SimpleNamespace
 
     from ucm.tiers import planes as P
 
-    calls = []
-    monkeypatch.setattr(batch_dma, "ENABLED", batched)
-    monkeypatch.setattr(batch_dma, "_missing", None)
-    monkeypatch.setattr(batch_dma, "_entry", _memmove_entry(calls))
-    monkeypatch.setattr(P.torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(P, "_record", lambda stream: "event")
-    copier = object.__new__(P.CudaPlaneCopier)
-    copier.copy_stream = SimpleNamespace(cuda_stream=7, wait_event=lambda e: None)
-    copier.kernel_stream = SimpleNamespace(wait_event=lambda e: None)
+    copier, calls = _stand_in_copier(monkeypatch, batched)
     plan = P.RowPlan([30, 3, 20, 4, 5, 21], [0, 1, 2, 3, 4, 5])  # sorted: slots 3 4 5 | 20 21 | 30
     assert plan.run_cols == ([3, 20, 30], [0, 3, 5], [3, 2, 1])
     staging = _planes(6, 16, 1, seed=3)[0]
