@@ -39,6 +39,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import time
 
@@ -444,6 +445,34 @@ def row_of(mode: str, part: dict) -> dict:
     return {k: row.get(k) for k in ROW_COLS}
 
 
+def paired(parts: dict, base: str = "full") -> dict:
+    """Each mode's TTFT request by request against ``base`` (the same arrivals, so request i is the
+    same prompt in both): the median difference with its 90 % interval, and the median difference of
+    the requests whose cached tokens went up (the DRAM hits) and of the rest. Percentiles of two runs
+    jump where TTFTs crowd at step boundaries; these pairs do not."""
+    from prefix_ttft_report import median_interval
+
+    def done(m):
+        return {r["index"]: r for r in parts.get(m, {}).get("requests", [])
+                if r.get("first") is not None and r.get("finish") is not None}
+
+    ref, out = done(base), {}
+    for m in parts:
+        reqs = done(m)
+        common = sorted(ref.keys() & reqs.keys()) if m != base else []
+        if not common:
+            continue
+        d = {i: (reqs[i]["first"] - reqs[i]["arrival"]) - (ref[i]["first"] - ref[i]["arrival"]) for i in common}
+        more = [d[i] for i in common if reqs[i].get("cached", 0) > ref[i].get("cached", 0)]
+        rest = [d[i] for i in common if reqs[i].get("cached", 0) <= ref[i].get("cached", 0)]
+        lo, hi, cov = median_interval(list(d.values()))
+        med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+        out[m] = dict(requests=len(common), median_s=med(list(d.values())), mean_s=statistics.fmean(d.values()),
+                      interval_s=[lo, hi], coverage=cov, more_cached=len(more), more_cached_median_s=med(more),
+                      rest_median_s=med(rest))
+    return out
+
+
 def report(out: str, from_dirs: list[str]) -> dict:
     from prefix_ttft_report import gpu_slug
 
@@ -462,7 +491,7 @@ def report(out: str, from_dirs: list[str]) -> dict:
                rows=[row_of(m, parts[m]) for m in order], modes=infos,
                ttft_s={m: [r["first"] - r["arrival"] for r in parts[m].get("requests", []) if r.get("first") is not None
                            and r.get("finish") is not None] for m in order},
-               generated=utc_now())
+               paired=paired(parts), generated=utc_now())
     stem = os.path.join(out, f"trace_replay_{gpu_slug(res['gpu'])}_{date}")
     ext = prefix_ttft.write_outputs(stem, res, markdown(res), plot)
     print(f"wrote {stem}.{{{ext}}}")
@@ -508,6 +537,16 @@ def markdown(res: dict) -> str:
             _f(r["ttft_p50_s"]), _f(r["ttft_p90_s"]), _f(r["ttft_p99_s"]), _f(r["mean_cached_tokens"], 1),
             _f(r["cached_fraction"]), _f(r["ucm_hit_tokens"], 0), "n/a" if lb is None else f"{lb / 1e9:.3f}",
             _f(r["ucm_evictions"], 0), note]) + " |")
+    if res.get("paired"):
+        ms = lambda x: "n/a" if x is None else f"{x * 1e3:+.1f}"  # noqa: E731
+        lines += ["", "TTFT request by request against full compute (same arrivals; ms, + = slower):", "",
+                  "| mode | requests | median | 90 % interval of the median | mean | more cached tokens: n, median | "
+                  "the rest: median |", "|---|---:|---:|---|---:|---|---:|"]
+        for m, p in res["paired"].items():
+            lo, hi = p["interval_s"]
+            span = "n/a" if lo is None else f"{ms(lo)} .. {ms(hi)} ({p['coverage']:.0%})"
+            lines.append(f"| {m} | {p['requests']} | {ms(p['median_s'])} | {span} | {ms(p['mean_s'])} | "
+                         f"{p['more_cached']}, {ms(p['more_cached_median_s'])} | {ms(p['rest_median_s'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -132,7 +132,8 @@ def _part(d, mode, summary=None, error=None):
     p = dict(info=info, settings=dict(requests=2, working_set_bytes=4e9, cpu_bytes=1e9, cpu_fraction_of_ws=0.25))
     if summary:
         p["summary"] = summary
-        p["requests"] = [dict(arrival=0.0, first=0.2, finish=0.4), dict(arrival=0.1, first=0.5, finish=0.9)]
+        p["requests"] = [dict(index=0, arrival=0.0, first=0.2, finish=0.4, cached=0),
+                         dict(index=1, arrival=0.1, first=0.5, finish=0.9, cached=0)]
     if error:
         p["error"] = error
     with open(tr.part_path(d, mode), "w") as f:
@@ -154,6 +155,7 @@ def test_report(tmp_path, monkeypatch):
     assert res["ttft_s"]["full"] == pytest.approx([0.2, 0.4])
     md = (tmp_path / "trace_replay_h200_2026-11-28.md").read_text()
     assert "| ucm_lru |" in md and "CPU Offloading" in md
+    assert res["paired"]["ucm_lru"]["requests"] == 2 and "| ucm_lru | 2 | +0.0 |" in md
     assert (tmp_path / "trace_replay_h200_2026-11-28.json").exists()
 
 
@@ -168,3 +170,26 @@ def test_replay_args_carry_every_engine_option_of_prefix_ttft():
     replay = vars(tr.parse_args(["--model", "m"]))
     assert all(k in ttft for k in engine_options)
     assert [k for k in engine_options if k not in replay] == []
+
+
+def test_paired_compares_the_same_requests_and_splits_off_the_hits():
+    """Request i of a mode against request i of full compute: the median of the differences (not
+    the difference of the percentiles), and the requests with more cached tokens apart."""
+    def reqs(ttfts, cached):
+        return [dict(index=i, arrival=float(i), first=i + t, finish=i + t + 1, cached=c)
+                for i, (t, c) in enumerate(zip(ttfts, cached))]
+    base = [0.5, 0.4, 0.3, 0.2, 0.1]
+    parts = {"full": dict(requests=reqs(base, [0] * 5)),
+             "ucm_lru": dict(requests=reqs([0.5, 0.4, 0.3, 0.2, 0.12], [0, 0, 0, 0, 0])[:4]
+                             + reqs([0.1] * 5, [0, 0, 0, 0, 64])[4:] + reqs([0.9] * 6, [0] * 6)[5:]
+                             + [dict(index=7, arrival=7.0, first=None, finish=None)])}
+    p = tr.paired(parts)
+    assert list(p) == ["ucm_lru"]
+    u = p["ucm_lru"]
+    assert u["requests"] == 5  # request 5 has no partner, 7 never finished
+    assert u["median_s"] == pytest.approx(0.0) and u["mean_s"] == pytest.approx(0.0)
+    assert u["more_cached"] == 1 and u["more_cached_median_s"] == pytest.approx(0.0)
+    parts["ucm_lru"]["requests"][0]["first"] += 0.3  # one request slower: the median stays, the mean moves
+    u = tr.paired(parts)["ucm_lru"]
+    assert u["median_s"] == pytest.approx(0.0) and u["mean_s"] == pytest.approx(0.06)
+    assert u["rest_median_s"] == pytest.approx(0.0)

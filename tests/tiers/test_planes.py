@@ -311,6 +311,13 @@ def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward, busy):
         bw = store.reserve_blocks(ids, rows)
         rows_dev = torch.tensor(rows, device="cuda")  # indexing by a list would upload and wait for the stream
         if busy:  # a "forward" still running (~0.1 s) that writes the rows last: the dump must copy its bytes
+            # the kernels below run once before it: CUDA loads a kernel lazily on its first launch, and
+            # that load waits for the whole device, i.e. for the sleep to end (the first busy case
+            # on an H200, 2026-11-28, found the stream idle and took the direct path)
+            for t in src:
+                t.add_(0)
+                t.index_select(0, rows_dev)
+            torch.cuda.synchronize()
             torch.cuda._sleep(1 << 28)
             for t in src:
                 t.add_(1)
