@@ -14,7 +14,8 @@
 #   bash bench/gpu_session.sh native     # native_best, native over the grid (the comparison, same machine)
 #   bash bench/gpu_session.sh v1full     # full compute and HBM hits on the V1 model runner (native_best's)
 #   bash bench/gpu_session.sh v1ucm      # ucm on the V1 model runner (per-layer tensors)
-#   bash bench/gpu_session.sh v2ucm      # ucm on the V2 model runner (the default)
+#   bash bench/gpu_session.sh v2full     # full compute and HBM hits on the V2 model runner (the default)
+#   bash bench/gpu_session.sh v2ucm      # ucm on the V2 model runner
 #   bash bench/gpu_session.sh prof4k     # the layer-wise profile at 4k / 16k c = 1 on the V2, then the V1 runner
 #   bash bench/gpu_session.sh stagger    # 4k / 8k at c = 2, 4 with ucm_layerwise_step_tokens 1024, then 512
 #   bash bench/gpu_session.sh decode     # decode tokens/s storing vs not storing, 8 A B B A pairs of 384 tokens
@@ -26,7 +27,7 @@
 # Each step leaves $OUT/<step>.tgz (everything it wrote) and $OUT/<step>.log: the device returns <= 8 files.
 # STEP_S (default 570) is the step's whole budget: jobs get deadlines that end inside it.
 set -o pipefail
-step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof|check|lategrid|overflow|native|v1full|v1ucm|v2ucm|prof4k|stagger|decode|replay1}
+step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof|check|lategrid|overflow|native|v1full|v1ucm|v2full|v2ucm|prof4k|stagger|decode|replay1}
 OUT=${OUT:-/tmp/gpu_session_out}
 W=/tmp/session/$step
 mkdir -p "$W" "$OUT"
@@ -211,14 +212,18 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
         bash bench/gpu_prefix_ttft.sh --lengths 4000,16000 --concurrency 1 2>&1 | grep -E "ms|wall" | tail -12
     done
     ;;
-  v2ucm)
+  v2full|v2ucm)  # HBM hits and ucm on the V2 model runner (vLLM 0.26's default; one mode a call)
     setup || exit 1
+    mode=${step#v2}
     # hits and identical tokens; not the injected failures: vLLM 0.26's V2 runner keeps a failed layer-wise
     # load's blocks as computed with async scheduling on (#49250) and off (2026-11-28, 26bb11d)
-    timeout 150 python3 -m tests.vllm.gpu_check --out "$W/check_v2" --skip-failure \
-      > "$W/check_v2_hits.log" 2>&1; grep -H -E '"ok"|Error' "$W/check_v2_hits.log" | head -3
-    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 8000,4000,16000 --reps 3 --decode-batch 0 \
-      --deadline-s "$(left 30)" 2>&1 | tail -20
+    if [ "$mode" = ucm ]; then
+      timeout 150 python3 -m tests.vllm.gpu_check --out "$W/check_v2" --skip-failure \
+        > "$W/check_v2_hits.log" 2>&1; grep -H -E '"ok"|Error' "$W/check_v2_hits.log" | head -3
+    fi
+    # GRID_ARGS: more prefix_ttft.py flags, e.g. "--ucm-step-tokens 1024"
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes "$mode" --lengths 8000,4000,16000 --reps 3 --decode-batch 0 \
+      ${GRID_ARGS:-} --deadline-s "$(left 30)" 2>&1 | tail -20
     ;;
   stagger)  # the c = 2, 4 cells of 4k / 8k with smaller ucm_layerwise_step_tokens (V2 runner, async scheduling
     # on): native best beats ucm there by computing the c requests in turn (its per-request TTFTs at 8k c = 2,
