@@ -193,3 +193,28 @@ def test_cross_layer_tensor_that_is_not_block_major_is_refused():
     with pytest.raises(ValueError, match="ucm_cross_layer"):
         worker.register_cross_layers(layer_major)
     store.close()
+
+
+@pytest.mark.parametrize("skipped", [None, 1])
+def test_the_forward_end_waits_only_for_planes_the_model_did_not_wait_for(monkeypatch, skipped):
+    """Planes waited for before their layer's attention are not waited for again after the forward
+    (vLLM's V1 runner calls that hook before the logits); a layer the model did not announce is."""
+    stored = [f"w{i}".encode() for i in range(4)]
+    store, keys, src, dst, worker = stored_and_worker(6, stored)
+    waits = []
+    real_wait = worker_mod._wait_part
+    monkeypatch.setattr(worker_mod, "_wait_part", lambda part, t: waits.append(part) or real_wait(part, t))
+    spec = LoadSpec("a", stored, [5, 6, 7, 8], layerwise=True)
+    assert store.pin([keys.rank_key(h, 0) for h in stored], "a")
+    worker.start_load_kv(UcmConnectorMetadata(loads=[spec], seq=1))
+    for i, name in enumerate(dst):
+        if i != skipped:
+            worker.wait_for_layer_load(name)
+    announced = len(waits)
+    worker.finish_layer_loads()
+    assert len(waits) - announced == (0 if skipped is None else 2), "only the skipped layer's K and V planes"
+    assert worker.get_block_ids_with_load_errors() == set() and not store._reading
+    for name in dst:
+        for row, src_row in zip([5, 6, 7, 8], range(4)):
+            assert torch.equal(dst[name][:, row], src[name][:, src_row])
+    store.close()

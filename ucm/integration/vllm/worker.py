@@ -305,7 +305,8 @@ class UcmWorker:
             # then runs at its rate, instead of at the pace of the forward's CPU; also a store
             # without a per-layer read
             task = self.store.load_blocks(keys, self._planes, rows)
-            ld = _LayerLoad(name, task, where, [], t0, planes=getattr(task, "planes", None))
+            planes = getattr(task, "planes", None)  # copied: the waits empty ld.planes plane by plane
+            ld = _LayerLoad(name, task, where, [], t0, planes=None if planes is None else [list(p) for p in planes])
         self._layer_loads.append(ld)
         for spec in specs:
             self.store.unpin(spec.req_id)  # the load itself now keeps its blocks resident
@@ -346,6 +347,7 @@ class UcmWorker:
                 for part in ld.planes[j]:
                     if not _wait_part(part, timeout):
                         log.error("ucm: layer %s of request %s not loaded after %.0f s", layer_name, ld.req_id, timeout)
+                ld.planes[j] = []  # waited: finish_layer_loads need not wait for them again
 
     @torch.inference_mode(False)
     def _wait_whole(self, ld: _LayerLoad, timeout: float) -> None:
@@ -361,8 +363,10 @@ class UcmWorker:
 
     @torch.inference_mode(False)
     def finish_layer_loads(self) -> None:
-        """After the step's forward: make sure every plane was waited for (a layer the model did
-        not announce), and report failed blocks (known when the copies were planned)."""
+        """After the step's forward: wait for the planes the model did not wait for (a layer it did
+        not announce; those it did were dropped from ``ld.planes``: on vLLM's V1 runner this hook
+        runs before the logits, so 28 repeated stream waits delayed every first token), and report
+        failed blocks (known when the copies were planned)."""
         if not self._layer_loads:
             return
         loads, self._layer_loads = self._layer_loads, []
