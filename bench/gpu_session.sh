@@ -17,7 +17,7 @@
 #   bash bench/gpu_session.sh v2full     # full compute and HBM hits on the V2 model runner (the default)
 #   bash bench/gpu_session.sh v2ucm      # ucm on the V2 model runner
 #   bash bench/gpu_session.sh prof4k     # the layer-wise profile at 4k / 16k c = 1 on the V2, then the V1 runner
-#   bash bench/gpu_session.sh stagger    # 4k / 8k at c = 2, 4 with ucm_layerwise_step_tokens 1024, then 512
+#   bash bench/gpu_session.sh stagger    # c = 2, 4 cells with step budgets (STAGGER_RUNS, default tokens:1024 tokens:512 blocks:800)
 #   bash bench/gpu_session.sh decode     # decode tokens/s storing vs not storing, 8 A B B A pairs of 384 tokens
 #   bash bench/gpu_session.sh replay1    # the trace replay, REPLAY_MODES (default full,ucm_lru)
 # On two GPUs (nvidia-h200-x2), after the two stash calls:
@@ -225,13 +225,17 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes "$mode" --lengths 8000,4000,16000 --reps 3 --decode-batch 0 \
       ${GRID_ARGS:-} --deadline-s "$(left 30)" 2>&1 | tail -20
     ;;
-  stagger)  # the c = 2, 4 cells of 4k / 8k with smaller ucm_layerwise_step_tokens (V2 runner, async scheduling
-    # on): native best beats ucm there by computing the c requests in turn (its per-request TTFTs at 8k c = 2,
-    # 80 %: 57 / 103 ms against ucm's 97 / 97, 2026-11-28); a budget below one request's new tokens does the same
-    set -- ${STAGGER_TOKENS:-1024 512}
-    while [ $# -gt 0 ]; do  # each budget gets an equal share of the time left
-      OUT=$W/step_tokens_$1 bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 8000,4000 --concurrency 2,4 --reps 3 \
-        --decode-batch 0 --ucm-step-tokens "$1" --deadline-s "$(( $(left 30) / $# ))" 2>&1 | grep -E "^\| [0-9]+ \| [24] \|" | head -4
+  stagger)  # native best beats ucm at c = 2 (and 4k c = 4) by computing the c requests in turn (its per-request
+    # TTFTs at 8k c = 2, 80 %: 57 / 103 ms against ucm's 97 / 97, 2026-11-28): budgets that give each hit a step of
+    # its own. tokens:N = ucm_layerwise_step_tokens N on 4k / 8k (80 % cells); blocks:N =
+    # ucm_layerwise_step_load_blocks N on 16k / 8k (100 % cells: 1,000 blocks a 16k request, 500 an 8k one)
+    set -- ${STAGGER_RUNS:-tokens:1024 tokens:512 blocks:800}
+    while [ $# -gt 0 ]; do  # each run gets an equal share of the time left
+      kind=${1%%:*} n=${1#*:}
+      if [ "$kind" = tokens ]; then args="--lengths 8000,4000 --ucm-step-tokens $n"
+      else args="--lengths 16000,8000 --ucm-step-load-blocks $n"; fi
+      OUT=$W/${kind}_$n bash bench/gpu_prefix_ttft.sh --modes ucm $args --concurrency 2,4 --reps 3 --decode-batch 0 \
+        --deadline-s "$(( $(left 30) / $# ))" 2>&1 | grep -E "^\| [0-9]+ \| [24] \|" | head -4 | sed "s/^/$1: /"
       shift
     done
     ;;

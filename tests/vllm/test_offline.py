@@ -66,22 +66,36 @@ def test_layerwise_hits_past_the_step_budget_wait_for_the_next_step(tiny_model, 
     engine.assert_same_outputs(second, baseline["shared"])
 
 
-def test_hits_past_the_step_load_budget_load_between_steps(tiny_model, baseline):
+def test_hits_past_the_step_load_budget_wait_for_the_next_step(tiny_model, baseline):
     """``ucm_layerwise_step_load_blocks``: 4 prompts with DRAM hits submitted together, a budget of 1
-    block. The first hit loads layer by layer in its step; the other three load between steps (their
-    copies beside that step) and run later. Every block still hits, and the tokens are the same."""
+    block. Each step takes one of them (3 + 2 + 1 deferrals), all layer by layer, and they finish one
+    step apart. Every block still hits, and the tokens are the same."""
     texts = engine.prompts("shared")
     cfg = engine.ktc(config={"max_cache_size": 64 << 20}, ucm_layerwise_step_tokens=0,
                      ucm_layerwise_step_load_blocks=1)
     with engine.llm(tiny_model, cfg) as llm:
         engine.generate(llm, texts)  # stores every block
         stats.reset_totals()
-        second = engine.generate(llm, texts)
+        eng = llm.llm_engine
+        from vllm import SamplingParams
+
+        sp = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+        for i, t in enumerate(texts):
+            eng.add_request(str(i), t, sp)
+        first_step: dict[str, int] = {}
+        step = 0
+        while eng.has_unfinished_requests():
+            step += 1
+            for out in eng.step():
+                if out.finished:
+                    first_step[out.request_id] = step
         t = stats.totals()
-    assert t["load_overflow"] == 3 and t["deferred"] == 0
-    assert t["hit_tokens"] == 4 * 9 * engine.BLOCK and t["loaded_blocks"] == 4 * 9
-    assert t["layerwise_blocks"] == 9 and t["load_failed_blocks"] == 0
-    assert [o["cached"] for o in second] == [engine.full_blocks(o["prompt_len"]) * engine.BLOCK for o in second]
+        second = engine.generate(llm, texts)
+    assert t["load_overflow"] == 6 and t["deferred"] == 0
+    steps = sorted(first_step.values())
+    assert steps == [steps[0] + i for i in range(4)]
+    assert t["hit_tokens"] == 4 * 9 * engine.BLOCK and t["layerwise_blocks"] == 4 * 9
+    assert t["load_failed_blocks"] == 0
     engine.assert_same_outputs(second, baseline["shared"])
 
 

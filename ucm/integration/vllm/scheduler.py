@@ -12,8 +12,9 @@
   request with a hit is left for the next step (``None``: vLLM keeps it first in its queue). Such a
   step keeps the GPU busy already: batching one more prefill into it delays every first token in
   it by that prefill's compute, and the added request would finish no sooner in the next step.
-  Once they load ``step_load_blocks`` blocks, a further hit loads between steps instead (async):
-  its copies run beside this step and it computes in a later one.
+  Likewise once they load ``step_load_blocks`` blocks: a load-bound step (e.g. 100 % hits) then
+  serves its requests in turn, each in a step of its own, and the next step's copies queue behind
+  this one's, so the link does not wait.
   A step whose layer-wise hits load at least ``UPFRONT_RATIO`` tokens per token the step computes
   (a 100 % hit computes one block) is load-bound: ``meta.upfront`` tells the worker to launch every
   layer's copies before the forward, so the link never waits for the forward's CPU to reach a layer.
@@ -131,19 +132,14 @@ class UcmScheduler:
             log.debug("ucm: lookup %s (step %d): blocks %d..%d, hit %d", request.request_id, self.seq + 1,
                       first, last, hit)
         if hit and self.layerwise:
-            if self.step_tokens and self.step_new_tokens >= self.step_tokens:
+            by_tokens = bool(self.step_tokens) and self.step_new_tokens >= self.step_tokens
+            if by_tokens or (self.step_load_blocks and self.step_loaded_blocks >= self.step_load_blocks):
                 st.lookup = (first, 0)
-                self.stats.add(deferred=1)
+                self.stats.add(**{"deferred" if by_tokens else "load_overflow": 1})
                 if debug:
-                    log.debug("ucm: %s deferred: the step's hits compute %d new tokens already",
-                              request.request_id, self.step_new_tokens)
+                    log.debug("ucm: %s deferred: the step's hits compute %d new tokens and load %d blocks already",
+                              request.request_id, self.step_new_tokens, self.step_loaded_blocks)
                 return None, False  # vLLM asks again in its next step
-            if self.step_load_blocks and self.step_loaded_blocks >= self.step_load_blocks:
-                self.stats.add(load_overflow=1)
-                if debug:
-                    log.debug("ucm: %s loads between steps: the step's layer-wise hits load %d blocks already",
-                              request.request_id, self.step_loaded_blocks)
-                return hit * bs, True
             rid = request.request_id
             self.pinned.add(rid)
             if self.lookup.pin([keys[:hit] for keys in per_rank], rid):

@@ -49,11 +49,11 @@ class ConnectorSettings:
     #: wins of 1024 and batches the 4k and 8k x 2 cells that 1024 slowed).
     layerwise_step_tokens: int = 3072
     #: layer-wise mode: once the layer-wise hits a step took load this many blocks, a further hit
-    #: loads between steps instead (as in ``async`` mode): its copies run beside the step, and it
-    #: computes in a later one, so a step of c large 100 % hits does not hold every first token
-    #: until all c have loaded. 0: off (every hit the step takes loads layer by layer). Off: on an
-    #: H200 (2026-11-28), 1000 did not help the cell it was made for (16k tokens x 4, 100 % hit: 0.143 s
-    #: against 0.139 s; bench/results/README.md, ninth session).
+    #: waits for the next step, so a step of c large 100 % hits does not hold every first token until
+    #: all c have loaded: each gets a step of its own, its copies queued behind the last one's (vLLM's
+    #: native offload serves such requests in turn too, and wins on the mean TTFT of c = 2 cells by it,
+    #: 2026-11-28). 0: off. Not measured yet; until the eleventh session the hits past the budget
+    #: loaded between steps instead, which did not help (16k x 4, 100 %: 0.143 s against 0.139 s).
     layerwise_step_load_blocks: int = 0
 
 
