@@ -456,6 +456,9 @@ def paired(parts: dict, base: str = "full") -> dict:
         return {r["index"]: r for r in parts.get(m, {}).get("requests", [])
                 if r.get("first") is not None and r.get("finish") is not None}
 
+    def med(xs):
+        return statistics.median(xs) if xs else None
+
     ref, out = done(base), {}
     for m in parts:
         reqs = done(m)
@@ -466,7 +469,6 @@ def paired(parts: dict, base: str = "full") -> dict:
         more = [d[i] for i in common if reqs[i].get("cached", 0) > ref[i].get("cached", 0)]
         rest = [d[i] for i in common if reqs[i].get("cached", 0) <= ref[i].get("cached", 0)]
         lo, hi, cov = median_interval(list(d.values()))
-        med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
         out[m] = dict(requests=len(common), median_s=med(list(d.values())), mean_s=statistics.fmean(d.values()),
                       interval_s=[lo, hi], coverage=cov, more_cached=len(more), more_cached_median_s=med(more),
                       rest_median_s=med(rest))
