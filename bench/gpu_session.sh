@@ -18,7 +18,7 @@
 #   bash bench/gpu_session.sh v2ucm      # ucm on the V2 model runner
 #   bash bench/gpu_session.sh prof4k     # the layer-wise profile at 4k / 16k c = 1 on the V2, then the V1 runner
 #   bash bench/gpu_session.sh stagger    # c = 2, 4 cells with step budgets (STAGGER_RUNS, default tokens:1024 tokens:512 blocks:800)
-#   bash bench/gpu_session.sh decode     # decode tokens/s storing vs not storing, 8 A B B A pairs of 384 tokens
+#   bash bench/gpu_session.sh decode     # decode tokens/s storing vs not storing, 24 A B B A pairs of 64 tokens
 #   bash bench/gpu_session.sh replay1    # the trace replay, REPLAY_MODES (default full,ucm_lru)
 # On two GPUs (nvidia-h200-x2), after the two stash calls:
 #   bash bench/gpu_session.sh pair     # the whole grid: full/ucm on GPU 0 beside native on GPU 1; then the 16k profile
@@ -246,11 +246,12 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     ;;
   decode)  # decode storing vs not storing, A B B A pairs in one engine (the cell runs after a 4k c = 1 cell)
     setup || exit 1
-    # H200, eager, batch 8: ~300 tok/s, so 8 pairs of 256 tokens took ~110 s and spread 0.85-1.59; 8 pairs of 1024
-    # did not finish in 290 s (2026-11-28). 8 pairs (the fewest whose median interval has >= 90 %, from 6 on: 8
-    # gives 93 % between the 2nd and 7th) of 384 tokens, ~165 s
-    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 4000 --concurrency 1 --reps 1 --decode-reps 8 \
-      --decode-tokens 384 --deadline-s "$(left 30)" 2>&1 | grep -A14 "Decode speed"
+    # H200, eager, batch 8: ~300 tok/s, CPU-bound steps whose median moved 20-42 ms from one ~7 s repetition to
+    # the next (2026-11-28: the host's CPU speed drifts), so 8 pairs of 256 tokens spread 0.85-1.59. Shorter
+    # repetitions, more pairs: 24 pairs of 64 tokens (~2.5 s a repetition), ~170 s; the report also pairs the
+    # repetitions' median step times
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 4000 --concurrency 1 --reps 1 --decode-reps 24 \
+      --decode-tokens 64 --deadline-s "$(left 30)" 2>&1 | grep -A16 "Decode speed"
     ;;
   *) echo "unknown step $step"; exit 2 ;;
   esac

@@ -532,8 +532,12 @@ class Bench:
             off = [x for store, x in runs if not store]
             r = self._decode_summary(reps)
             pairs = [on["tok_s"] / no["tok_s"] for on, no in zip(reps, off)]
+            # the same from each repetition's median step time: a few long steps (a pause) do not move it
+            step_pairs = [no["step_ms"]["median"] / on["step_ms"]["median"] for on, no in zip(reps, off)
+                          if on["step_ms"]["median"] > 0]
             r.update(no_store_reps=off, no_store_median_tok_s=statistics.median(x["tok_s"] for x in off),
-                     store_vs_no_store=statistics.median(pairs), store_vs_no_store_pairs=pairs)
+                     store_vs_no_store=statistics.median(pairs), store_vs_no_store_pairs=pairs,
+                     store_vs_no_store_step_pairs=step_pairs)
         print(f"{self.mode} decode: {r['median_tok_s']:.1f} tok/s (batch {a.decode_batch})"
               + (f", without storing {r['no_store_median_tok_s']:.1f} (ratio {r['store_vs_no_store']:.3f})"
                  if "store_vs_no_store" in r else ""), flush=True)

@@ -232,6 +232,10 @@ def decode_table(res: dict) -> list:
                       f"the pairs' ratios **{d['store_vs_no_store']:.3f}** (pairs "
                       f"{', '.join(f'{x:.3f}' for x in d['store_vs_no_store_pairs'])}; target >= {DECODE_TARGET}: "
                       f"{decode_verdict(d['store_vs_no_store_pairs'])})")
+            if d.get("store_vs_no_store_step_pairs"):
+                sp = d["store_vs_no_store_step_pairs"]
+                ab.append(f"- {mode}: the same pairs by each repetition's median step time (a few long steps do not "
+                          f"move it): median ratio **{statistics.median(sp):.3f}** ({decode_verdict(sp)})")
         for name, med, reps in rows:
             rel = med / base if base else None
             L.append(f"| {name} | {med:.1f} | {', '.join(f'{x:.1f}' for x in (r['tok_s'] for r in reps))} "

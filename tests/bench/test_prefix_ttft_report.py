@@ -101,7 +101,8 @@ def test_a_decode_only_run_merges_its_decode_cell_and_keeps_the_grid(parts, tmp_
             off = [400.0, 400.0, 400.0]
             part["decode"].update(no_store_reps=[dict(tok_s=x) for x in off], no_store_median_tok_s=400.0,
                                   store_vs_no_store_pairs=[x / y for x, y in zip(tok_s, off)],
-                                  store_vs_no_store=sorted(x / y for x, y in zip(tok_s, off))[1])
+                                  store_vs_no_store=sorted(x / y for x, y in zip(tok_s, off))[1],
+                                  store_vs_no_store_step_pairs=[0.99, 0.98, 1.0])
         with open(path, "w") as f:
             json.dump(part, f)
     out.mkdir()
@@ -113,6 +114,7 @@ def test_a_decode_only_run_merges_its_decode_cell_and_keeps_the_grid(parts, tmp_
     assert "| ucm | 399.0 | 396.0, 401.0, 399.0 | 0.985 |" in md
     assert "| ucm, not storing (same engine) | 400.0 | 400.0, 400.0, 400.0 | 0.988 |" in md
     assert "median of the pairs' ratios **0.998**" in md
+    assert "median step time (a few long steps do not move it): median ratio **0.990** (inconclusive (3 pairs" in md
 
 
 def test_the_decode_verdict_needs_the_median_interval_on_one_side_of_the_target():
