@@ -33,6 +33,27 @@ def test_shared_prefix_second_pass_loads_from_dram(tiny_model, baseline, mode):
     engine.assert_same_outputs(second, baseline["shared"])
 
 
+def _steps_of_stored_prompts(llm, texts) -> tuple[list[int], dict]:
+    """Store ``texts``, then submit them again together and step the engine by hand: the sorted
+    step numbers at which each finishes (one token each), and ucm's counters of those steps."""
+    from vllm import SamplingParams
+
+    engine.generate(llm, texts)  # stores every block
+    stats.reset_totals()
+    eng = llm.llm_engine
+    sp = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    for i, t in enumerate(texts):
+        eng.add_request(str(i), t, sp)
+    first_step: dict[str, int] = {}
+    step = 0
+    while eng.has_unfinished_requests():
+        step += 1
+        for out in eng.step():
+            if out.finished:
+                first_step[out.request_id] = step
+    return sorted(first_step.values()), stats.totals()
+
+
 @pytest.mark.parametrize("step_tokens", [1, 0])
 def test_layerwise_hits_past_the_step_budget_wait_for_the_next_step(tiny_model, baseline, step_tokens):
     """``ucm_layerwise_step_tokens``: 4 prompts with DRAM hits submitted together. With a budget of
@@ -42,25 +63,9 @@ def test_layerwise_hits_past_the_step_budget_wait_for_the_next_step(tiny_model, 
     texts = engine.prompts("shared")
     cfg = engine.ktc(config={"max_cache_size": 64 << 20}, ucm_layerwise_step_tokens=step_tokens)
     with engine.llm(tiny_model, cfg) as llm:
-        engine.generate(llm, texts)  # stores every block
-        stats.reset_totals()
-        eng = llm.llm_engine
-        from vllm import SamplingParams
-
-        sp = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
-        for i, t in enumerate(texts):
-            eng.add_request(str(i), t, sp)
-        first_step: dict[str, int] = {}
-        step = 0
-        while eng.has_unfinished_requests():
-            step += 1
-            for out in eng.step():
-                if out.finished:
-                    first_step[out.request_id] = step
-        t = stats.totals()
+        steps, t = _steps_of_stored_prompts(llm, texts)
         second = engine.generate(llm, texts)
     assert t["deferred"] == (6 if step_tokens else 0)
-    steps = sorted(first_step.values())
     assert steps == ([steps[0] + i for i in range(4)] if step_tokens else [steps[0]] * 4)
     assert t["hit_tokens"] == 4 * 9 * engine.BLOCK and t["layerwise_blocks"] == 4 * 9
     engine.assert_same_outputs(second, baseline["shared"])
@@ -74,25 +79,9 @@ def test_hits_past_the_step_load_budget_wait_for_the_next_step(tiny_model, basel
     cfg = engine.ktc(config={"max_cache_size": 64 << 20}, ucm_layerwise_step_tokens=0,
                      ucm_layerwise_step_load_blocks=1)
     with engine.llm(tiny_model, cfg) as llm:
-        engine.generate(llm, texts)  # stores every block
-        stats.reset_totals()
-        eng = llm.llm_engine
-        from vllm import SamplingParams
-
-        sp = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
-        for i, t in enumerate(texts):
-            eng.add_request(str(i), t, sp)
-        first_step: dict[str, int] = {}
-        step = 0
-        while eng.has_unfinished_requests():
-            step += 1
-            for out in eng.step():
-                if out.finished:
-                    first_step[out.request_id] = step
-        t = stats.totals()
+        steps, t = _steps_of_stored_prompts(llm, texts)
         second = engine.generate(llm, texts)
     assert t["load_overflow"] == 6 and t["deferred"] == 0
-    steps = sorted(first_step.values())
     assert steps == [steps[0] + i for i in range(4)]
     assert t["hit_tokens"] == 4 * 9 * engine.BLOCK and t["layerwise_blocks"] == 4 * 9
     assert t["load_failed_blocks"] == 0
