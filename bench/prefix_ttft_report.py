@@ -55,6 +55,9 @@ def cell_passes(cell: dict) -> dict:
         s = dict(median_s=med([r["mean_s"] for r in reps]), reps_mean_s=[round(r["mean_s"], 5) for r in reps],
                  reps_max_s=[round(r["max_s"], 5) for r in reps],
                  cached_tokens=med([statistics.mean(r["cached_tokens"]) for r in reps]))
+        lats = [sorted(r["lat_s"]) for r in reps if r.get("lat_s")]
+        if lats and len({len(x) for x in lats}) == 1:  # the k-th request to finish, median over repetitions
+            s["lat_ms"] = [round(1e3 * med(col), 1) for col in zip(*lats)]
         for src in ("ucm", "native"):
             if src in reps[0]:
                 s[src] = {k: med([r[src].get(k) for r in reps]) for k in reps[0][src]}
@@ -163,6 +166,7 @@ def markdown(res: dict) -> str:
                  f"| {mark(b['ok'])} ({f(b['limit_s'])}) | {mark(n['ok80'])} / {mark(n['ok100'])} "
                  f"| {mark(s['ok'])} ({f(s['ucm'], 2)} ({f(s['hbm'], 2)})) |")
     L += connector_on_table(res)
+    L += order_table(res)
     L += decode_table(res)
     L += hits_table(res)
     return "\n".join(L) + "\n"
@@ -181,6 +185,25 @@ def connector_on_table(res: dict) -> list:
         L.append(f"| {d['input_tokens']} | {d['concurrency']} | {f(m.get('full', {}).get('full', {}).get('median_s'))} | "
                  + " | ".join(f(v) for v in vals) + " |")
     return L
+
+
+def order_table(res: dict) -> list:
+    """At c >= 2: when each request got its first token. The mean TTFT of a cell falls when an
+    offloader serves the c requests in turn (vLLM's native offload does) rather than in one step."""
+    L = []
+    for d in res["cells"]:
+        if d["concurrency"] < 2:
+            continue
+        for mode, passes in d["modes"].items():
+            for key in ("hit80", "hit100"):
+                lat = passes.get(key, {}).get("lat_ms")
+                if lat:
+                    L.append(f"| {d['input_tokens']} | {d['concurrency']} | {mode} | {key} | "
+                             f"{' / '.join(f'{x:.0f}' for x in lat)} |")
+    if not L:
+        return []
+    return ["", "## First tokens in order at c >= 2 (ms: each repetition's request latencies sorted, median over "
+                "repetitions)", "", "| input | c | mode | pass | first / ... / last |", "|---:|---:|---|---|---|"] + L
 
 
 DECODE_TARGET = 0.97  # storing may cost decode at most 3 %

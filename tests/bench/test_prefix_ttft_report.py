@@ -134,3 +134,23 @@ def test_gpu_slug():
     assert gpu_slug("NVIDIA H100 80GB HBM3") == "h100"
     assert gpu_slug("NVIDIA H200") == "h200"
     assert gpu_slug("cpu") == "cpu"
+
+
+def test_first_tokens_in_order_at_two_or_more_requests(tmp_path):
+    """The k-th request to get its first token, median over repetitions (each repetition's latencies
+    sorted first): shows an offloader serving the c requests in turn (native) or in one step (ucm)."""
+    d, out = tmp_path / "d", tmp_path / "out"
+    d.mkdir()
+    out.mkdir()
+
+    def cell(c, lats):  # one hit80 pass a repetition, with its per-request latencies
+        return dict(L=8000, c=c, reps=[dict(hit80=dict(_pass(sum(x) / len(x), 6400), lat_s=x)) for x in lats])
+    _part(d, "native_best", [cell(2, [[0.103, 0.057], [0.061, 0.109], [0.057, 0.103]]), cell(1, [[0.1]] * 3)])
+    _part(d, "ucm", [cell(2, [[0.096, 0.096], [0.097, 0.097], [0.102, 0.102]])])
+    res = report(str(out), [str(d)])
+    by = {(c["input_tokens"], c["concurrency"]): c for c in res["cells"]}
+    assert by[(8000, 2)]["modes"]["native_best"]["hit80"]["lat_ms"] == [57.0, 103.0]
+    assert by[(8000, 2)]["modes"]["ucm"]["hit80"]["lat_ms"] == [97.0, 97.0]
+    md = (out / "prefix_ttft_h100_2026-11-28.md").read_text()
+    assert "| 8000 | 2 | native_best | hit80 | 57 / 103 |" in md and "| 8000 | 2 | ucm | hit80 | 97 / 97 |" in md
+    assert "| 8000 | 1 | native_best | hit80 |" not in md  # one request: no order to show
