@@ -204,12 +204,13 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes "$mode" --model-runner v1 --lengths 8000,4000,16000 --reps 3 \
       --decode-batch 0 --deadline-s "$(left 30)" 2>&1 | tail -20
     ;;
-  prof4k)  # where ucm's extra ~10 ms at 4k c = 1 goes on the V1 runner (2026-11-28): the same profile on V2, then V1
+  prof4k)  # where ucm's extra ~10 ms at 4k c = 1 goes on the V1 runner (2026-11-28): the same profile on V2, then V1;
+    # PROF_ARGS: other cells (e.g. "--lengths 16000 --concurrency 2": V2's 100 % hit there took 76 ms, V1's 57)
     setup || exit 1
     for r in 1 0; do  # the first runner gets half of what is left, the second the rest
       t=$(left 10); [ "$r" = 1 ] && t=$(( t / 2 ))
       VLLM_USE_V2_MODEL_RUNNER=$r BENCH=bench/profile_layerwise.py OUT=$W/profile_v2runner$r timeout "$t" \
-        bash bench/gpu_prefix_ttft.sh --lengths 4000,16000 --concurrency 1 2>&1 | grep -E "ms|wall" | tail -12
+        bash bench/gpu_prefix_ttft.sh ${PROF_ARGS:---lengths 4000,16000 --concurrency 1} 2>&1 | grep -E "ms|wall" | tail -12
     done
     ;;
   v2full|v2ucm)  # HBM hits and ucm on the V2 model runner (vLLM 0.26's default; one mode a call)
