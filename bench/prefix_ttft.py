@@ -84,6 +84,33 @@ class GcClock:
         return dict(ms=round(sum(self.ms) - sum(ms0), 3), gen2_ms=round(self.ms[2] - ms0[2], 3),
                     collections=[a - b for a, b in zip(self.count, n0)])
 
+class HostClock:
+    """What the host's CPUs did during a pass (Linux ``/proc/stat``): the share of CPU time that was
+    busy and the share stolen by the hypervisor (another VM on our cores), and this process's CPU
+    seconds. On the H200 host the model's thread ran every op ~1.9x slower for whole cells
+    (2026-11-28, cause not found): a pass that was slow for that reason should show it here."""
+
+    @staticmethod
+    def snapshot() -> tuple:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            v = []
+        return v, time.process_time()
+
+    @staticmethod
+    def since(snap: tuple) -> dict:
+        v0, p0 = snap
+        v1, p1 = HostClock.snapshot()
+        out = dict(process_cpu_s=round(p1 - p0, 4))
+        if len(v0) >= 8 and len(v1) >= 8:
+            d = [b - a for a, b in zip(v0, v1)]
+            total = sum(d[:8]) or 1  # user nice system idle iowait irq softirq steal (guest is in user)
+            out.update(host_busy=round(1 - (d[3] + d[4]) / total, 3), host_steal=round(d[7] / total, 4))
+        return out
+
+
 # the passes each mode times, and the result column each one fills
 MODE_COLUMNS = {
     "full": {"full": "full_s", "hbm80": "hbm80_s", "hbm100": "hbm100_s"},
@@ -421,7 +448,7 @@ class Bench:
         """Queue all prompts, then step until all finish; per-request latency = finish - submit."""
         eng = self.llm.llm_engine
         c0, x0 = self._counters(), dict(self.native_xfer)
-        g0 = self.gc.snapshot()
+        g0, h0 = self.gc.snapshot(), HostClock.snapshot()
         t0 = time.perf_counter()
         self.llm.enqueue([{"prompt_token_ids": p} for p in prompts], self.sp, use_tqdm=False)
         lat, cached, steps = [], [], []
@@ -438,7 +465,7 @@ class Bench:
         # every latency and every engine.step() call (ms, requests finished in it): a request whose first
         # token waits for a later step than it needs shows as a step call that blocked
         r = dict(mean_s=statistics.mean(lat), max_s=max(lat), lat_s=[round(x, 4) for x in lat], steps=steps,
-                 cached_tokens=cached, gc=self.gc.since(g0))
+                 cached_tokens=cached, gc=self.gc.since(g0), host=HostClock.since(h0))
         c1 = self._counters()
         if c1:
             r["ucm"] = {k: c1[k] - c0.get(k, 0) for k in c1}
@@ -555,7 +582,7 @@ class Bench:
                          use_tqdm=False)
         # the offline API returns outputs only when requests finish: read the scheduler's requests
         reqs, t1, first, steps = self.core.scheduler.requests, None, 0, 0
-        before, g0, step_s = self._counters() or {}, self.gc.snapshot(), []
+        before, g0, h0, step_s = self._counters() or {}, self.gc.snapshot(), HostClock.snapshot(), []
         while eng.has_unfinished_requests():
             ts = time.perf_counter()
             eng.step()
@@ -576,7 +603,7 @@ class Bench:
                              max=round(step_ms[-1], 3), over_2x_median=sum(x > 2 * med for x in step_ms),
                              ms_over_median=round(sum(x - med for x in step_ms if x > med), 3))
         return dict(tokens=tokens, seconds=t2 - t1, tok_s=tokens / (t2 - t1), steps=steps, store=store, ucm=after,
-                    step_ms=steps_summary, gc=self.gc.since(g0))
+                    step_ms=steps_summary, gc=self.gc.since(g0), host=HostClock.since(h0))
 
     def _decode_summary(self, reps: list) -> dict:
         a = self.a

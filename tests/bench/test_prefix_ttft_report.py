@@ -154,3 +154,15 @@ def test_first_tokens_in_order_at_two_or_more_requests(tmp_path):
     md = (out / "prefix_ttft_h100_2026-11-28.md").read_text()
     assert "| 8000 | 2 | native_best | hit80 | 57 / 103 |" in md and "| 8000 | 2 | ucm | hit80 | 97 / 97 |" in md
     assert "| 8000 | 1 | native_best | hit80 |" not in md  # one request: no order to show
+
+
+def test_host_clock_reports_busy_and_stolen_shares_of_the_host(monkeypatch):
+    """Busy = not idle or waiting for I/O; steal = the hypervisor ran another VM on our cores."""
+    from prefix_ttft import HostClock
+
+    before = ([100, 0, 50, 800, 50, 0, 0, 0, 0, 0], 1.0)
+    # +300 user, +100 system, +500 idle, +0 iowait, +100 steal: 1000 jiffies, 500 busy, 100 stolen
+    monkeypatch.setattr(HostClock, "snapshot", staticmethod(lambda: ([400, 0, 150, 1300, 50, 0, 0, 100, 0, 0], 1.25)))
+    assert HostClock.since(before) == dict(process_cpu_s=0.25, host_busy=0.5, host_steal=0.1)
+    monkeypatch.setattr(HostClock, "snapshot", staticmethod(lambda: ([], 1.5)))  # no /proc/stat: CPU seconds only
+    assert HostClock.since(([], 1.0)) == dict(process_cpu_s=0.5)
