@@ -84,6 +84,7 @@ class GcClock:
         return dict(ms=round(sum(self.ms) - sum(ms0), 3), gen2_ms=round(self.ms[2] - ms0[2], 3),
                     collections=[a - b for a, b in zip(self.count, n0)])
 
+
 class HostClock:
     """What the host's CPUs did during a pass (Linux ``/proc/stat``): the share of CPU time that was
     busy and the share stolen by the hypervisor (another VM on our cores), and this process's CPU

@@ -5,11 +5,12 @@
 Tiny random-weight Llama in bf16 (FlashAttention), vLLM's prefix cache off: a run without ucm,
 then with ucm (DRAM): first pass dumps, second pass must hit every full block with the same greedy
 tokens; then an injected load failure must be recomputed with the same tokens. Writes a JSON.
-``--skip-failure`` leaves the injected failure out. vLLM 0.26 with async scheduling (its default)
-mishandles a failed same-step (layer-wise) load of any connector: the V2 runner recomputes with the
-rewound request's output placeholders (different tokens, vllm-project/vllm#49250), the V1 runner
-crashes (an output token read as a placeholder id, vllm-project/vllm#34484; H200, 2026-11-28). So the
-hit pass runs with vLLM's defaults and ``--skip-failure``, the failure pass with ``UCM_GPU_ASYNC_SCHEDULING=0``.
+``--skip-failure`` leaves the injected failure out. vLLM 0.26 mishandles a failed same-step
+(layer-wise) load of any connector except on its V1 runner with async scheduling off: the V2 runner
+keeps the failed blocks as computed, async scheduling on or off (different tokens,
+vllm-project/vllm#49250), and the V1 runner with async scheduling crashes (an output token read as a
+placeholder id, vllm-project/vllm#34484; H200, 2026-11-28). So the hit pass runs with vLLM's defaults
+and ``--skip-failure``; the failure pass only on V1 with ``UCM_GPU_ASYNC_SCHEDULING=0``.
 With ``--tp 2`` (two GPUs) the stores live in the worker processes: no failure injection and no
 connector counters; the check is identical greedy tokens and every full block hit (no garbling
 across ranks).

@@ -16,8 +16,9 @@ One stored block = one vLLM block of one TP rank: every layer's K and V, layer a
   the first copies start after a few blocks are planned): there the link, not the compute, sets
   the pace. Pinned blocks cannot miss; should a copy fail anyway, its blocks are reported through
   ``get_block_ids_with_load_errors`` and vLLM recomputes them. vLLM 0.32 does so correctly (CPU
-  tests; vLLM's CPU platform always runs without async scheduling); vLLM 0.26 only on its V1 runner with async scheduling off: its V2 runner (the default)
-  keeps the failed blocks as computed, async scheduling on or off (wrong tokens,
+  tests; vLLM's CPU platform always runs without async scheduling); vLLM 0.26 only on its V1
+  runner with async scheduling off: its V2 runner (the default) keeps the failed blocks as
+  computed, async scheduling on or off (wrong tokens,
   vllm-project/vllm#49250), and its V1 runner with async scheduling crashes (vllm-project/vllm#34484);
   all seen on an H200 with failures injected below the pins (``tests/vllm/gpu_check.py``, 2026-11-28).
   Loads between steps (``ucm_load_mode=async``) recover on both.
