@@ -1,5 +1,6 @@
 """The chain: demotion on eviction, promotion on load, lookup across tiers, warm restart."""
 import os
+import threading
 
 import pytest
 import torch
@@ -214,12 +215,16 @@ def test_a_block_demoted_ahead_reads_back_exactly_while_its_file_is_pending(tmp_
         dram, disk = store.head, store.tier("disk")
         layers = _layers(8)
         want = _dump_rows(store, "p", range(4), layers)
-        disk._writer.run(lambda: __import__("time").sleep(0.3))  # hold the writer: files stay pending
-        want.update(_dump_rows(store, "q", range(4, 8), layers))
-        assert dram._draining == 4 and len(disk._writing) == 4, "demoted ahead, files not written yet"
-        for key in list(disk._writing):
-            out = disk.read_block(key)  # the pending bytes are the DRAM slot (a strided view): a flat copy
-            assert out.dim() == 1 and torch.equal(out, want[key.decode()])
+        hold = threading.Event()  # the writer waits on it: the files stay pending however slow this machine is
+        disk._writer.run(hold.wait)  # (with a 0.3 s sleep instead, a slow run could see them land first)
+        try:
+            want.update(_dump_rows(store, "q", range(4, 8), layers))
+            assert dram._draining == 4 and len(disk._writing) == 4, "demoted ahead, files not written yet"
+            for key in list(disk._writing):
+                out = disk.read_block(key)  # the pending bytes are the DRAM slot (a strided view): a flat copy
+                assert out.dim() == 1 and torch.equal(out, want[key.decode()])
+        finally:
+            hold.set()
         store.flush()
         assert dram._draining == 0 and len(dram._free) == 4
         for bid, data in want.items():
