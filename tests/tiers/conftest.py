@@ -1,4 +1,7 @@
 """Fixtures per tier; ``store`` runs the contract suite over every one of them."""
+import contextlib
+import threading
+
 import pytest
 import torch
 
@@ -73,3 +76,15 @@ def get(store, block_id):
     out = torch.zeros(BLOCK, dtype=torch.uint8)
     code = store.wait(store.load([block_id], [0], [out]))
     return code, out
+
+
+@contextlib.contextmanager
+def writer_held(disk):
+    """The disk tier's writer thread waits until the block ends, so files queued meanwhile stay
+    pending however slow the machine is (a fixed sleep could let them land first on a slow run)."""
+    hold = threading.Event()
+    disk._writer.run(hold.wait)
+    try:
+        yield
+    finally:
+        hold.set()

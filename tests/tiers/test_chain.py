@@ -1,12 +1,11 @@
 """The chain: demotion on eviction, promotion on load, lookup across tiers, warm restart."""
 import os
-import threading
 
 import pytest
 import torch
 
 from ucm.tiers import OK, create_store
-from tests.tiers.conftest import BLOCK, get, put
+from tests.tiers.conftest import BLOCK, get, put, writer_held
 
 
 def test_evicted_blocks_are_demoted_and_still_hit(chain):
@@ -114,12 +113,12 @@ def test_demotion_buffers_are_recycled_and_bytes_stay_exact(tmp_path):
         store.flush()
         spare = {t.data_ptr() for t in dram._spares._free}
         assert spare, "written demotions gave their buffers back"
-        disk._writer.run(lambda: __import__("time").sleep(0.3))  # hold the writer: the next file stays pending
-        for n in range(6, 10):
-            data.update(put(store, [f"k{n}"], seed=n))
-        pending = next(iter(disk._writing.items()), None)
-        assert pending is not None and pending[1].data_ptr() in spare, "a recycled buffer was used"
-        assert disk.read_block(pending[0]).data_ptr() != pending[1].data_ptr(), "pending reads are copies"
+        with writer_held(disk):  # the next file stays pending
+            for n in range(6, 10):
+                data.update(put(store, [f"k{n}"], seed=n))
+            pending = next(iter(disk._writing.items()), None)
+            assert pending is not None and pending[1].data_ptr() in spare, "a recycled buffer was used"
+            assert disk.read_block(pending[0]).data_ptr() != pending[1].data_ptr(), "pending reads are copies"
         store.flush()
         for k, want in data.items():
             code, out = get(store, k)
@@ -215,16 +214,12 @@ def test_a_block_demoted_ahead_reads_back_exactly_while_its_file_is_pending(tmp_
         dram, disk = store.head, store.tier("disk")
         layers = _layers(8)
         want = _dump_rows(store, "p", range(4), layers)
-        hold = threading.Event()  # the writer waits on it: the files stay pending however slow this machine is
-        disk._writer.run(hold.wait)  # (with a 0.3 s sleep instead, a slow run could see them land first)
-        try:
+        with writer_held(disk):  # the files stay pending
             want.update(_dump_rows(store, "q", range(4, 8), layers))
             assert dram._draining == 4 and len(disk._writing) == 4, "demoted ahead, files not written yet"
             for key in list(disk._writing):
                 out = disk.read_block(key)  # the pending bytes are the DRAM slot (a strided view): a flat copy
                 assert out.dim() == 1 and torch.equal(out, want[key.decode()])
-        finally:
-            hold.set()
         store.flush()
         assert dram._draining == 0 and len(dram._free) == 4
         for bid, data in want.items():

@@ -7,7 +7,7 @@ import torch
 
 from ucm.tiers import NOT_FOUND, OK
 from ucm.tiers.disk import DiskTier
-from tests.tiers.conftest import BLOCK, SLOTS, get, put, rand_block
+from tests.tiers.conftest import BLOCK, SLOTS, get, put, rand_block, writer_held
 
 
 def _files(d):
@@ -132,11 +132,11 @@ def test_read_into_of_a_block_whose_file_is_pending_copies_its_bytes(disk_tier):
     data = rand_block(seed=5)
     strided = data.view(4, BLOCK // 4).t().contiguous().t()  # same bytes in order, not contiguous
     assert not strided.is_contiguous() and torch.equal(strided.reshape(-1), data)
-    disk_tier._writer.run(lambda: __import__("time").sleep(0.3))  # hold the writer
     released = []
-    assert disk_tier.write_block(b"p", strided, release=released.append)
-    assert b"p" in disk_tier._writing
-    views = _views()
-    assert disk_tier.read_into(b"p", views) and torch.equal(torch.cat(views), data)
+    with writer_held(disk_tier):
+        assert disk_tier.write_block(b"p", strided, release=released.append)
+        assert b"p" in disk_tier._writing
+        views = _views()
+        assert disk_tier.read_into(b"p", views) and torch.equal(torch.cat(views), data)
     disk_tier.flush()
     assert released and disk_tier.read_into(b"p", views) and torch.equal(torch.cat(views), data)
