@@ -188,21 +188,23 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes native_best,native --lengths 8000,4000,16000 --reps 3 \
       --decode-batch 0 --deadline-s "$(left 30)" 2>&1 | tail -20
     ;;
-  v1full|v1ucm)  # HBM hits and ucm on the V1 model runner that native_best uses (one mode a call)
+  v1full|v1ucm|v2full|v2ucm)  # HBM hits or ucm on one model runner (one mode a call): V1 is native_best's, V2
+    # vLLM 0.26's default. First, for ucm, gpu_check: hits and identical greedy tokens with vLLM's defaults; on V1
+    # also injected load failures with async scheduling off (V1 with it on crashes, #34484; V2 keeps a failed
+    # layer-wise load's blocks as computed either way, #49250: 2026-11-28, 26bb11d)
     setup || exit 1
-    mode=${step#v1}
-    # first the greedy-tokens check on the V1 runner: hits with its default async scheduling; the injected
-    # load failure with async scheduling off (vLLM 0.26's V1 runner crashes on a failed same-step load
-    # with it on, vLLM issue #34484: tests/vllm/gpu_check.py)
+    runner=${step:1:1} mode=${step#v?}
+    [ "$runner" = 1 ] && export VLLM_USE_V2_MODEL_RUNNER=0
     if [ "$mode" = ucm ]; then
-      VLLM_USE_V2_MODEL_RUNNER=0 timeout 150 python3 -m tests.vllm.gpu_check --skip-failure \
-        --out "$W/check_v1" --model-dir /tmp/ucm-tiny-bf16-v1 > "$W/check_v1_hits.log" 2>&1
-      UCM_GPU_ASYNC_SCHEDULING=0 VLLM_USE_V2_MODEL_RUNNER=0 timeout 150 python3 -m tests.vllm.gpu_check \
+      timeout 150 python3 -m tests.vllm.gpu_check --skip-failure --out "$W/check_v$runner" \
+        --model-dir "/tmp/ucm-tiny-bf16-v$runner" > "$W/check_v${runner}_hits.log" 2>&1
+      [ "$runner" = 1 ] && UCM_GPU_ASYNC_SCHEDULING=0 timeout 150 python3 -m tests.vllm.gpu_check \
         --out "$W/check_v1" --model-dir /tmp/ucm-tiny-bf16-v1 > "$W/check_v1_failure.log" 2>&1
-      grep -H -E '"ok"|Error' "$W"/check_v1_*.log | head -6
+      grep -H -E '"ok"|Error' "$W"/check_v"$runner"_*.log | head -6
     fi
-    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes "$mode" --model-runner v1 --lengths 8000,4000,16000 --reps 3 \
-      --decode-batch 0 --deadline-s "$(left 30)" 2>&1 | tail -20
+    # GRID_ARGS: more prefix_ttft.py flags, e.g. "--ucm-step-tokens 1024"
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes "$mode" --model-runner "v$runner" --lengths 8000,4000,16000 \
+      --reps 3 --decode-batch 0 ${GRID_ARGS:-} --deadline-s "$(left 30)" 2>&1 | tail -20
     ;;
   prof4k)  # where ucm's extra ~10 ms at 4k c = 1 goes on the V1 runner (2026-11-28): the same profile on V2, then V1;
     # PROF_ARGS: other cells (e.g. "--lengths 16000 --concurrency 2": V2's 100 % hit there took 76 ms, V1's 57)
@@ -212,19 +214,6 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
       VLLM_USE_V2_MODEL_RUNNER=$r BENCH=bench/profile_layerwise.py OUT=$W/profile_v2runner$r timeout "$t" \
         bash bench/gpu_prefix_ttft.sh ${PROF_ARGS:---lengths 4000,16000 --concurrency 1} 2>&1 | grep -E "ms|wall" | tail -12
     done
-    ;;
-  v2full|v2ucm)  # HBM hits and ucm on the V2 model runner (vLLM 0.26's default; one mode a call)
-    setup || exit 1
-    mode=${step#v2}
-    # hits and identical tokens; not the injected failures: vLLM 0.26's V2 runner keeps a failed layer-wise
-    # load's blocks as computed with async scheduling on (#49250) and off (2026-11-28, 26bb11d)
-    if [ "$mode" = ucm ]; then
-      timeout 150 python3 -m tests.vllm.gpu_check --out "$W/check_v2" --skip-failure \
-        > "$W/check_v2_hits.log" 2>&1; grep -H -E '"ok"|Error' "$W/check_v2_hits.log" | head -3
-    fi
-    # GRID_ARGS: more prefix_ttft.py flags, e.g. "--ucm-step-tokens 1024"
-    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes "$mode" --lengths 8000,4000,16000 --reps 3 --decode-batch 0 \
-      ${GRID_ARGS:-} --deadline-s "$(left 30)" 2>&1 | tail -20
     ;;
   stagger)  # native best beats ucm at c = 2 (and 4k c = 4) by computing the c requests in turn (its per-request
     # TTFTs at 8k c = 2, 80 %: 57 / 103 ms against ucm's 97 / 97, 2026-11-28): budgets that give each hit a step of
