@@ -58,11 +58,25 @@ def cell_passes(cell: dict) -> dict:
         lats = [sorted(r["lat_s"]) for r in reps if r.get("lat_s")]
         if lats and len({len(x) for x in lats}) == 1:  # the k-th request to finish, median over repetitions
             s["lat_ms"] = [round(1e3 * med(col), 1) for col in zip(*lats)]
+        launch = [first_output_calls(r["steps"]) for r in reps if r.get("steps")]
+        if launch and all(x is not None for x in launch):
+            s["launch_ms"] = [round(med(col), 1) for col in zip(*launch)]
         for src in ("ucm", "native"):
             if src in reps[0]:
                 s[src] = {k: med([r[src].get(k) for r in reps]) for k in reps[0][src]}
         out[key] = s
     return out
+
+
+def first_output_calls(steps: list):
+    """(ms of the engine.step() call that launched the step giving the first token, ms of the call that
+    returned that token), from a pass's [ms, requests finished] per call; None without a separate launch
+    call (synchronous scheduling). With vLLM's async scheduling a step's output comes back only from a
+    later call, once the next step is launched (if any is ready): a slow launch delays every first token."""
+    i = next((k for k, (_, done) in enumerate(steps) if done), None)
+    if not i or steps[i - 1][1]:
+        return None
+    return steps[i - 1][0], steps[i][0]
 
 
 def merge(parts: dict) -> tuple[list, list]:
@@ -167,6 +181,7 @@ def markdown(res: dict) -> str:
                  f"| {mark(s['ok'])} ({f(s['ucm'], 2)} ({f(s['hbm'], 2)})) |")
     L += connector_on_table(res)
     L += order_table(res)
+    L += launch_table(res)
     L += decode_table(res)
     L += hits_table(res)
     return "\n".join(L) + "\n"
@@ -204,6 +219,23 @@ def order_table(res: dict) -> list:
         return []
     return ["", "## First tokens in order at c >= 2 (ms: each repetition's request latencies sorted, median over "
                 "repetitions)", "", "| input | c | mode | pass | first / ... / last |", "|---:|---:|---|---|---|"] + L
+
+
+def launch_table(res: dict) -> list:
+    """Per pass, the engine.step() call that launched the step giving the first token and the call that
+    returned it (ms, median over repetitions): the launch is CPU (scheduling, the connector's hooks, the
+    forward's kernel launches) and, with async scheduling, delays the first output."""
+    L = []
+    for d in res["cells"]:
+        for mode, passes in d["modes"].items():
+            for key in ("hbm80", "hbm100", "hit80", "hit100"):
+                ms = passes.get(key, {}).get("launch_ms")
+                if ms:
+                    L.append(f"| {d['input_tokens']} | {d['concurrency']} | {mode} | {key} | {ms[0]:.1f} | {ms[1]:.1f} |")
+    if not L:
+        return []
+    return ["", "## The step giving the first token: its launch call and its output call (ms, median over repetitions)",
+            "", "| input | c | mode | pass | launch | output |", "|---:|---:|---|---|---:|---:|"] + L
 
 
 DECODE_TARGET = 0.97  # storing may cost decode at most 3 %

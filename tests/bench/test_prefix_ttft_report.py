@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
 
 from prefix_ttft import ROW_KEYS, part_path  # noqa: E402
-from prefix_ttft_report import gpu_slug, report  # noqa: E402
+from prefix_ttft_report import first_output_calls, gpu_slug, report  # noqa: E402
 
 GB = 1e9
 
@@ -154,6 +154,23 @@ def test_first_tokens_in_order_at_two_or_more_requests(tmp_path):
     md = (out / "prefix_ttft_h100_2026-11-28.md").read_text()
     assert "| 8000 | 2 | native_best | hit80 | 57 / 103 |" in md and "| 8000 | 2 | ucm | hit80 | 97 / 97 |" in md
     assert "| 8000 | 1 | native_best | hit80 |" not in md  # one request: no order to show
+
+
+def test_the_launch_and_output_calls_of_the_first_token_step(tmp_path):
+    """Async scheduling: one call launches the step, a later one returns its token (native first polls
+    its loads with short calls). A run whose first call already returns a token has no launch call."""
+    assert first_output_calls([[42.0, 0], [39.6, 1], [12.6, 1]]) == (42.0, 39.6)
+    assert first_output_calls([[1.8, 0], [0.2, 0], [18.9, 0], [25.9, 1], [18.4, 0], [30.4, 1]]) == (18.9, 25.9)
+    assert first_output_calls([[60.0, 2]]) is None
+    assert first_output_calls([[1.0, 0], [2.0, 0]]) is None
+    d, out = tmp_path / "d", tmp_path / "out"
+    d.mkdir()
+    out.mkdir()
+    reps = [dict(hit100=dict(_pass(0.03, 7984), steps=[[x, 0], [1.0, 1]])) for x in (30.0, 34.0, 50.0)]
+    _part(d, "ucm", [dict(L=8000, c=1, reps=reps)])
+    res = report(str(out), [str(d)])
+    assert res["cells"][0]["modes"]["ucm"]["hit100"]["launch_ms"] == [34.0, 1.0]
+    assert "| 8000 | 1 | ucm | hit100 | 34.0 | 1.0 |" in (out / "prefix_ttft_h100_2026-11-28.md").read_text()
 
 
 def test_host_clock_reports_busy_and_stolen_shares_of_the_host(monkeypatch):
