@@ -47,11 +47,15 @@ class UcmConnectorMetadata(KVConnectorMetadata):
 @dataclass
 class UcmWorkerMetadata(KVConnectorWorkerMetadata):
     """Worker -> scheduler, every step: per TP rank, the step number up to which every dump is
-    committed or dropped (no copy of those steps reads vLLM's blocks any more)."""
+    committed or dropped (no copy of those steps reads vLLM's blocks any more); and the last step
+    each rank ran (its output is on its way to the scheduler)."""
     done_upto: dict[int, int] = field(default_factory=dict)
+    ran: dict[int, int] = field(default_factory=dict)
 
     def aggregate(self, other: "KVConnectorWorkerMetadata") -> "UcmWorkerMetadata":
-        merged = dict(self.done_upto)
-        for rank, seq in getattr(other, "done_upto", {}).items():
-            merged[rank] = max(merged.get(rank, 0), seq)
-        return UcmWorkerMetadata(merged)
+        merged = UcmWorkerMetadata(dict(self.done_upto), dict(self.ran))
+        for mine, theirs in ((merged.done_upto, getattr(other, "done_upto", {})),
+                             (merged.ran, getattr(other, "ran", None) or {})):
+            for rank, seq in theirs.items():
+                mine[rank] = max(mine.get(rank, 0), seq)
+        return merged

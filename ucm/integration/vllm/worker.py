@@ -485,9 +485,10 @@ class UcmWorker:
         return done
 
     def worker_meta(self) -> UcmWorkerMetadata:
-        """This rank's progress for the scheduler: every dump of steps <= done_upto is done."""
+        """This rank's progress for the scheduler: every dump of steps <= done_upto is done, and
+        step ``ran`` (built at its end) has run."""
         done = min(d.seq for d in self._pending) - 1 if self._pending else self._seq
-        return UcmWorkerMetadata({self.rank: done})
+        return UcmWorkerMetadata({self.rank: done}, {self.rank: self._seq})
 
     def poll_dumps(self) -> None:
         """Commit every pending dump that is done, without blocking (one older than the store's

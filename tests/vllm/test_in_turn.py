@@ -1,0 +1,117 @@
+"""``ucm_layerwise_in_turn``: a hit the token budget left out waits until the tokens of the step that
+filled the budget are back, as the workers report each step they ran. With vLLM's async scheduling
+the scheduler plans step N + 1 before step N's output arrives; without the wait the deferred hit
+would be launched in N + 1 first, and that launch delays step N's tokens."""
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from ucm.integration.vllm import scheduler as scheduler_mod
+from ucm.integration.vllm.keys import KeyMaker
+from ucm.integration.vllm.metadata import UcmWorkerMetadata
+from ucm.integration.vllm.scheduler import UcmScheduler
+
+from tests.vllm.test_upfront import _output, _request
+
+
+class _Hold:
+    """Every block is held and pins succeed."""
+
+    def lookup(self, per_rank):
+        return [True] * len(per_rank[0])
+
+    def pin(self, keys, owner):
+        return True
+
+    def unpin(self, owner):
+        pass
+
+
+def _ran(*per_rank):
+    return types.SimpleNamespace(kv_connector_worker_meta=UcmWorkerMetadata(
+        {r: 0 for r in range(len(per_rank))}, dict(enumerate(per_rank))))
+
+
+def _scheduler(in_turn, tp=1):
+    # 80-token prompts: 4 blocks hit, 16 tokens to compute each; the budget fills with one request
+    return UcmScheduler(_Hold(), KeyMaker(b"root", 16, tp), 16, layerwise=True, step_tokens=16, in_turn=in_turn)
+
+
+def test_a_deferred_hit_waits_for_the_tokens_of_the_step_that_filled_the_budget():
+    sched = _scheduler(in_turn=True)
+    sched.update_connector_output(_ran(0))  # the workers report (warm-up steps)
+    a, b = _request("a", 80), _request("b", 80)
+    assert sched.get_num_new_matched_tokens(a, 0) == (64, False)
+    assert sched.get_num_new_matched_tokens(b, 0) == (None, False)  # the step budget, as without in_turn
+    sched.build_connector_meta(_output(16))  # step 1: a
+    sched.update_connector_output(_ran(0))  # async scheduling: step 2 is planned before step 1 reports
+    assert sched.get_num_new_matched_tokens(b, 0) == (None, False)
+    sched.build_connector_meta(_output(0))  # step 2: nothing to compute, so vLLM reads step 1's output
+    sched.update_connector_output(_ran(1))
+    assert sched.get_num_new_matched_tokens(b, 0) == (64, False)
+    assert sched.stats.data["deferred"] == 2
+
+
+def test_without_in_turn_the_deferred_hit_goes_into_the_next_step():
+    sched = _scheduler(in_turn=False)
+    a, b = _request("a", 80), _request("b", 80)
+    assert sched.get_num_new_matched_tokens(a, 0) == (64, False)
+    assert sched.get_num_new_matched_tokens(b, 0) == (None, False)
+    sched.build_connector_meta(_output(16))
+    assert sched.get_num_new_matched_tokens(b, 0) == (64, False)
+
+
+def test_a_step_below_the_budget_is_not_waited_for():
+    sched = UcmScheduler(_Hold(), KeyMaker(b"root", 16, 1), 16, layerwise=True, step_tokens=64, in_turn=True)
+    assert sched.get_num_new_matched_tokens(_request("a", 80), 0) == (64, False)  # 16 of 64 tokens
+    sched.build_connector_meta(_output(16))
+    assert sched.get_num_new_matched_tokens(_request("b", 80), 0) == (64, False)
+
+
+def test_every_tp_rank_must_have_run_the_step():
+    sched = _scheduler(in_turn=True, tp=2)
+    sched.update_connector_output(_ran(0, 0))
+    assert sched.get_num_new_matched_tokens(_request("a", 80), 0) == (64, False)
+    sched.build_connector_meta(_output(16))
+    sched.update_connector_output(_ran(1, 0))  # rank 1 has not reported step 1
+    assert sched.get_num_new_matched_tokens(_request("b", 80), 0) == (None, False)
+    sched.update_connector_output(_ran(1, 1))
+    assert sched.get_num_new_matched_tokens(_request("b", 80), 0) == (64, False)
+
+
+def test_a_report_that_never_comes_is_waited_for_only_so_long(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(scheduler_mod.time, "monotonic", lambda: now[0])
+    sched = _scheduler(in_turn=True)
+    sched.update_connector_output(_ran(0))
+    assert sched.get_num_new_matched_tokens(_request("a", 80), 0) == (64, False)
+    sched.build_connector_meta(_output(16))
+    assert sched.get_num_new_matched_tokens(_request("b", 80), 0) == (None, False)
+    now[0] += scheduler_mod.IN_TURN_TIMEOUT_S + 0.1
+    assert sched.get_num_new_matched_tokens(_request("b", 80), 0) == (64, False)
+
+
+def test_nothing_waits_before_the_workers_first_report():
+    """A vLLM that does not pass worker metadata on: in_turn does nothing rather than wait."""
+    sched = _scheduler(in_turn=True)
+    assert sched.get_num_new_matched_tokens(_request("a", 80), 0) == (64, False)
+    sched.build_connector_meta(_output(16))
+    assert sched.get_num_new_matched_tokens(_request("b", 80), 0) == (64, False)
+
+
+def test_worker_metadata_aggregates_both_fields_per_rank():
+    m = UcmWorkerMetadata({0: 3}, {0: 5}).aggregate(UcmWorkerMetadata({1: 2}, {1: 4}))
+    assert m.done_upto == {0: 3, 1: 2} and m.ran == {0: 5, 1: 4}
+    assert UcmWorkerMetadata({0: 3}, {0: 5}).aggregate(UcmWorkerMetadata({0: 4}, {0: 4})).ran == {0: 5}
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_the_setting_must_be_a_bool(value):
+    from ucm.integration.vllm import settings
+
+    assert settings.parse_extra_config({"ucm_layerwise_in_turn": True}).layerwise_in_turn is True
+    assert settings.parse_extra_config({}).layerwise_in_turn is False
+    with pytest.raises(ValueError, match="ucm_layerwise_in_turn must be true or false"):
+        settings.parse_extra_config({"ucm_layerwise_in_turn": value})
