@@ -17,7 +17,7 @@
 #   bash bench/gpu_session.sh v2full     # full compute and HBM hits on the V2 model runner (the default)
 #   bash bench/gpu_session.sh v2ucm      # ucm on the V2 model runner
 #   bash bench/gpu_session.sh prof4k     # the layer-wise profile at 4k / 16k c = 1 on the V2, then the V1 runner
-#   bash bench/gpu_session.sh stagger    # c = 2, 4 cells with step budgets (STAGGER_RUNS, default tokens:1024 tokens:512 blocks:800)
+#   bash bench/gpu_session.sh stagger    # c = 2, 4 cells with step budgets (STAGGER_RUNS, default turn:1024 turn:512; also tokens:N, blocks:N)
 #   bash bench/gpu_session.sh decode     # decode tokens/s storing vs not storing, 24 A B B A pairs of 64 tokens
 #   bash bench/gpu_session.sh replay1    # the trace replay, REPLAY_MODES (default full,ucm_lru)
 # On two GPUs (nvidia-h200-x2), after the two stash calls:
@@ -209,21 +209,29 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
   prof4k)  # where ucm's extra ~10 ms at 4k c = 1 goes on the V1 runner (2026-11-28): the same profile on V2, then V1;
     # PROF_ARGS: other cells (e.g. "--lengths 16000 --concurrency 2": V2's 100 % hit there took 76 ms, V1's 57)
     setup || exit 1
-    for r in 1 0; do  # the first runner gets half of what is left, the second the rest
-      t=$(left 10); [ "$r" = 1 ] && t=$(( t / 2 ))
+    # PROF_RUNNERS: "1 0" (V2, then V1), or one of them (an engine start and warm-up take ~100 s: two runners
+    # in 230 s left nothing, twelfth session)
+    set -- ${PROF_RUNNERS:-1 0}
+    for r in "$@"; do  # the first of two runners gets half of what is left, the second the rest
+      t=$(left 10); [ $# -gt 1 ] && [ "$r" = "$1" ] && t=$(( t / 2 ))
       VLLM_USE_V2_MODEL_RUNNER=$r BENCH=bench/profile_layerwise.py OUT=$W/profile_v2runner$r timeout "$t" \
         bash bench/gpu_prefix_ttft.sh ${PROF_ARGS:---lengths 4000,16000 --concurrency 1} 2>&1 | grep -E "ms|wall" | tail -12
     done
     ;;
   stagger)  # native best beats ucm at c = 2 (and 4k c = 4) by computing the c requests in turn (its per-request
     # TTFTs at 8k c = 2, 80 %: 57 / 103 ms against ucm's 97 / 97, 2026-11-28): budgets that give each hit a step of
-    # its own. tokens:N = ucm_layerwise_step_tokens N on 4k / 8k (80 % cells); blocks:N =
-    # ucm_layerwise_step_load_blocks N on 16k / 8k (100 % cells: 1,000 blocks a 16k request, 500 an 8k one)
-    set -- ${STAGGER_RUNS:-tokens:1024 tokens:512 blocks:800}
+    # its own. tokens:N = ucm_layerwise_step_tokens N on 4k / 8k (80 % cells); turn:N = the same with
+    # ucm_layerwise_in_turn; blocks:N = ucm_layerwise_step_load_blocks N on 16k / 8k (100 % cells: 1,000
+    # blocks a 16k request, 500 an 8k one). Twelfth session: tokens 1024 split 8k x 2 but its first token
+    # came at 87 ms (the second request's launch went first): turn:N measures the wait for it
+    set -- ${STAGGER_RUNS:-turn:1024 turn:512}
     while [ $# -gt 0 ]; do  # each run gets an equal share of the time left
       kind=${1%%:*} n=${1#*:}
-      if [ "$kind" = tokens ]; then args="--lengths 8000,4000 --ucm-step-tokens $n"
-      else args="--lengths 16000,8000 --ucm-step-load-blocks $n"; fi
+      case $kind in
+      tokens) args="--lengths 8000,4000 --ucm-step-tokens $n" ;;
+      turn) args="--lengths 8000,4000 --ucm-step-tokens $n --ucm-in-turn" ;;
+      *) args="--lengths 16000,8000 --ucm-step-load-blocks $n" ;;
+      esac
       OUT=$W/${kind}_$n bash bench/gpu_prefix_ttft.sh --modes ucm $args --concurrency 2,4 --reps 3 --decode-batch 0 \
         --deadline-s "$(( $(left 30) / $# ))" 2>&1 | grep -E "^\| [0-9]+ \| [24] \|" | head -4 | sed "s/^/$1: /"
       shift

@@ -183,3 +183,19 @@ def test_host_clock_reports_busy_and_stolen_shares_of_the_host(monkeypatch):
     assert HostClock.since(before) == dict(process_cpu_s=0.25, host_busy=0.5, host_steal=0.1)
     monkeypatch.setattr(HostClock, "snapshot", staticmethod(lambda: ([], 1.5)))  # no /proc/stat: CPU seconds only
     assert HostClock.since(([], 1.0)) == dict(process_cpu_s=0.5)
+
+
+def test_the_benchmarks_ucm_flags_reach_the_connector_config():
+    """--ucm-step-tokens / --ucm-step-load-blocks / --ucm-in-turn become the connector's keys, and
+    the connector accepts what the benchmark builds."""
+    from prefix_ttft import kv_transfer_config, parse_args
+
+    from ucm.integration.vllm.settings import parse_extra_config
+
+    a = parse_args(["--model", "m", "--out", "o", "--ucm-step-tokens", "1024", "--ucm-in-turn"])
+    extra = kv_transfer_config(a, "ucm", 57344, "/tmp/d")["kv_connector_extra_config"]
+    assert extra["ucm_layerwise_step_tokens"] == 1024 and extra["ucm_layerwise_in_turn"] is True
+    s = parse_extra_config(extra)
+    assert s.layerwise_step_tokens == 1024 and s.layerwise_in_turn and s.layerwise_step_load_blocks == 0
+    plain = kv_transfer_config(parse_args(["--model", "m", "--out", "o"]), "ucm", 57344, "/tmp/d")
+    assert "ucm_layerwise_in_turn" not in plain["kv_connector_extra_config"]
