@@ -158,9 +158,9 @@ def parse_args(argv=None):
                     help="ucm modes: \"ucm_layerwise_step_tokens\" (default: the connector's; ucm_batched is always 0)")
     ap.add_argument("--ucm-step-load-blocks", type=int, default=None,
                     help="ucm modes: ucm_layerwise_step_load_blocks (hits past it in a step load between steps)")
-    ap.add_argument("--ucm-in-turn", action="store_true",
-                    help="ucm modes: \"ucm_layerwise_in_turn\": a hit the step budget left out also waits for the "
-                         "tokens of the step that filled it")
+    ap.add_argument("--ucm-in-turn-tokens", type=int, default=None,
+                    help="ucm modes: \"ucm_layerwise_in_turn_tokens\": a hit the step budget left out also waits for "
+                         "the tokens of the step that filled it, if that step computes at most this many")
     ap.add_argument("--ucm-load-mode", default=None, choices=["layerwise", "async"],
                     help="ucm modes: the connector's ucm_load_mode (default: the connector's, layerwise)")
     ap.add_argument("--ucm-debug", action="store_true",
@@ -280,8 +280,8 @@ def kv_transfer_config(a, mode: str, bpt: int, disk_dir: str):
             extra["ucm_layerwise_step_tokens"] = a.ucm_step_tokens
         if a.ucm_step_load_blocks is not None:
             extra["ucm_layerwise_step_load_blocks"] = a.ucm_step_load_blocks
-        if a.ucm_in_turn:
-            extra["ucm_layerwise_in_turn"] = True
+        if a.ucm_in_turn_tokens is not None:
+            extra["ucm_layerwise_in_turn_tokens"] = a.ucm_in_turn_tokens
         if mode == "ucm_batched":
             extra["ucm_layerwise_step_tokens"] = 0
     else:  # ucm_disk: the seed's form naming the dram_disk chain (ucm/integration/vllm/settings.py)

@@ -186,16 +186,16 @@ def test_host_clock_reports_busy_and_stolen_shares_of_the_host(monkeypatch):
 
 
 def test_the_benchmarks_ucm_flags_reach_the_connector_config():
-    """--ucm-step-tokens / --ucm-step-load-blocks / --ucm-in-turn become the connector's keys, and
+    """--ucm-step-tokens / --ucm-step-load-blocks / --ucm-in-turn-tokens become the connector's keys, and
     the connector accepts what the benchmark builds."""
     from prefix_ttft import kv_transfer_config, parse_args
 
     from ucm.integration.vllm.settings import parse_extra_config
 
-    a = parse_args(["--model", "m", "--out", "o", "--ucm-step-tokens", "1024", "--ucm-in-turn"])
+    a = parse_args(["--model", "m", "--out", "o", "--ucm-step-tokens", "1024", "--ucm-in-turn-tokens", "2048"])
     extra = kv_transfer_config(a, "ucm", 57344, "/tmp/d")["kv_connector_extra_config"]
-    assert extra["ucm_layerwise_step_tokens"] == 1024 and extra["ucm_layerwise_in_turn"] is True
+    assert extra["ucm_layerwise_step_tokens"] == 1024 and extra["ucm_layerwise_in_turn_tokens"] == 2048
     s = parse_extra_config(extra)
-    assert s.layerwise_step_tokens == 1024 and s.layerwise_in_turn and s.layerwise_step_load_blocks == 0
+    assert s.layerwise_step_tokens == 1024 and s.layerwise_in_turn_tokens == 2048 and s.layerwise_step_load_blocks == 0
     plain = kv_transfer_config(parse_args(["--model", "m", "--out", "o"]), "ucm", 57344, "/tmp/d")
-    assert "ucm_layerwise_in_turn" not in plain["kv_connector_extra_config"]
+    assert "ucm_layerwise_in_turn_tokens" not in plain["kv_connector_extra_config"]

@@ -1,7 +1,8 @@
-"""``ucm_layerwise_in_turn``: a hit the token budget left out waits until the tokens of the step that
-filled the budget are back, as the workers report each step they ran. With vLLM's async scheduling
-the scheduler plans step N + 1 before step N's output arrives; without the wait the deferred hit
-would be launched in N + 1 first, and that launch delays step N's tokens."""
+"""``ucm_layerwise_in_turn_tokens``: a hit the token budget left out waits until the tokens of the
+step that filled the budget are back, as the workers report each step they ran, if that step is
+short (computes at most that many new tokens). With vLLM's async scheduling the scheduler plans step
+N + 1 before step N's output arrives; without the wait the deferred hit would be launched in N + 1
+first, and that launch delays step N's tokens."""
 from __future__ import annotations
 
 import types
@@ -34,17 +35,18 @@ def _ran(*per_rank):
         {r: 0 for r in range(len(per_rank))}, dict(enumerate(per_rank))))
 
 
-def _scheduler(in_turn, tp=1):
+def _scheduler(in_turn_tokens=64, tp=1):
     # 80-token prompts: 4 blocks hit, 16 tokens to compute each; the budget fills with one request
-    return UcmScheduler(_Hold(), KeyMaker(b"root", 16, tp), 16, layerwise=True, step_tokens=16, in_turn=in_turn)
+    return UcmScheduler(_Hold(), KeyMaker(b"root", 16, tp), 16, layerwise=True, step_tokens=16,
+                        in_turn_tokens=in_turn_tokens)
 
 
 def test_a_deferred_hit_waits_for_the_tokens_of_the_step_that_filled_the_budget():
-    sched = _scheduler(in_turn=True)
+    sched = _scheduler()
     sched.update_connector_output(_ran(0))  # the workers report (warm-up steps)
     a, b = _request("a", 80), _request("b", 80)
     assert sched.get_num_new_matched_tokens(a, 0) == (64, False)
-    assert sched.get_num_new_matched_tokens(b, 0) == (None, False)  # the step budget, as without in_turn
+    assert sched.get_num_new_matched_tokens(b, 0) == (None, False)  # the step budget, as without the wait
     sched.build_connector_meta(_output(16))  # step 1: a
     sched.update_connector_output(_ran(0))  # async scheduling: step 2 is planned before step 1 reports
     assert sched.get_num_new_matched_tokens(b, 0) == (None, False)
@@ -54,8 +56,10 @@ def test_a_deferred_hit_waits_for_the_tokens_of_the_step_that_filled_the_budget(
     assert sched.stats.data["deferred"] == 2
 
 
-def test_without_in_turn_the_deferred_hit_goes_into_the_next_step():
-    sched = _scheduler(in_turn=False)
+@pytest.mark.parametrize("in_turn_tokens", [0, 15])  # off; on, but the step (16 tokens) is longer
+def test_otherwise_the_deferred_hit_goes_into_the_next_step(in_turn_tokens):
+    sched = _scheduler(in_turn_tokens)
+    sched.update_connector_output(_ran(0))
     a, b = _request("a", 80), _request("b", 80)
     assert sched.get_num_new_matched_tokens(a, 0) == (64, False)
     assert sched.get_num_new_matched_tokens(b, 0) == (None, False)
@@ -64,14 +68,14 @@ def test_without_in_turn_the_deferred_hit_goes_into_the_next_step():
 
 
 def test_a_step_below_the_budget_is_not_waited_for():
-    sched = UcmScheduler(_Hold(), KeyMaker(b"root", 16, 1), 16, layerwise=True, step_tokens=64, in_turn=True)
+    sched = UcmScheduler(_Hold(), KeyMaker(b"root", 16, 1), 16, layerwise=True, step_tokens=64, in_turn_tokens=64)
     assert sched.get_num_new_matched_tokens(_request("a", 80), 0) == (64, False)  # 16 of 64 tokens
     sched.build_connector_meta(_output(16))
     assert sched.get_num_new_matched_tokens(_request("b", 80), 0) == (64, False)
 
 
 def test_every_tp_rank_must_have_run_the_step():
-    sched = _scheduler(in_turn=True, tp=2)
+    sched = _scheduler(tp=2)
     sched.update_connector_output(_ran(0, 0))
     assert sched.get_num_new_matched_tokens(_request("a", 80), 0) == (64, False)
     sched.build_connector_meta(_output(16))
@@ -84,7 +88,7 @@ def test_every_tp_rank_must_have_run_the_step():
 def test_a_report_that_never_comes_is_waited_for_only_so_long(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(scheduler_mod.time, "monotonic", lambda: now[0])
-    sched = _scheduler(in_turn=True)
+    sched = _scheduler()
     sched.update_connector_output(_ran(0))
     assert sched.get_num_new_matched_tokens(_request("a", 80), 0) == (64, False)
     sched.build_connector_meta(_output(16))
@@ -94,8 +98,8 @@ def test_a_report_that_never_comes_is_waited_for_only_so_long(monkeypatch):
 
 
 def test_nothing_waits_before_the_workers_first_report():
-    """A vLLM that does not pass worker metadata on: in_turn does nothing rather than wait."""
-    sched = _scheduler(in_turn=True)
+    """A vLLM that does not pass worker metadata on: the setting does nothing rather than wait."""
+    sched = _scheduler()
     assert sched.get_num_new_matched_tokens(_request("a", 80), 0) == (64, False)
     sched.build_connector_meta(_output(16))
     assert sched.get_num_new_matched_tokens(_request("b", 80), 0) == (64, False)
@@ -107,11 +111,11 @@ def test_worker_metadata_aggregates_both_fields_per_rank():
     assert UcmWorkerMetadata({0: 3}, {0: 5}).aggregate(UcmWorkerMetadata({0: 4}, {0: 4})).ran == {0: 5}
 
 
-@pytest.mark.parametrize("value", [1, "yes", None])
-def test_the_setting_must_be_a_bool(value):
+@pytest.mark.parametrize("value", [-1, True, "2048", None])
+def test_the_setting_must_be_a_non_negative_integer(value):
     from ucm.integration.vllm import settings
 
-    assert settings.parse_extra_config({"ucm_layerwise_in_turn": True}).layerwise_in_turn is True
-    assert settings.parse_extra_config({}).layerwise_in_turn is False
-    with pytest.raises(ValueError, match="ucm_layerwise_in_turn must be true or false"):
-        settings.parse_extra_config({"ucm_layerwise_in_turn": value})
+    assert settings.parse_extra_config({"ucm_layerwise_in_turn_tokens": 2048}).layerwise_in_turn_tokens == 2048
+    assert settings.parse_extra_config({}).layerwise_in_turn_tokens == 0
+    with pytest.raises(ValueError, match="ucm_layerwise_in_turn_tokens must be an integer >= 0"):
+        settings.parse_extra_config({"ucm_layerwise_in_turn_tokens": value})

@@ -54,18 +54,18 @@ def _steps_of_stored_prompts(llm, texts) -> tuple[list[int], dict]:
     return sorted(first_step.values()), stats.totals()
 
 
-@pytest.mark.parametrize("step_tokens, in_turn", [(1, False), (0, False), (1, True)])
+@pytest.mark.parametrize("step_tokens, in_turn", [(1, 0), (0, 0), (1, 1 << 20)])
 def test_layerwise_hits_past_the_step_budget_wait_for_the_next_step(tiny_model, baseline, step_tokens, in_turn):
     """``ucm_layerwise_step_tokens``: 4 prompts with DRAM hits submitted together. With a budget of
     1 new token, each step takes one of them (the others are asked again next step: 3 + 2 + 1
     deferrals) and they finish one step apart; with 0 (no limit) all run in one step, as vLLM
-    batches them. Same hits and same tokens either way. ``ucm_layerwise_in_turn`` changes nothing
+    batches them. Same hits and same tokens either way. ``ucm_layerwise_in_turn_tokens`` changes nothing
     here (vLLM's CPU platform schedules synchronously: each step's output, with the workers' report
     of the step, is in before the next is planned); were the report lost, the deferred hits would
     wait out a timeout over many empty steps instead."""
     texts = engine.prompts("shared")
     cfg = engine.ktc(config={"max_cache_size": 64 << 20}, ucm_layerwise_step_tokens=step_tokens,
-                     ucm_layerwise_in_turn=in_turn)
+                     ucm_layerwise_in_turn_tokens=in_turn)
     with engine.llm(tiny_model, cfg) as llm:
         steps, t = _steps_of_stored_prompts(llm, texts)
         second = engine.generate(llm, texts)

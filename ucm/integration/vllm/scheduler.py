@@ -15,10 +15,12 @@
   Likewise once they load ``step_load_blocks`` blocks: a load-bound step (e.g. 100 % hits) then
   serves its requests in turn, each in a step of its own, and the next step's copies queue behind
   this one's, so the link does not wait.
-  With ``in_turn`` a hit the token budget left out also waits until the tokens of the step that
-  filled the budget are back (the workers report each step they ran, ``UcmWorkerMetadata.ran``):
-  vLLM's async scheduling would otherwise launch the next step first, and its launch delays them.
-  A step whose report has not come after ``IN_TURN_TIMEOUT_S`` is not waited for any longer.
+  With ``in_turn_tokens`` a hit the token budget left out also waits until the tokens of the step
+  that filled the budget are back (the workers report each step they ran, ``UcmWorkerMetadata.ran``),
+  if that step computes at most ``in_turn_tokens`` new tokens: vLLM's async scheduling would
+  otherwise launch the next step first, and a launch longer than the step's rest on the GPU delays
+  them (a longer step hides the launch). A step whose report has not come after
+  ``IN_TURN_TIMEOUT_S`` is not waited for any longer.
   A step whose layer-wise hits load at least ``UPFRONT_RATIO`` tokens per token the step computes
   (a 100 % hit computes one block) is load-bound: ``meta.upfront`` tells the worker to launch every
   layer's copies before the forward, so the link never waits for the forward's CPU to reach a layer.
@@ -54,7 +56,7 @@ log = logging.getLogger("ucm")
 # a 7B model at ~37k tokens/s and copies its 57 KB/token KV at ~50 GB/s: ~24 x). An 80 % hit loads
 # 4 per token computed (layer by layer: the copies hide behind the compute), a 100 % hit ~1,000.
 UPFRONT_RATIO = 16
-# in_turn: the longest a hit waits for the tokens of the step that filled the budget (a report lost
+# in_turn_tokens: the longest a hit waits for the tokens of the step that filled the budget (a report lost
 # must not hold requests back for good; a step takes well under a second)
 IN_TURN_TIMEOUT_S = 2.0
 
@@ -87,16 +89,16 @@ def stores_request(request: Any) -> bool:
 
 class UcmScheduler:
     def __init__(self, lookup: Any, keys: KeyMaker, block_size: int, layerwise: bool = True,
-                 step_tokens: int = 0, step_load_blocks: int = 0, in_turn: bool = False):
+                 step_tokens: int = 0, step_load_blocks: int = 0, in_turn_tokens: int = 0):
         self.lookup = lookup  # lookup_rpc.RankedLookup: every rank's store
         self.layerwise = layerwise
         self.step_tokens = step_tokens  # 0: no limit
         self.step_new_tokens = 0  # new tokens of the layer-wise hits taken in the step being planned
         self.step_load_blocks = step_load_blocks  # 0: no limit
         self.step_loaded_blocks = 0  # blocks those hits load
-        self.in_turn = in_turn
-        self.filled: tuple[int, float] = (0, 0.0)  # (step, when planned) of the last step whose hits filled step_tokens
-        self.ran: dict[int, int] = {}  # TP rank -> the last step it ran (in_turn)
+        self.in_turn_tokens = in_turn_tokens  # 0: off
+        self.filled: tuple[int, float] = (0, 0.0)  # (step, when planned) of the last short step whose hits filled step_tokens
+        self.ran: dict[int, int] = {}  # TP rank -> the last step it ran (in_turn_tokens)
         self.pinned: set[str] = set()  # requests holding pins whose load is not planned yet
         self.keys = keys
         self.block_size = block_size
@@ -144,7 +146,7 @@ class UcmScheduler:
                       first, last, hit)
         if hit and self.layerwise:
             by_tokens = bool(self.step_tokens) and self.step_new_tokens >= self.step_tokens
-            by_tokens = by_tokens or (self.in_turn and self._filled_step_running())
+            by_tokens = by_tokens or (bool(self.in_turn_tokens) and self._filled_step_running())
             if by_tokens or (self.step_load_blocks and self.step_loaded_blocks >= self.step_load_blocks):
                 st.lookup = (first, 0)
                 self.stats.add(**{"deferred" if by_tokens else "load_overflow": 1})
@@ -190,7 +192,7 @@ class UcmScheduler:
 
     def build_connector_meta(self, scheduler_output: Any) -> UcmConnectorMetadata:
         self.seq += 1
-        if self.step_tokens and self.step_new_tokens >= self.step_tokens:
+        if self.step_tokens and self.step_tokens <= self.step_new_tokens <= self.in_turn_tokens:
             self.filled = (self.seq, time.monotonic())
         self.step_new_tokens = self.step_loaded_blocks = 0  # the next schedule() plans a new step
         meta = UcmConnectorMetadata(seq=self.seq, delayed=self.delayed)
@@ -254,7 +256,7 @@ class UcmScheduler:
 
     # ---- internals --------------------------------------------------------------------------
     def _filled_step_running(self) -> bool:
-        """Whether the last step that filled the token budget has not yet been reported run by
+        """Whether the last short step that filled the token budget has not yet been reported run by
         every rank (its tokens are not back), and is young enough to be waited for. Never before
         the workers' first report (a vLLM that does not pass worker metadata on)."""
         step, since = self.filled

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 KNOWN_KEYS = ("ucm_connector_name", "ucm_connector_config", "ucm_config", "ucm_overrides",
               "ucm_load_failure_policy", "ucm_load_mode", "ucm_cross_layer", "ucm_layerwise_step_tokens",
-              "ucm_layerwise_step_load_blocks", "ucm_layerwise_in_turn")
+              "ucm_layerwise_step_load_blocks", "ucm_layerwise_in_turn_tokens")
 #: "layerwise": hits pinned in the store's memory tier load during the request's own step, layer
 #: by layer ahead of its attention; other hits (disk) load between steps. "async": every hit
 #: loads between steps (the request waits, others compute).
@@ -56,12 +56,13 @@ class ConnectorSettings:
     #: loaded between steps instead, which did not help (16k x 4, 100 %: 0.143 s against 0.139 s).
     layerwise_step_load_blocks: int = 0
     #: layer-wise mode: a hit that ``layerwise_step_tokens`` leaves for a later step also waits until
-    #: the tokens of the step that filled the budget are back. With vLLM's async scheduling the next
-    #: step is otherwise launched before those tokens are read, and a launch taking the CPU longer
-    #: than the step's rest on the GPU delays them (8k x 2, 80 %, budget 1024 on an H200: the first
-    #: request's token came at 87 ms, alone it takes ~51). The step after it then waits for the CPU
-    #: to launch it, so it pays where steps are long (16k). Off by default: not measured on a GPU yet.
-    layerwise_in_turn: bool = False
+    #: the tokens of the step that filled the budget are back, if that step computes at most this many
+    #: new tokens (0: off). With vLLM's async scheduling the next step is otherwise launched before
+    #: those tokens are read, and a launch taking the CPU longer than the step's rest on the GPU delays
+    #: them (8k x 2, 80 %, budget 1024 on an H200: the first request's token came at 87 ms, alone it
+    #: takes ~51). A longer step hides the next launch behind its GPU time, and waiting for it would
+    #: only add that launch (16k: ~3,200 new tokens a request at 80 %). Not measured on a GPU yet.
+    layerwise_in_turn_tokens: int = 0
 
 
 def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
@@ -108,10 +109,10 @@ def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
     if isinstance(load, bool) or not isinstance(load, int) or load < 0:
         raise ValueError(f"ucm: ucm_layerwise_step_load_blocks must be an integer >= 0 (0: off), got {load!r}")
     s.layerwise_step_load_blocks = load
-    turn = extra.get("ucm_layerwise_in_turn", False)
-    if not isinstance(turn, bool):
-        raise ValueError(f"ucm: ucm_layerwise_in_turn must be true or false, got {turn!r}")
-    s.layerwise_in_turn = turn
+    turn = extra.get("ucm_layerwise_in_turn_tokens", ConnectorSettings.layerwise_in_turn_tokens)
+    if isinstance(turn, bool) or not isinstance(turn, int) or turn < 0:
+        raise ValueError(f"ucm: ucm_layerwise_in_turn_tokens must be an integer >= 0 (0: off), got {turn!r}")
+    s.layerwise_in_turn_tokens = turn
     return s
 
 

@@ -85,7 +85,7 @@ _PROM = {  # counter -> (metric name, help)
     "evictions": ("vllm:ucm_evictions", "Blocks evicted from ucm tiers"),
     "refusals": ("vllm:ucm_refusals", "Blocks ucm refused to store (admission or full)"),
     "deferred": ("vllm:ucm_deferred", "Times a request with a DRAM hit was left for the next step "
-                 "(ucm_layerwise_step_tokens, ucm_layerwise_in_turn)"),
+                 "(ucm_layerwise_step_tokens, ucm_layerwise_in_turn_tokens)"),
     "load_overflow": ("vllm:ucm_load_overflow", "Requests with a DRAM hit left for the next step because the "
                       "step's layer-wise loads were full (ucm_layerwise_step_load_blocks)"),
 }

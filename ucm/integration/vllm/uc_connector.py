@@ -53,7 +53,7 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
                                            layerwise=cfg.load_mode == "layerwise" and not cfg.cross_layer,
                                            step_tokens=cfg.layerwise_step_tokens,
                                            step_load_blocks=cfg.layerwise_step_load_blocks,
-                                           in_turn=cfg.layerwise_in_turn)
+                                           in_turn_tokens=cfg.layerwise_in_turn_tokens)
         else:
             self._store_key = lookup_rpc.store_key(engine_id, rank)
             planes = 1 if cfg.cross_layer else spec["num_layers"]  # cross-layer: a block is one row
