@@ -69,6 +69,7 @@ def test_otherwise_the_deferred_hit_goes_into_the_next_step(in_turn_tokens):
 
 def test_a_step_below_the_budget_is_not_waited_for():
     sched = UcmScheduler(_Hold(), KeyMaker(b"root", 16, 1), 16, layerwise=True, step_tokens=64, in_turn_tokens=64)
+    sched.update_connector_output(_ran(0))
     assert sched.get_num_new_matched_tokens(_request("a", 80), 0) == (64, False)  # 16 of 64 tokens
     sched.build_connector_meta(_output(16))
     assert sched.get_num_new_matched_tokens(_request("b", 80), 0) == (64, False)
