@@ -221,9 +221,10 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
   stagger)  # native best beats ucm at c = 2 (and 4k c = 4) by computing the c requests in turn (its per-request
     # TTFTs at 8k c = 2, 80 %: 57 / 103 ms against ucm's 97 / 97, 2026-11-28): budgets that give each hit a step of
     # its own. tokens:N = ucm_layerwise_step_tokens N on 4k / 8k (80 % cells); turn:N = the same with
-    # ucm_layerwise_in_turn_tokens IN_TURN_TOKENS (default 2048); blocks:N = ucm_layerwise_step_load_blocks N on 16k / 8k (100 % cells: 1,000
-    # blocks a 16k request, 500 an 8k one). Twelfth session: tokens 1024 split 8k x 2 but its first token
-    # came at 87 ms (the second request's launch went first): turn:N measures the wait for it
+    # ucm_layerwise_in_turn_tokens IN_TURN_TOKENS (default 2048); blocks:N = ucm_layerwise_step_load_blocks
+    # N on 16k / 8k (100 % cells: 1,000 blocks a 16k request, 500 an 8k one). Twelfth session: tokens 1024
+    # split 8k x 2 but its first token came at 87 ms (the second request's launch went first): turn:N
+    # measures the wait for it
     set -- ${STAGGER_RUNS:-turn:1024 turn:512}
     while [ $# -gt 0 ]; do  # each run gets an equal share of the time left
       kind=${1%%:*} n=${1#*:}

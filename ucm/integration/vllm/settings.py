@@ -52,8 +52,9 @@ class ConnectorSettings:
     #: waits for the next step, so a step of c large 100 % hits does not hold every first token until
     #: all c have loaded: each gets a step of its own, its copies queued behind the last one's (vLLM's
     #: native offload serves such requests in turn too, and wins on the mean TTFT of c = 2 cells by it,
-    #: 2026-11-28). 0: off. Not measured yet; until the eleventh session the hits past the budget
-    #: loaded between steps instead, which did not help (16k x 4, 100 %: 0.143 s against 0.139 s).
+    #: 2026-11-28). 0: off. Measured once on an H200 (twelfth session, 16k x 2, 100 %, budget 800):
+    #: worse, both first tokens at 107 ms against 76 without (vLLM's async scheduling launched the
+    #: second step before reading the first's token; see ``layerwise_in_turn_tokens``).
     layerwise_step_load_blocks: int = 0
     #: layer-wise mode: a hit that ``layerwise_step_tokens`` leaves for a later step also waits until
     #: the tokens of the step that filled the budget are back, if that step computes at most this many
