@@ -10,7 +10,9 @@ row API (dump_blocks/load_blocks with one tensor per plane). The pool uses one p
   one (num_blocks, --vllm-layer-kib) tensor per layer; pool: one plane per layer): dumps write every
   layer in one call (``dump_rows``: reserved and written in stages of blocks), loads are one
   ``load_blocks`` over every layer (also in stages), as the worker does at a step's end and for a
-  load-bound step.
+  load-bound step. ``vllm/seq``: the same with consecutive block rows on both sides, as vLLM hands a
+  fresh prompt its blocks (the prefix grid's loads: one slot-and-row run a call, copied by plain DMAs);
+  the other runs take scattered rows (every block a run of its own: DMAs into staging, then a scatter).
 
 Prints a table and writes JSON (--out); "launch ms" is the time until the call returned (planning and
 launching the copies on the CPU), the rest of a call's time is waiting for them. Runs on a GPU
@@ -77,10 +79,11 @@ def profiled(fn, stem: str) -> dict:
 
 
 def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: int, reps: int,
-               fragmented: bool = False, profile: str = "") -> dict:
+               fragmented: bool = False, profile: str = "", consecutive: bool = False) -> dict:
     """Dump ``blocks`` scattered blocks of a vLLM-like cache into the store, then load them into a
     second cache at other scattered rows; best of ``reps`` for each direction. With ``profile`` (a
-    path stem, CUDA only) one more dump and load run under torch.profiler (``result["profile"]``)."""
+    path stem, CUDA only) one more dump and load run under torch.profiler (``result["profile"]``). With
+    ``consecutive`` both sides take consecutive rows (a run each) instead."""
     n_planes = {"per-layer": 2 * layers, "vllm": layers}.get(layout, 1)
     block_bytes = piece * n_planes
     total = blocks * 2  # the "GPU cache" holds twice the blocks we move
@@ -89,6 +92,8 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
     gen = torch.Generator().manual_seed(0)
     rows = torch.randperm(total, generator=gen)[:blocks].tolist()
     dst_rows = torch.randperm(total, generator=gen)[:blocks].tolist()
+    if consecutive:  # as a fresh prompt's blocks: the source low in the cache, the destination high
+        rows, dst_rows = list(range(blocks)), list(range(total - blocks, total))
     store = create_store("UcmDramStore", {"kv_block_size": block_bytes, "max_cache_size": block_bytes * blocks,
                                           "planes": n_planes})
     offs = [p * piece for p in range(n_planes)]
@@ -113,7 +118,7 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
         return store.load([i for i in ids for _ in dst], offs * len(ids), [t[r] for r in dst_rows for t in dst])
 
     nbytes = blocks * block_bytes
-    result = {"layout": layout + ("/frag" if fragmented else ""), "api": api, "blocks": blocks, "piece_bytes": piece,
+    result = {"layout": layout + ("/seq" if consecutive else "") + ("/frag" if fragmented else ""), "api": api, "blocks": blocks, "piece_bytes": piece,
               "pieces": blocks * n_planes, "bytes": nbytes}
     def timed(call) -> tuple[float, float]:
         """(seconds until the call returned: planning and launching on the CPU, seconds to done)."""
@@ -175,15 +180,17 @@ def main():
     vllm_block = (args.vllm_layer_kib << 10) * args.layers
     vllm_run = ("vllm", args.vllm_layer_kib << 10, max(16, (args.blocks * (args.whole_kib << 10)) // vllm_block))
     rows = []
-    plan = [(r, a, False) for r in runs for a in ("pieces", "blocks")] + [(vllm_run, "connector", False)]
-    plan += [(r, "blocks", True) for r in runs] + [(vllm_run, "connector", True)] if args.fragmented else []
+    plan = [(r, a, False, False) for r in runs for a in ("pieces", "blocks")] + [(vllm_run, "connector", False, False)]
+    plan += [(vllm_run, "connector", False, True)]
+    plan += [(r, "blocks", True, False) for r in runs] + [(vllm_run, "connector", True, False)] if args.fragmented else []
     if args.profile:
         import os
 
         os.makedirs(args.profile, exist_ok=True)
-    for (layout, piece, blocks), api, frag in tqdm(plan, desc="layouts"):
-        stem = f"{args.profile}/{layout}{'_frag' if frag else ''}" if args.profile and layout == "vllm" else ""
-        r = run_layout(device, layout, api, blocks, piece, args.layers, args.reps, frag, stem)
+    for (layout, piece, blocks), api, frag, seq in tqdm(plan, desc="layouts"):
+        stem = (f"{args.profile}/{layout}{'_seq' if seq else ''}{'_frag' if frag else ''}"
+                if args.profile and layout == "vllm" else "")
+        r = run_layout(device, layout, api, blocks, piece, args.layers, args.reps, frag, stem, consecutive=seq)
         r["dump_ratio"] = r["dump_gbps"] / plain["d2h"]
         r["load_ratio"] = r["load_gbps"] / plain["h2d"]
         rows.append(r)

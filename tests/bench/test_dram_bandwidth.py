@@ -12,7 +12,9 @@ import dram_bandwidth  # noqa: E402
 
 @pytest.mark.parametrize("layout, api", [("whole-block", "pieces"), ("per-layer", "blocks"), ("vllm", "connector")])
 @pytest.mark.parametrize("fragmented", [False, True])
-def test_layouts_round_trip(layout, api, fragmented):
+@pytest.mark.parametrize("consecutive", [False, True])
+def test_layouts_round_trip(layout, api, fragmented, consecutive):
     r = dram_bandwidth.run_layout(torch.device("cpu"), layout, api, blocks=24, piece=512, layers=3, reps=1,
-                                  fragmented=fragmented)
+                                  fragmented=fragmented, consecutive=consecutive)
     assert r["dump_gbps"] > 0 and r["load_gbps"] > 0 and r["bytes"] > 0
+    assert r["layout"] == layout + ("/seq" if consecutive else "") + ("/frag" if fragmented else "")
