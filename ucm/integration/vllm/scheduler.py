@@ -145,14 +145,13 @@ class UcmScheduler:
             log.debug("ucm: lookup %s (step %d): blocks %d..%d, hit %d", request.request_id, self.seq + 1,
                       first, last, hit)
         if hit and self.layerwise:
-            by_tokens = bool(self.step_tokens) and self.step_new_tokens >= self.step_tokens
-            by_tokens = by_tokens or (bool(self.in_turn_tokens) and self._filled_step_running())
-            if by_tokens or (self.step_load_blocks and self.step_loaded_blocks >= self.step_load_blocks):
+            wait = self._deferral()
+            if wait is not None:
                 st.lookup = (first, 0)
-                self.stats.add(**{"deferred" if by_tokens else "load_overflow": 1})
+                self.stats.add(**{wait: 1})
                 if debug:
-                    log.debug("ucm: %s deferred: the step's hits compute %d new tokens and load %d blocks already",
-                              request.request_id, self.step_new_tokens, self.step_loaded_blocks)
+                    log.debug("ucm: %s deferred (%s): the step's hits compute %d new tokens and load %d blocks "
+                              "already", request.request_id, wait, self.step_new_tokens, self.step_loaded_blocks)
                 return None, False  # vLLM asks again in its next step
             rid = request.request_id
             self.pinned.add(rid)
@@ -255,6 +254,16 @@ class UcmScheduler:
         return min(self.done_upto.get(r, 0) for r in range(self.keys.tp_size))
 
     # ---- internals --------------------------------------------------------------------------
+    def _deferral(self) -> Optional[str]:
+        """Why a further layer-wise hit must wait for a later step (its counter's name), or None."""
+        if self.step_tokens and self.step_new_tokens >= self.step_tokens:
+            return "deferred"
+        if self.in_turn_tokens and self._filled_step_running():
+            return "deferred"
+        if self.step_load_blocks and self.step_loaded_blocks >= self.step_load_blocks:
+            return "load_overflow"
+        return None
+
     def _filled_step_running(self) -> bool:
         """Whether the last short step that filled the token budget has not yet been reported run by
         every rank (its tokens are not back), and is young enough to be waited for. Never before
