@@ -202,19 +202,18 @@ def connector_on_table(res: dict) -> list:
     return L
 
 
+def _pass_table(res: dict, field: str, keys: tuple, cells: str, min_c: int = 1) -> list:
+    """``| input | c | mode | pass | <cells(value)> |`` for every pass in ``keys`` that has ``field``."""
+    return [f"| {d['input_tokens']} | {d['concurrency']} | {mode} | {key} | {cells(passes[key][field])} |"
+            for d in res["cells"] if d["concurrency"] >= min_c
+            for mode, passes in d["modes"].items()
+            for key in keys if passes.get(key, {}).get(field)]
+
+
 def order_table(res: dict) -> list:
     """At c >= 2: when each request got its first token. The mean TTFT of a cell falls when an
     offloader serves the c requests in turn (vLLM's native offload does) rather than in one step."""
-    L = []
-    for d in res["cells"]:
-        if d["concurrency"] < 2:
-            continue
-        for mode, passes in d["modes"].items():
-            for key in ("hit80", "hit100"):
-                lat = passes.get(key, {}).get("lat_ms")
-                if lat:
-                    L.append(f"| {d['input_tokens']} | {d['concurrency']} | {mode} | {key} | "
-                             f"{' / '.join(f'{x:.0f}' for x in lat)} |")
+    L = _pass_table(res, "lat_ms", ("hit80", "hit100"), lambda lat: " / ".join(f"{x:.0f}" for x in lat), min_c=2)
     if not L:
         return []
     return ["", "## First tokens in order at c >= 2 (ms: each repetition's request latencies sorted, median over "
@@ -225,13 +224,7 @@ def launch_table(res: dict) -> list:
     """Per pass, the engine.step() call that launched the step giving the first token and the call that
     returned it (ms, median over repetitions): the launch is CPU (scheduling, the connector's hooks, the
     forward's kernel launches) and, with async scheduling, delays the first output."""
-    L = []
-    for d in res["cells"]:
-        for mode, passes in d["modes"].items():
-            for key in ("hbm80", "hbm100", "hit80", "hit100"):
-                ms = passes.get(key, {}).get("launch_ms")
-                if ms:
-                    L.append(f"| {d['input_tokens']} | {d['concurrency']} | {mode} | {key} | {ms[0]:.1f} | {ms[1]:.1f} |")
+    L = _pass_table(res, "launch_ms", ("hbm80", "hbm100", "hit80", "hit100"), lambda ms: f"{ms[0]:.1f} | {ms[1]:.1f}")
     if not L:
         return []
     return ["", "## The step giving the first token: its launch call and its output call (ms, median over repetitions)",
