@@ -450,14 +450,11 @@ def paired(parts: dict, base: str = "full") -> dict:
     same prompt in both): the median difference with its 90 % interval, and the median difference of
     the requests whose cached tokens went up (the DRAM hits) and of the rest. Percentiles of two runs
     jump where TTFTs crowd at step boundaries; these pairs do not."""
-    from prefix_ttft_report import median_interval
+    from prefix_ttft_report import med, median_interval
 
     def done(m):
         return {r["index"]: r for r in parts.get(m, {}).get("requests", [])
                 if r.get("first") is not None and r.get("finish") is not None}
-
-    def med(xs):
-        return statistics.median(xs) if xs else None
 
     ref, out = done(base), {}
     for m in parts:
