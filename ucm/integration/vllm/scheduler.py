@@ -256,9 +256,8 @@ class UcmScheduler:
     # ---- internals --------------------------------------------------------------------------
     def _deferral(self) -> Optional[str]:
         """Why a further layer-wise hit must wait for a later step (its counter's name), or None."""
-        if self.step_tokens and self.step_new_tokens >= self.step_tokens:
-            return "deferred"
-        if self.in_turn_tokens and self._filled_step_running():
+        if (self.step_tokens and self.step_new_tokens >= self.step_tokens) or \
+                (self.in_turn_tokens and self._filled_step_running()):
             return "deferred"
         if self.step_load_blocks and self.step_loaded_blocks >= self.step_load_blocks:
             return "load_overflow"
