@@ -345,6 +345,7 @@ class Bench:
         init_s = time.time() - t0
         vc = self.llm.llm_engine.vllm_config
         self.core = self._inproc_core()
+        self.phases = self._step_phases()
         self.native_xfer = {"load_bytes": 0.0, "load_time": 0.0}
         self.gc = GcClock()
         hooked = self._hook_native_stats() if mode.startswith("native") else False
@@ -385,6 +386,19 @@ class Bench:
     def _inproc_core(self):
         core = getattr(self.llm.llm_engine.engine_core, "engine_core", None)
         return core if core is not None and hasattr(core, "scheduler") else None
+
+    def _step_phases(self):
+        """Per engine.step() call, where its time goes (bench/step_phases.py); in-process engine only."""
+        if self.core is None:
+            return None
+        from vllm.distributed.kv_transfer import kv_transfer_state
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        if here not in sys.path:
+            sys.path.insert(0, here)
+        from step_phases import StepPhases
+
+        return StepPhases(self.core, getattr(kv_transfer_state, "_KV_CONNECTOR_AGENT", None))
 
     def _hook_native_stats(self) -> bool:
         """Sum the OffloadingConnector's own transfer stats (bytes, CUDA-event s) that the scheduler
@@ -457,21 +471,27 @@ class Bench:
         g0, h0 = self.gc.snapshot(), HostClock.snapshot()
         t0 = time.perf_counter()
         self.llm.enqueue([{"prompt_token_ids": p} for p in prompts], self.sp, use_tqdm=False)
-        lat, cached, steps = [], [], []
+        lat, cached, steps, phases = [], [], [], []
         while eng.has_unfinished_requests():
             ts = time.perf_counter()
             done = 0
+            if self.phases is not None:
+                self.phases.begin()
             for o in eng.step():
                 if o.finished:
                     lat.append(time.perf_counter() - t0)
                     cached.append(o.num_cached_tokens or 0)
                     done += 1
             steps.append([round(1e3 * (time.perf_counter() - ts), 2), done])
+            if self.phases is not None:
+                phases.append(self.phases.end())
         assert len(lat) == len(prompts), (len(lat), len(prompts))
         # every latency and every engine.step() call (ms, requests finished in it): a request whose first
         # token waits for a later step than it needs shows as a step call that blocked
         r = dict(mean_s=statistics.mean(lat), max_s=max(lat), lat_s=[round(x, 4) for x in lat], steps=steps,
                  cached_tokens=cached, gc=self.gc.since(g0), host=HostClock.since(h0))
+        if phases:  # per step call, {phase: ms} (bench/step_phases.py)
+            r["phases"] = phases
         c1 = self._counters()
         if c1:
             r["ucm"] = {k: c1[k] - c0.get(k, 0) for k in c1}

@@ -14,6 +14,7 @@ import re
 import statistics
 
 from prefix_ttft import MODE_COLUMNS, MODES, ROW_KEYS, write_outputs
+from step_phases import PHASES
 
 SEED_SPEEDUP = 3.3  # the seed's headline speed-up at 80 % hits
 
@@ -61,6 +62,10 @@ def cell_passes(cell: dict) -> dict:
         launch = [first_output_calls(r["steps"]) for r in reps if r.get("steps")]
         if launch and all(x is not None for x in launch):
             s["launch_ms"] = [round(med(col), 1) for col in zip(*launch)]
+            phases = [first_output_phases(r["steps"], r["phases"]) for r in reps if r.get("phases")]
+            if phases and len(phases) == len(reps):  # {phase: ms} of the launch call, then of the output call
+                s["launch_phases"] = [{k: round(med([p[j].get(k, 0.0) for p in phases]), 1) for k in PHASES}
+                                      for j in (0, 1)]
         for src in ("ucm", "native"):
             if src in reps[0]:
                 s[src] = {k: med([r[src].get(k) for r in reps]) for k in reps[0][src]}
@@ -77,6 +82,12 @@ def first_output_calls(steps: list):
     if not i or steps[i - 1][1]:
         return None
     return steps[i - 1][0], steps[i][0]
+
+
+def first_output_phases(steps: list, phases: list):
+    """The {phase: ms} of the two calls ``first_output_calls`` names (bench/step_phases.py)."""
+    i = next(k for k, (_, done) in enumerate(steps) if done)
+    return phases[i - 1], phases[i]
 
 
 def merge(parts: dict) -> tuple[list, list]:
@@ -182,6 +193,7 @@ def markdown(res: dict) -> str:
     L += connector_on_table(res)
     L += order_table(res)
     L += launch_table(res)
+    L += phase_table(res)
     L += decode_table(res)
     L += hits_table(res)
     return "\n".join(L) + "\n"
@@ -229,6 +241,23 @@ def launch_table(res: dict) -> list:
         return []
     return ["", "## The step giving the first token: its launch call and its output call (ms, median over repetitions)",
             "", "| input | c | mode | pass | launch | output |", "|---:|---:|---|---|---:|---:|"] + L
+
+
+def phase_table(res: dict) -> list:
+    """The launch and output calls of ``launch_table`` split into phases (bench/step_phases.py): which
+    part of a launch is slower with a connector hit than with an HBM hit."""
+    L = [f"| {d['input_tokens']} | {d['concurrency']} | {mode} | {key} | {call} | "
+         + " | ".join(f"{ph[k]:.1f}" for k in PHASES) + " |"
+         for d in res["cells"] for mode, passes in d["modes"].items()
+         for key in ("hbm80", "hbm100", "hit80", "hit100") if passes.get(key, {}).get("launch_phases")
+         for call, ph in zip(("launch", "output"), passes[key]["launch_phases"])]
+    if not L:
+        return []
+    return ["", "## The launch and output calls by phase (ms, median over repetitions; bench/step_phases.py: "
+                "sched.* are part of schedule, exec.* of execute, sample.post of sample; other is mostly "
+                "waiting for an earlier step's output)", "",
+            "| input | c | mode | pass | call | " + " | ".join(PHASES) + " |",
+            "|---:|---:|---|---|---|" + "---:|" * len(PHASES)] + L
 
 
 DECODE_TARGET = 0.97  # storing may cost decode at most 3 %

@@ -173,6 +173,29 @@ def test_the_launch_and_output_calls_of_the_first_token_step(tmp_path):
     assert "| 8000 | 1 | ucm | hit100 | 34.0 | 1.0 |" in (out / "prefix_ttft_h100_2026-11-28.md").read_text()
 
 
+def test_the_launch_and_output_calls_split_into_phases(tmp_path):
+    """With per-call phases recorded, the report gives the two calls of the first token's step by phase
+    (median over repetitions; a phase a call did not run counts 0)."""
+    d, out = tmp_path / "d", tmp_path / "out"
+    d.mkdir()
+    out.mkdir()
+    poll = {"other": 0.1}
+
+    def rep(launch_sched):
+        launch = {"schedule": launch_sched, "sched.connector": 2.0, "execute": 20.0, "exec.load": 5.0,
+                  "sample": 3.0, "other": 1.0}
+        return dict(hit100=dict(_pass(0.03, 7984), steps=[[0.1, 0], [30.0, 0], [2.0, 1]],
+                                phases=[poll, launch, {"other": 1.5, "update": 0.5}]))
+    _part(d, "ucm", [dict(L=8000, c=1, reps=[rep(x) for x in (4.0, 6.0, 9.0)])])
+    res = report(str(out), [str(d)])
+    launch, output = res["cells"][0]["modes"]["ucm"]["hit100"]["launch_phases"]
+    assert launch["schedule"] == 6.0 and launch["exec.load"] == 5.0 and launch["sched.alloc"] == 0.0
+    assert output["other"] == 1.5 and output["update"] == 0.5
+    md = (out / "prefix_ttft_h100_2026-11-28.md").read_text()
+    assert "| 8000 | 1 | ucm | hit100 | launch | 6.0 | 2.0 | 0.0 | 20.0 | 0.0 | 5.0 | 0.0 | 3.0 | 0.0 | 0.0 | 1.0 |" in md
+    assert "| 8000 | 1 | ucm | hit100 | output | 0.0 |" in md
+
+
 def test_host_clock_reports_busy_and_stolen_shares_of_the_host(monkeypatch):
     """Busy = not idle or waiting for I/O; steal = the hypervisor ran another VM on our cores."""
     from prefix_ttft import HostClock
