@@ -117,6 +117,7 @@ def test_the_setting_must_be_a_non_negative_integer(value):
     from ucm.integration.vllm import settings
 
     assert settings.parse_extra_config({"ucm_layerwise_in_turn_tokens": 2048}).layerwise_in_turn_tokens == 2048
-    assert settings.parse_extra_config({}).layerwise_in_turn_tokens == 0
+    assert settings.parse_extra_config({}).layerwise_in_turn_tokens == 2048
+    assert settings.parse_extra_config({"ucm_layerwise_in_turn_tokens": 0}).layerwise_in_turn_tokens == 0
     with pytest.raises(ValueError, match="ucm_layerwise_in_turn_tokens must be an integer >= 0"):
         settings.parse_extra_config({"ucm_layerwise_in_turn_tokens": value})

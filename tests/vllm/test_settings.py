@@ -14,7 +14,7 @@ def test_seed_form_defaults():
     assert s.store_name == "UcmDramStore" and s.store_config["max_cache_size"] == 5368709120
     assert s.hydra_config is None and s.load_failure_policy == "recompute" and s.load_mode == "layerwise"
     assert s.cross_layer is False and settings.parse_extra_config({"ucm_cross_layer": True}).cross_layer
-    assert s.layerwise_step_tokens == 3072
+    assert s.layerwise_step_tokens == 512 and s.layerwise_in_turn_tokens == 2048
     assert settings.parse_extra_config({"ucm_layerwise_step_tokens": 0}).layerwise_step_tokens == 0
     assert s.layerwise_step_load_blocks == 0
     assert settings.parse_extra_config({"ucm_layerwise_step_load_blocks": 1000}).layerwise_step_load_blocks == 1000

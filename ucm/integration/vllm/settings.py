@@ -42,12 +42,13 @@ class ConnectorSettings:
     #: layer-wise mode: a step takes one more request with a DRAM hit only while the hit requests it
     #: already took compute fewer new tokens than this (0: no limit, vLLM's own batching). A step
     #: that long keeps the GPU busy, so a second hit in it only delays the first one's first token,
-    #: and the second finishes no sooner in the next step. Shorter steps must not be split: with
-    #: vLLM's async scheduling a step's output is read only once the next step is launched, and
-    #: when launching takes the CPU longer than the step takes the GPU, every request of the split
-    #: finishes at the end of the second step (measured on an H200, 7B model: 3072 keeps the 16k
-    #: wins of 1024 and batches the 4k and 8k x 2 cells that 1024 slowed).
-    layerwise_step_tokens: int = 3072
+    #: and the second finishes no sooner in the next step: the hits are served in turn, which lowers
+    #: the mean TTFT (vLLM's native offload serves them in turn too). Short steps split this way need
+    #: ``layerwise_in_turn_tokens``: with vLLM's async scheduling a step's output is read only once the
+    #: next step is launched. Measured on an H200 (7B, thirteenth session of 2026-11-28, one session):
+    #: 512 with the wait against 3072 without it, 4k x 2 at 80 % 41 against 52 ms, 8k x 4 139 against
+    #: 161; c = 1 unchanged.
+    layerwise_step_tokens: int = 512
     #: layer-wise mode: once the layer-wise hits a step took load this many blocks, a further hit
     #: waits for the next step, so a step of c large 100 % hits does not hold every first token until
     #: all c have loaded: each gets a step of its own, its copies queued behind the last one's (vLLM's
@@ -60,10 +61,10 @@ class ConnectorSettings:
     #: the tokens of the step that filled the budget are back, if that step computes at most this many
     #: new tokens (0: off). With vLLM's async scheduling the next step is otherwise launched before
     #: those tokens are read, and a launch taking the CPU longer than the step's rest on the GPU delays
-    #: them (8k x 2, 80 %, budget 1024 on an H200: the first request's token came at 87 ms, alone it
-    #: takes ~51). A longer step hides the next launch behind its GPU time, and waiting for it would
-    #: only add that launch (16k: ~3,200 new tokens a request at 80 %). Not measured on a GPU yet.
-    layerwise_in_turn_tokens: int = 0
+    #: them (8k x 2, 80 %, budget 1024 without the wait, on an H200: the first token at 87 ms, alone
+    #: ~51; with it, budget 512: 59 ms). A longer step hides the next launch behind its GPU time, and
+    #: waiting for it would only add that launch (16k: ~3,200 new tokens a request at 80 %).
+    layerwise_in_turn_tokens: int = 2048
 
 
 def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
