@@ -14,7 +14,9 @@ concurrency, times ``hbm``-free passes (fresh store pass, then the 80 % hit pass
   first/last activity, overlap of each stream with the compute stream) and by CUDA runtime call (the
   longest ones with the CPU ops around them: a wait for the GPU on the model's thread); each pass's
   per-request latencies and engine step calls; and a cProfile of the Python functions of a pass alike
-  (``<pass>_<L>_<c>.cprofile.txt``).
+  (``<pass>_<L>_<c>.cprofile.txt``). On Python 3.12 (the GPU image) cProfile hooks every thread
+  (sys.monitoring), so the dump submitter thread's waits show up inside the model thread's callers'
+  cumulative times: read own times there, and the wall-clock ``cpu_s`` per function for the rest.
 
 Writes ``profile_layerwise.json`` with all of it into --out. Not a benchmark: it slows the hooks a
 little to time them; compare its TTFTs only with each other.
@@ -67,6 +69,20 @@ def instrument() -> None:
                  "finished_loads", "poll_dumps"):
         _timed(worker.UcmWorker, name, f"worker.{name}")
     _timed(planes.CudaPlaneCopier, "submit", "copier.submit")
+    # inside the hooks (wall time, any thread: the dump submitter thread calls the copier too). The
+    # thirteenth session's grid spent 38 ms in start_load_kv at 16k x 4, 100 %, where bench/hook_cpu.py
+    # (the same code, CUDA stood in for) takes ~7 ms on the CPU machine: these say where the rest goes
+    from ucm.tiers import batch_dma, pool
+
+    _timed(worker.UcmWorker, "_start_layer_loads", "worker._start_layer_loads")
+    _timed(worker.UcmWorker, "_issue_layers", "worker._issue_layers")
+    _timed(worker.UcmWorker, "handle_preemptions", "worker.handle_preemptions")
+    _timed(pool.SlotPoolTier, "_plan", "pool._plan (reads and writes)")
+    _timed(pool.SlotPoolTier, "_submit_planes", "pool._submit_planes")
+    _timed(planes.CudaPlaneCopier, "_direct", "copier._direct")
+    _timed(planes.CudaPlaneCopier, "_copy_runs", "copier._copy_runs")
+    _timed(batch_dma, "copy", "batch_dma.copy (the driver call)")
+    _timed(batch_dma, "descriptors", "batch_dma.descriptors")
     _timed(planes.CudaPlaneCopier, "_submit_after", "copier.dump_thread (waits for its forward, then issues)")
 
     orig_groups = planes.row_groups

@@ -10,6 +10,8 @@ This splits those calls into phases (inclusive times; an indented phase is part 
     new to vLLM's prefix cache, where an HBM hit's are found in it)
 - ``execute``: the executor's ``execute_model`` (inputs, the connector's pre-forward, the forward's launch)
   - ``exec.to_load``: from its start to the connector's ``start_load_kv`` (inputs, attention metadata)
+    - ``exec.preempt``: the connector's ``handle_preemptions`` and ``bind_connector_metadata`` (for ucm:
+      the dumps of preempted requests, and committing earlier steps' dumps that are done)
   - ``exec.load``: ``start_load_kv``
   - ``exec.layers``: ``wait_for_layer_load`` and ``save_kv_layer``, every layer
 - ``sample``: the executor's ``sample_tokens`` (sampling; on the V2 runner the connector's post-forward)
@@ -30,10 +32,11 @@ TOP = ("schedule", "execute", "sample", "update")
 SCHED_HOOKS = ("get_num_new_matched_tokens", "update_state_after_alloc", "build_connector_meta",
                "request_finished", "update_connector_output")
 LAYER_HOOKS = ("wait_for_layer_load", "save_kv_layer")
+PRE_HOOKS = ("handle_preemptions", "bind_connector_metadata")
 POST_HOOKS = ("wait_for_save", "get_finished", "get_block_ids_with_load_errors")
 #: the phases in report order
-PHASES = ("schedule", "sched.connector", "sched.alloc", "execute", "exec.to_load", "exec.load", "exec.layers",
-          "sample", "sample.post", "update", "other")
+PHASES = ("schedule", "sched.connector", "sched.alloc", "execute", "exec.to_load", "exec.preempt", "exec.load",
+          "exec.layers", "sample", "sample.post", "update", "other")
 
 
 class StepPhases:
@@ -58,6 +61,8 @@ class StepPhases:
                 self._wrap(conn, name, "sched.connector")
         if worker_connector is not None:
             self._wrap(worker_connector, "start_load_kv", "exec.load", on_start=self._load_started)
+            for name in PRE_HOOKS:
+                self._wrap(worker_connector, name, "exec.preempt")
             for name in LAYER_HOOKS:
                 self._wrap(worker_connector, name, "exec.layers")
             for name in POST_HOOKS:

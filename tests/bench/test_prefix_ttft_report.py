@@ -192,7 +192,7 @@ def test_the_launch_and_output_calls_split_into_phases(tmp_path):
     assert launch["schedule"] == 6.0 and launch["exec.load"] == 5.0 and launch["sched.alloc"] == 0.0
     assert output["other"] == 1.5 and output["update"] == 0.5
     md = (out / "prefix_ttft_h100_2026-11-28.md").read_text()
-    assert "| 8000 | 1 | ucm | hit100 | launch | 6.0 | 2.0 | 0.0 | 20.0 | 0.0 | 5.0 | 0.0 | 3.0 | 0.0 | 0.0 | 1.0 |" in md
+    assert "| 8000 | 1 | ucm | hit100 | launch | 6.0 | 2.0 | 0.0 | 20.0 | 0.0 | 0.0 | 5.0 | 0.0 | 3.0 | 0.0 | 0.0 | 1.0 |" in md
     assert "| 8000 | 1 | ucm | hit100 | output | 0.0 |" in md
 
 

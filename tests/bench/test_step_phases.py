@@ -30,12 +30,13 @@ def _core():
         sched.kv_cache_manager.allocate_slots()
         time.sleep(0.002)
     sched.schedule = schedule
-    worker = types.SimpleNamespace(start_load_kv=_sleeper(5), wait_for_layer_load=_sleeper(1),
+    worker = types.SimpleNamespace(handle_preemptions=_sleeper(2), start_load_kv=_sleeper(5), wait_for_layer_load=_sleeper(1),
                                    save_kv_layer=_sleeper(1), wait_for_save=_sleeper(2),
                                    get_finished=_sleeper(0), get_block_ids_with_load_errors=_sleeper(0))
 
     def execute_model(*a, **k):
-        time.sleep(0.006)  # inputs
+        time.sleep(0.004)  # inputs
+        worker.handle_preemptions(None)
         worker.start_load_kv(None)
         for _ in range(2):
             worker.wait_for_layer_load("l")
@@ -65,7 +66,7 @@ def test_a_step_call_is_split_into_its_phases():
     def near(k, ms):
         assert ms <= got[k] <= ms + tol, (k, got[k], ms)
     near("schedule", 9), near("sched.connector", 4), near("sched.alloc", 3)
-    near("execute", 15), near("exec.to_load", 6), near("exec.load", 5), near("exec.layers", 4)
+    near("execute", 15), near("exec.to_load", 6), near("exec.preempt", 2), near("exec.load", 5), near("exec.layers", 4)
     near("sample", 2), near("sample.post", 2), near("update", 1), near("other", 10)
 
 

@@ -1,0 +1,240 @@
+"""CPU time of ucm's connector hooks for one prefix-hit step, without a GPU or vLLM.
+
+    python bench/hook_cpu.py --requests 4 --blocks 1000 --hit 1.0 [--profile]
+
+Builds a DRAM store holding ``--requests`` prompts of ``--blocks`` blocks each (28 layers, K and V planes,
+as the 7B model of the GPU grid; its memory is never touched: the copies are stood in for), then
+times one step the way vLLM drives it: the scheduler's lookups and pins, the allocation notes and the
+step's metadata, then the worker's ``start_load_kv``, every layer's ``wait_for_layer_load`` and
+``save_kv_layer``, ``wait_for_save`` (the step's dumps) and ``finish_layer_loads``. ``--hit 1.0`` is a
+load-bound step (every layer launched before the forward), below it the layer-wise path.
+
+The GPU copier runs with CUDA stood in for: streams, events and the batched-DMA driver call are no-ops,
+so its Python work (plans, descriptors, one batched DMA and one event per plane and stage) is timed but
+not the driver's. On the H200 grid's 16k x 4 at 100 % ``start_load_kv`` took 38 ms (thirteenth session,
+``bench/step_phases.py``); compare what this prints with that to see what the driver adds.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import sys
+import threading
+import time
+import types
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+# the 7B model of the GPU grid: 28 layers, a K or V row of a 16-token block = 16 tokens x 4 KV heads x 128 x 2
+# bytes. Real sizes (they pick the copier's path and the stage sizes), but never touched: the pool and the KV
+# cache are torch.empty (no page is written, so a 4 x 16k store takes no memory) and the copies are no-ops
+LAYERS, ROW, BLOCK_TOKENS = 28, 16384, 16
+
+
+class _Stream:
+    cuda_stream = 0
+
+    def wait_stream(self, other) -> None:
+        pass
+
+    def wait_event(self, event) -> None:
+        pass
+
+
+class _Event:
+    def __init__(self, *a, **k):
+        pass
+
+    def record(self, stream=None) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        pass
+
+
+def stand_in_cuda(monkey: list) -> None:
+    """Let planes.CudaPlaneCopier run on the CPU: its CUDA calls become no-ops (undone by ``monkey``)."""
+    from ucm.tiers import batch_dma, planes
+
+    def put(obj, name, value):
+        monkey.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    stream = _Stream()
+    put(torch.cuda, "current_stream", lambda device=None: stream)
+    put(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    put(torch.cuda, "Event", _Event)
+    put(planes, "_record", lambda s: _Event())
+    put(torch.Tensor, "record_stream", lambda self, s: None)
+    put(batch_dma, "available", lambda: True)
+    put(batch_dma, "_entry", lambda *args: 0)
+
+
+def fake_copier():
+    from ucm.tiers import planes
+
+    c = object.__new__(planes.CudaPlaneCopier)
+    c.device = torch.device("cpu")
+    c.copy_stream = c.kernel_stream = _Stream()
+    c._rings = {True: planes._Ring(c.device), False: planes._Ring(c.device)}
+    c._lock = threading.Lock()
+    c._submitter = None
+    return c
+
+
+def _request(rid: str, seed: int, blocks: int):
+    toks = [seed * 1_000_000 + i for i in range(blocks * BLOCK_TOKENS)]
+    return types.SimpleNamespace(request_id=rid, all_token_ids=toks, num_tokens=len(toks),
+                                 block_hashes=[b"v%d-%d" % (seed, i) for i in range(blocks)], mm_features=[],
+                                 lora_request=None, cache_salt=None, prompt_embeds=None, kv_transfer_params=None)
+
+
+class Setup:
+    def __init__(self, n_req: int, blocks: int, hit: float):
+        from ucm.integration.vllm import stores
+        from ucm.integration.vllm.keys import KeyMaker, RequestKeys
+        from ucm.integration.vllm.lookup_rpc import RankedLookup, store_key
+        from ucm.integration.vllm.scheduler import UcmScheduler
+        from ucm.integration.vllm.worker import UcmWorker
+        from ucm.tiers import create_store
+
+        self.n_req, self.blocks, self.hit_blocks = n_req, blocks, max(1, int(round(hit * blocks)))
+        self.num_blocks = 2 * n_req * blocks + 64
+        whole = LAYERS * 2 * ROW
+        self.store = create_store("UcmDramStore", {"kv_block_size": whole, "planes": LAYERS,
+                                                   "max_cache_size": (2 * n_req * blocks + 64) * whole})
+        tier = self.store
+        tier.pool_uva = tier.pool  # stands in for the UVA alias: only addresses are read
+        cop_dump, cop_load = fake_copier(), fake_copier()
+
+        def submit_planes(views, plan, to_pool, task, keys):
+            return (cop_dump if to_pool else cop_load).submit(views, plan, to_pool) if len(plan) else []
+        tier._submit_planes = submit_planes
+        self.engine = f"hookcpu-{os.getpid()}"
+        stores.acquire(store_key(self.engine, 0), lambda: self.store)
+        self.keys = KeyMaker(b"root", BLOCK_TOKENS, 1)
+        # FlashAttention's layout on vLLM 0.26: a layer is (num_blocks, ...), K and V of a block in one row
+        self.kv = {f"model.layers.{i}.self_attn.attn": torch.empty((self.num_blocks, 2 * ROW), dtype=torch.uint8)
+                   for i in range(LAYERS)}
+        self.worker = UcmWorker(self.store, self.keys, 0, self.num_blocks, whole)
+        self.worker.register_kv_caches(self.kv)
+        self.sched = UcmScheduler(RankedLookup(self.engine, 1), self.keys, BLOCK_TOKENS, layerwise=True,
+                                  step_tokens=1 << 30, in_turn_tokens=0)  # every hit in one step
+        planes = list(self.kv.values())
+        self.reqs = [_request(f"r{i}", i, blocks) for i in range(n_req)]
+        for i, r in enumerate(self.reqs):  # store each prompt's first hit_blocks blocks
+            k = self.keys.rank_keys(self.keys.hashes(RequestKeys(r), self.hit_blocks), 0)
+            rows = list(range(i * blocks, i * blocks + self.hit_blocks))
+            self.store.wait(self.store.dump_blocks(k, planes, rows))
+            self.store.commit(k)
+        self.passes = 0
+
+    def close(self) -> None:
+        from ucm.integration.vllm import stores
+        from ucm.integration.vllm.lookup_rpc import store_key
+
+        stores.release(store_key(self.engine, 0))  # closes the store
+
+    def step(self) -> dict:
+        """One step of every request's prompt (new request ids, so nothing is cached in the scheduler),
+        timed per hook group (ms)."""
+        from ucm.integration.vllm.metadata import UcmConnectorMetadata  # noqa: F401 (the worker's type)
+
+        self.passes += 1
+        blocks, hit = self.blocks, self.hit_blocks
+        reqs = []
+        for i, r in enumerate(self.reqs):  # the stored head, then a tail of this pass's own
+            c = _request(f"{r.request_id}-{self.passes}", 1000 * self.passes + i, blocks)
+            n = hit * BLOCK_TOKENS
+            c.all_token_ids = r.all_token_ids[:n] + c.all_token_ids[n:]
+            c.block_hashes = r.block_hashes[:hit] + c.block_hashes[hit:]
+            reqs.append(c)
+        t = [time.perf_counter()]
+        for r in reqs:
+            n, _ = self.sched.get_num_new_matched_tokens(r, 0)
+            assert n == min(hit, blocks - 1) * BLOCK_TOKENS, n
+        t.append(time.perf_counter())
+        base = (self.passes % 2) * self.n_req * blocks  # other vLLM rows than the store pass used
+        ids = [list(range(base + i * blocks, base + (i + 1) * blocks)) for i in range(len(reqs))]
+        for r, b in zip(reqs, ids):
+            self.sched.update_state_after_alloc(r, types.SimpleNamespace(get_block_ids=lambda b=b: (b,)),
+                                                min(hit, blocks - 1) * BLOCK_TOKENS)
+        cached = types.SimpleNamespace(req_ids=[], new_block_ids=[], num_computed_tokens=[], resumed_req_ids=set())
+        new = [types.SimpleNamespace(req_id=r.request_id, block_ids=(b,), num_computed_tokens=min(hit, blocks - 1) * 16)
+               for r, b in zip(reqs, ids)]
+        sched_tokens = {r.request_id: r.num_tokens - min(hit, blocks - 1) * BLOCK_TOKENS for r in reqs}
+        meta = self.sched.build_connector_meta(types.SimpleNamespace(
+            scheduled_new_reqs=new, scheduled_cached_reqs=cached, num_scheduled_tokens=sched_tokens,
+            total_num_scheduled_tokens=sum(sched_tokens.values()), preempted_req_ids=()))
+        t.append(time.perf_counter())
+        w = self.worker
+        w.handle_preemptions(meta)
+        w.start_load_kv(meta)
+        t.append(time.perf_counter())
+        for name in self.kv:
+            w.wait_for_layer_load(name)
+            w.save_kv_layer(meta, name)
+        t.append(time.perf_counter())
+        w.wait_for_save(meta)
+        w.finished_loads(), w.finished_dumps()  # the connector's get_finished
+        w.get_block_ids_with_load_errors()
+        w.worker_meta()
+        t.append(time.perf_counter())
+        for r in reqs:
+            self.sched.request_finished(r, [])
+        w.close()  # commit the step's dumps (the next step must not skip them as in flight)
+        ms = [1e3 * (b - a) for a, b in zip(t, t[1:])]
+        return dict(zip(("lookups_and_pins", "alloc_and_meta", "start_load_kv", "layer_hooks", "step_end"), ms),
+                    upfront=meta.upfront)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=4)
+    ap.add_argument("--blocks", type=int, default=1000, help="blocks a prompt (16 tokens each)")
+    ap.add_argument("--hit", type=float, default=1.0, help="stored share of each prompt")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--profile", action="store_true", help="also a cProfile of one more step (cumulative)")
+    ap.add_argument("--out", default=None, help="write the medians as JSON here")
+    a = ap.parse_args()
+    monkey: list = []
+    stand_in_cuda(monkey)
+    s = None
+    try:
+        s = Setup(a.requests, a.blocks, a.hit)
+        s.step()  # warm-up
+        runs = [s.step() for _ in range(a.reps)]
+        med = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0] if k != "upfront"}
+        med["total"] = round(sum(med.values()), 3)
+        res = dict(requests=a.requests, blocks=a.blocks, hit=a.hit, upfront=runs[0]["upfront"], median_ms=med,
+                   python=sys.version.split()[0], torch=torch.__version__)
+        print(json.dumps(res))
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(res, f, indent=1)
+        if a.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            s.step()
+            prof.disable()
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
+    finally:
+        if s is not None:
+            s.close()
+        for obj, name, value in reversed(monkey):
+            setattr(obj, name, value)
+
+
+if __name__ == "__main__":
+    main()

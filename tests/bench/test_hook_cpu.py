@@ -1,0 +1,37 @@
+"""bench/hook_cpu.py: one hit step through ucm's real hooks with CUDA stood in for, on the CPU."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+
+import hook_cpu  # noqa: E402
+
+
+@pytest.mark.parametrize("requests, hit, upfront", [(1, 1.0, True), (2, 0.8, False)])
+def test_a_hit_step_runs_the_gpu_copier_path_and_restores_cuda(requests, hit, upfront):
+    real = (torch.cuda.current_stream, torch.cuda.Event, torch.Tensor.record_stream)
+    monkey: list = []
+    hook_cpu.stand_in_cuda(monkey)
+    calls = []
+    s = None
+    try:
+        s = hook_cpu.Setup(requests, 24, hit)
+        from ucm.tiers import batch_dma
+        batch_dma._entry = lambda *args: calls.append(args[3]) or 0  # count the batched DMAs (copies each)
+        got = [s.step() for _ in range(2)]
+    finally:
+        if s is not None:
+            s.close()
+        for obj, name, value in reversed(monkey):
+            setattr(obj, name, value)
+    assert (torch.cuda.current_stream, torch.cuda.Event, torch.Tensor.record_stream) == real
+    for r in got:
+        assert r["upfront"] is upfront
+        assert all(v >= 0 for k, v in r.items() if k != "upfront")
+    # the loads took the GPU copier's batched-DMA path: one call per layer (28) at least, each step
+    assert len(calls) >= 2 * hook_cpu.LAYERS and all(n >= 1 for n in calls)
