@@ -49,6 +49,18 @@ def test_runs_of_rows_land_where_the_descriptors_say_in_every_plane():
                        entry=_memmove_entry(calls))
         for slot, row, n in runs:
             assert torch.equal(back[j][row:row + n], users[j][row:row + n])
+    # the same by descriptor range, no slicing (what the copier does per plane)
+    again = [torch.zeros_like(u) for u in users]
+    dsts, srcs, sizes = batch_dma.descriptors(again, pools, rows, slots, counts)
+    calls.clear()
+    done = set()
+    for j in (2, 0, 1):
+        batch_dma.copy(dsts, srcs, sizes, 0, entry=_memmove_entry(calls), lo=3 * j, hi=3 * j + 3)
+        done.add(j)
+        for slot, row, n in runs:
+            assert torch.equal(again[j][row:row + n], users[j][row:row + n])
+        assert all(again[i].eq(0).all() for i in range(3) if i not in done)  # only plane j's range moved
+    assert [c[0] for c in calls] == [3, 3, 3]
 
 
 def test_views_a_batch_cannot_take_are_refused():
@@ -61,6 +73,8 @@ def test_views_a_batch_cannot_take_are_refused():
     d, s, n = batch_dma.descriptors([a], [a], [0], [1], [1])
     with pytest.raises(ValueError, match="one entry per copy"):
         batch_dma.copy(d, s[:0], n, 0, entry=lambda *x: 0)
+    with pytest.raises(ValueError, match="0 <= lo <= hi"):
+        batch_dma.copy(d, s, n, 0, entry=lambda *x: 0, lo=1, hi=len(d) + 1)
     with pytest.raises(RuntimeError, match="CUresult 1 at copy 0"):
         batch_dma.copy(d, s, n, 0, entry=lambda *x: 1)
 

@@ -97,21 +97,27 @@ def descriptors(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor], dst_ro
 
 
 def copy(dsts: torch.Tensor, srcs: torch.Tensor, sizes: torch.Tensor, stream_handle: int,
-         entry: Optional[Callable] = None) -> None:
-    """Queue ``sizes[i]`` bytes from ``srcs[i]`` to ``dsts[i]`` for every i as one command on the stream
-    ``stream_handle`` (not the legacy default stream), sources read in stream order. ``entry`` stands
-    in for the driver (tests)."""
+         entry: Optional[Callable] = None, lo: int = 0, hi: Optional[int] = None) -> None:
+    """Queue ``sizes[i]`` bytes from ``srcs[i]`` to ``dsts[i]`` for every i in ``[lo, hi)`` (default: all)
+    as one command on the stream ``stream_handle`` (not the legacy default stream), sources read in
+    stream order. ``lo``/``hi`` pick a part of the descriptors by address, without slicing the tensors
+    (a load issues one command per plane: three tensor slices each cost more CPU than the call).
+    ``entry`` stands in for the driver (tests)."""
     count = len(dsts)
     if not (len(srcs) == len(sizes) == count):
         raise ValueError(f"dsts, srcs and sizes must have one entry per copy, got {count}, {len(srcs)}, {len(sizes)}")
-    if count == 0:
+    hi = count if hi is None else hi
+    if not 0 <= lo <= hi <= count:
+        raise ValueError(f"lo and hi must satisfy 0 <= lo <= hi <= {count}, got {lo} and {hi}")
+    if hi == lo:
         return
     fn = entry or _entry
     if fn is None:
         raise RuntimeError("batched DMAs are not available: check available() first")
     attrs = _Attributes(srcAccessOrder=SRC_IN_STREAM_ORDER)
     first, fail = ctypes.c_size_t(0), ctypes.c_size_t(0)
-    err = fn(dsts.data_ptr(), srcs.data_ptr(), sizes.data_ptr(), count, ctypes.addressof(attrs),
+    at = 8 * lo  # int64 descriptors
+    err = fn(dsts.data_ptr() + at, srcs.data_ptr() + at, sizes.data_ptr() + at, hi - lo, ctypes.addressof(attrs),
              ctypes.addressof(first), 1, ctypes.addressof(fail), stream_handle)
     if err != 0:
-        raise RuntimeError(f"cuMemcpyBatchAsync failed: CUresult {err} at copy {fail.value} of {count}")
+        raise RuntimeError(f"cuMemcpyBatchAsync failed: CUresult {err} at copy {lo + fail.value} of {count}")

@@ -414,7 +414,7 @@ class CudaPlaneCopier:
         with torch.cuda.stream(self.copy_stream):
             for lo, hi in ([(j, j + 1) for j in range(len(dsts))] if each else [(0, len(dsts))]):
                 if batched:
-                    batch_dma.copy(d[lo * n:hi * n], s[lo * n:hi * n], size[lo * n:hi * n], self.copy_stream.cuda_stream)
+                    batch_dma.copy(d, s, size, self.copy_stream.cuda_stream, lo=lo * n, hi=hi * n)
                 else:
                     for dst, src in zip(dsts[lo:hi], srcs[lo:hi]):
                         for i, j, c in zip(dst_rows, src_rows, counts):
