@@ -203,7 +203,7 @@ def test_the_forward_end_waits_only_for_planes_the_model_did_not_wait_for(monkey
     store, keys, src, dst, worker = stored_and_worker(6, stored)
     waits = []
     real_wait = worker_mod._wait_part
-    monkeypatch.setattr(worker_mod, "_wait_part", lambda part, t: waits.append(part) or real_wait(part, t))
+    monkeypatch.setattr(worker_mod, "_wait_part", lambda part, t, *a: waits.append(part) or real_wait(part, t, *a))
     spec = LoadSpec("a", stored, [5, 6, 7, 8], layerwise=True)
     assert store.pin([keys.rank_key(h, 0) for h in stored], "a")
     worker.start_load_kv(UcmConnectorMetadata(loads=[spec], seq=1))
@@ -218,3 +218,18 @@ def test_the_forward_end_waits_only_for_planes_the_model_did_not_wait_for(monkey
         for row, src_row in zip([5, 6, 7, 8], range(4)):
             assert torch.equal(dst[name][:, row], src[name][:, src_row])
     store.close()
+
+
+def test_a_layer_hook_looks_the_current_stream_up_once(monkeypatch):
+    """Every part of a layer's planes waits on the same stream, looked up once per hook call."""
+    looked, waited = [], []
+
+    class Part:
+        def stream_wait(self, stream=None):
+            waited.append(stream)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: looked.append(1) or "stream")
+    streams: list = []
+    assert all(worker_mod._wait_part(Part(), 1.0, streams) for _ in range(5))
+    assert looked == [1] and waited == ["stream"] * 5
+    assert worker_mod._wait_part(Part(), 1.0) and waited[-1] is None  # no cache: the part looks it up

@@ -132,12 +132,18 @@ def _lookahead(index: int, issued: int) -> int:
     return issued if issued - (index + 1) >= REFILL else index + 1 + LOOKAHEAD
 
 
-def _wait_part(part: Any, timeout: float) -> bool:
+def _wait_part(part: Any, timeout: float, streams: Optional[list] = None) -> bool:
     """Let the model's next work wait for one completion: on the GPU stream when it is a CUDA
-    event (the CPU runs on), else on the CPU."""
+    event (the CPU runs on), else on the CPU. ``streams`` caches the current stream across the
+    parts of one hook call (looking it up costs the model's thread a few µs each time)."""
     stream_wait = getattr(part, "stream_wait", None)
     if stream_wait is not None:
-        stream_wait()
+        if streams is None:
+            stream_wait()
+        else:
+            if not streams:
+                streams.append(torch.cuda.current_stream())
+            stream_wait(streams[0])
         return True
     return part.wait(timeout)
 
@@ -336,6 +342,7 @@ class UcmWorker:
         planes = self._plane_range.get(layer_name)
         timeout = getattr(self.store, "timeout_s", 60.0)
         layer = self.layers.get(layer_name)
+        streams: list = []  # the current stream, looked up once
         for ld in self._layer_loads:
             if ld.read is not None and ld.issued < len(self._layer_order):
                 upto = _lookahead(layer.index, ld.issued) if layer is not None else len(self._layer_order)
@@ -346,7 +353,7 @@ class UcmWorker:
                 continue
             for j in planes:
                 for part in ld.planes[j]:
-                    if not _wait_part(part, timeout):
+                    if not _wait_part(part, timeout, streams):
                         log.error("ucm: layer %s of request %s not loaded after %.0f s", layer_name, ld.req_id, timeout)
                 ld.planes[j] = []  # waited: finish_layer_loads need not wait for them again
 
