@@ -66,12 +66,12 @@ class KeyMaker:
             return rk.hashes[:num_blocks]
         theirs = compat.vllm_block_hashes(rk.request, self.block_size)
         memo = self._memo
-        while have < num_blocks and have < len(theirs):  # blocks seen before: no hashing
-            h = memo.get(theirs[have])
+        for vh in theirs[have:num_blocks]:  # blocks seen before: no hashing
+            h = memo.get(vh)
             if h is None:
                 break
             rk.hashes.append(h)
-            have += 1
+        have = len(rk.hashes)
         if num_blocks > have:
             parent = rk.hashes[-1] if have else self.root
             new = compat.block_hash_chain(rk.request, have, num_blocks, parent, self.block_size)
