@@ -220,8 +220,9 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     ;;
   stagger)  # native best beats ucm at c = 2 (and 4k c = 4) by computing the c requests in turn (its per-request
     # TTFTs at 8k c = 2, 80 %: 57 / 103 ms against ucm's 97 / 97, 2026-11-28): budgets that give each hit a step of
-    # its own. tokens:N = ucm_layerwise_step_tokens N on 4k / 8k (80 % cells); turn:N = the same with
-    # ucm_layerwise_in_turn_tokens IN_TURN_TOKENS (default 2048); blocks:N = ucm_layerwise_step_load_blocks
+    # its own. tokens:N = ucm_layerwise_step_tokens N on 4k / 8k (80 % cells), without the in-turn wait; turn:N = the
+    # same with ucm_layerwise_in_turn_tokens IN_TURN_TOKENS (default 2048; since the thirteenth session the
+    # connector's defaults are step tokens 512 with the wait 2048); blocks:N = ucm_layerwise_step_load_blocks
     # N on 16k / 8k (100 % cells: 1,000 blocks a 16k request, 500 an 8k one). Twelfth session: tokens 1024
     # split 8k x 2 but its first token came at 87 ms (the second request's launch went first): turn:N
     # measures the wait for it
@@ -229,7 +230,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     while [ $# -gt 0 ]; do  # each run gets an equal share of the time left
       kind=${1%%:*} n=${1#*:}
       case $kind in
-      tokens) args="--lengths 8000,4000 --ucm-step-tokens $n" ;;
+      tokens) args="--lengths 8000,4000 --ucm-step-tokens $n --ucm-in-turn-tokens 0" ;;
       turn) args="--lengths 8000,4000 --ucm-step-tokens $n --ucm-in-turn-tokens ${IN_TURN_TOKENS:-2048}" ;;
       *) args="--lengths 16000,8000 --ucm-step-load-blocks $n" ;;
       esac
