@@ -11,8 +11,10 @@ load-bound step (every layer launched before the forward), below it the layer-wi
 
 The GPU copier runs with CUDA stood in for: streams, events and the batched-DMA driver call are no-ops,
 so its Python work (plans, descriptors, one batched DMA and one event per plane and stage) is timed but
-not the driver's. On the H200 grid's 16k x 4 at 100 % ``start_load_kv`` took 38 ms (thirteenth session,
-``bench/step_phases.py``); compare what this prints with that to see what the driver adds.
+not the driver's: ``cuda_calls`` counts the batched-DMA commands and events a step queues (each a driver
+call of the model's thread on the GPU, ~50 µs with its Python on an H200 host). On the H200 grid's 16k x 4
+at 100 % ``start_load_kv`` took 38 ms (thirteenth session, ``bench/step_phases.py``); compare what this
+prints with that to see what the driver adds.
 """
 from __future__ import annotations
 
@@ -75,10 +77,15 @@ def stand_in_cuda(monkey: list) -> None:
     put(torch.cuda, "current_stream", lambda device=None: stream)
     put(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     put(torch.cuda, "Event", _Event)
-    put(planes, "_record", lambda s: _Event())
+    put(planes, "_record", lambda s: COUNTS.update(events=COUNTS["events"] + 1) or _Event())
     put(torch.Tensor, "record_stream", lambda self, s: None)
     put(batch_dma, "available", lambda: True)
-    put(batch_dma, "_entry", lambda *args: 0)
+    put(batch_dma, "_entry", lambda *args: COUNTS.update(dma_commands=COUNTS["dma_commands"] + 1) or 0)
+
+
+#: CUDA work a step would have queued: batched-DMA driver commands and events recorded by the copier
+#: (each costs the model's thread a driver call on the GPU, which the stand-ins here do not)
+COUNTS = {"dma_commands": 0, "events": 0}
 
 
 def fake_copier():
@@ -152,6 +159,7 @@ class Setup:
         from ucm.integration.vllm.metadata import UcmConnectorMetadata  # noqa: F401 (the worker's type)
 
         self.passes += 1
+        COUNTS.update(dma_commands=0, events=0)
         blocks, hit = self.blocks, self.hit_blocks
         reqs = []
         for i, r in enumerate(self.reqs):  # the stored head, then a tail of this pass's own
@@ -196,7 +204,7 @@ class Setup:
         w.close()  # commit the step's dumps (the next step must not skip them as in flight)
         ms = [1e3 * (b - a) for a, b in zip(t, t[1:])]
         return dict(zip(("lookups_and_pins", "alloc_and_meta", "start_load_kv", "layer_hooks", "step_end"), ms),
-                    upfront=meta.upfront)
+                    upfront=meta.upfront, **COUNTS)
 
 
 def main() -> None:
@@ -215,10 +223,10 @@ def main() -> None:
         s = Setup(a.requests, a.blocks, a.hit)
         s.step()  # warm-up
         runs = [s.step() for _ in range(a.reps)]
-        med = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0] if k != "upfront"}
+        med = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0] if k not in ("upfront", *COUNTS)}
         med["total"] = round(sum(med.values()), 3)
         res = dict(requests=a.requests, blocks=a.blocks, hit=a.hit, upfront=runs[0]["upfront"], median_ms=med,
-                   python=sys.version.split()[0], torch=torch.__version__)
+                   cuda_calls={k: runs[-1][k] for k in COUNTS}, python=sys.version.split()[0], torch=torch.__version__)
         print(json.dumps(res))
         if a.out:
             with open(a.out, "w") as f:

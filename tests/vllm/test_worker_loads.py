@@ -233,3 +233,30 @@ def test_a_layer_hook_looks_the_current_stream_up_once(monkeypatch):
     assert all(worker_mod._wait_part(Part(), 1.0, streams) for _ in range(5))
     assert looked == [1] and waited == ["stream"] * 5
     assert worker_mod._wait_part(Part(), 1.0) and waited[-1] is None  # no cache: the part looks it up
+
+
+def test_planes_sharing_a_completion_are_waited_for_once(monkeypatch):
+    """A load's neighbouring planes share one completion (the GPU copier groups them): the model's
+    stream waits for it once, at the first layer that needs it, and every layer still waits for its own."""
+    store, keys, src, dst, worker = stored_and_worker(7, [b"s0"])
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: "stream")
+    waits = []
+
+    class Part:
+        def __init__(self, name):
+            self.name = name
+
+        def stream_wait(self, stream=None):
+            waits.append(self.name)
+
+    a, b = Part("a"), Part("b")  # planes 0-3 (layers 0 and 1, K and V) share a; planes 4-5 (layer 2) b
+    worker._layer_loads = [worker_mod._LayerLoad("r", None, {}, [], 0.0, planes=[[a]] * 4 + [[b]] * 2)]
+    names = list(dst)
+    worker.wait_for_layer_load(names[0])
+    assert waits == ["a"]
+    worker.wait_for_layer_load(names[1])
+    assert waits == ["a"]  # already waited for
+    worker.wait_for_layer_load(names[2])
+    assert waits == ["a", "b"]
+    worker._layer_loads = []
+    store.close()

@@ -48,6 +48,13 @@ MIN_RUN_BYTES = 256 << 10
 MAX_DIRECT_RUNS = 8
 
 
+#: a load's planes (one per layer in vLLM 0.26's FlashAttention layout) share one completion per this
+#: many: each completion is a driver command and an event, ~50 µs of the model's thread on an H200 host
+#: (``dram_bandwidth.py``'s launch times, 2026-11-28: 84 against 28 of them per GiB, 7.7 against 4.2 ms),
+#: and a layer then waits for the copies of a few layers after it too, which land long before the model
+#: reaches them (a layer's copy takes ~0.5 ms of link time at 16k tokens, its compute ~3 ms)
+LOAD_PLANES_PER_EVENT = 4
+
 #: dumps issued by a submitter thread (module docstring); ``UCM_DEFER_DUMPS=0``: on the caller's thread
 DEFER_DUMPS = env_switch("UCM_DEFER_DUMPS", True)
 
@@ -381,8 +388,8 @@ class CudaPlaneCopier:
         slots, rows, counts = (list(x) for x in zip(*plan.pairs))
         pools, users = [pc.pool for pc in planes], [pc.user for pc in planes]
         if to_pool:  # a dump's planes land together
-            return self._copy_runs(pools, users, slots, rows, counts) * len(planes)
-        return self._copy_runs(users, pools, rows, slots, counts, each=True)  # a load's one by one
+            return self._copy_runs(pools, users, slots, rows, counts)
+        return self._copy_runs(users, pools, rows, slots, counts, group=LOAD_PLANES_PER_EVENT)
 
     def _dma_in(self, ring: _Ring, rows: int, width: int, src: torch.Tensor, slot_runs) -> tuple[int, torch.Tensor]:
         """Slot runs of ``src`` (pool rows; ``slot_runs`` is ``RowPlan.run_cols``) into a staging
@@ -401,25 +408,28 @@ class CudaPlaneCopier:
         return landed
 
     def _copy_runs(self, dsts: list[torch.Tensor], srcs: list[torch.Tensor], dst_rows: list[int],
-                   src_rows: list[int], counts: list[int], each: bool = False) -> list[_Events]:
+                   src_rows: list[int], counts: list[int], group: int = 0) -> list[_Events]:
         """Rows ``srcs[j][src_rows[i]:+counts[i]]`` to ``dsts[j][dst_rows[i]:+counts[i]]`` for every plane
         j and run i, on the copy stream: one batched driver command per completion where the driver
-        has it (``batch_dma``), else a DMA per run. One completion for all planes, or with ``each``
-        one per plane, in plane order (a load's planes land one by one)."""
-        n = len(counts)
+        has it (``batch_dma``), else a DMA per run. Returns one completion per plane, in plane order:
+        with ``group`` k > 0 each k consecutive planes share one (a load's planes land a group at a
+        time), else all share one."""
+        n, planes = len(counts), len(dsts)
         batched = n > 0 and batch_dma.available()
-        if batched:  # every plane's descriptors at once, sliced per completion
+        if batched:  # every plane's descriptors at once, one range of them per completion
             d, s, size = batch_dma.descriptors(dsts, srcs, dst_rows, src_rows, counts)
-        done = []
+        step = group if group > 0 else max(1, planes)
+        done: list[_Events] = []
         with torch.cuda.stream(self.copy_stream):
-            for lo, hi in ([(j, j + 1) for j in range(len(dsts))] if each else [(0, len(dsts))]):
+            for lo in range(0, planes, step):
+                hi = min(lo + step, planes)
                 if batched:
                     batch_dma.copy(d, s, size, self.copy_stream.cuda_stream, lo=lo * n, hi=hi * n)
                 else:
                     for dst, src in zip(dsts[lo:hi], srcs[lo:hi]):
                         for i, j, c in zip(dst_rows, src_rows, counts):
                             dst[i:i + c].copy_(src[j:j + c], non_blocking=True)
-                done.append(_Events([_record(self.copy_stream)]))
+                done += [_Events([_record(self.copy_stream)])] * (hi - lo)
         return done
 
     def _load_rows(self, group: list[PlaneCopy], r, slot_runs, ring: _Ring) -> _Events:

@@ -115,13 +115,16 @@ class _LayerLoad:
     """A load feeding the running step (one or more requests: ``req_id`` names them all), waited
     for layer by layer. ``planes[j]``: the completions of plane j (None: wait for the whole task);
     ``read``: the store's BlockRead when layers are launched as the model reaches them."""
-    __slots__ = ("req_id", "task", "where", "staging", "t0", "planes", "read", "issued")
+    __slots__ = ("req_id", "task", "where", "staging", "t0", "planes", "read", "issued", "waited")
 
     def __init__(self, req_id: str, task: Any, where: dict, staging: list, t0: float,
                  planes: Optional[list] = None, read: Any = None):
         self.req_id, self.task, self.where, self.staging, self.t0 = req_id, task, where, staging, t0
         self.planes, self.read = planes, read
         self.issued = 0  # layers whose copies are launched (``read`` only)
+        # completions the model's stream already waits for: neighbouring planes share one (the task
+        # keeps them alive, so their ids stay theirs until the load ends)
+        self.waited: set[int] = set()
 
 
 def _lookahead(index: int, issued: int) -> int:
@@ -353,7 +356,11 @@ class UcmWorker:
                 continue
             for j in planes:
                 for part in ld.planes[j]:
-                    if not _wait_part(part, timeout, streams):
+                    if id(part) in ld.waited:
+                        continue
+                    if _wait_part(part, timeout, streams):
+                        ld.waited.add(id(part))
+                    else:
                         log.error("ucm: layer %s of request %s not loaded after %.0f s", layer_name, ld.req_id, timeout)
                 ld.planes[j] = []  # waited: finish_layer_loads need not wait for them again
 
