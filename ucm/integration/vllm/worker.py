@@ -114,10 +114,11 @@ def _decrement(counts: dict, key) -> None:
 class _LayerLoad:
     """A load feeding the running step (one or more requests: ``req_id`` names them all), waited
     for layer by layer. ``planes[j]``: the completions of plane j (None: wait for the whole task);
-    ``read``: the store's BlockRead when layers are launched as the model reaches them."""
+    ``read``: the store's BlockRead when layers are launched as the model reaches them; ``where``:
+    which vLLM blocks each key loads into (see ``_block_map``)."""
     __slots__ = ("req_id", "task", "where", "staging", "t0", "planes", "read", "issued", "waited")
 
-    def __init__(self, req_id: str, task: Any, where: dict, staging: list, t0: float,
+    def __init__(self, req_id: str, task: Any, where: Any, staging: list, t0: float,
                  planes: Optional[list] = None, read: Any = None):
         self.req_id, self.task, self.where, self.staging, self.t0 = req_id, task, where, staging, t0
         self.planes, self.read = planes, read
@@ -125,6 +126,17 @@ class _LayerLoad:
         # completions the model's stream already waits for: neighbouring planes share one (the task
         # keeps them alive, so their ids stay theirs until the load ends)
         self.waited: set[int] = set()
+
+
+def _block_map(where: Any) -> dict:
+    """{key: the vLLM block ids it loads into}, given as such or as a load's (keys, rows) lists (the
+    map is then made here, on a failure only: 1,000 entries a 16k-token hit, on the model's thread)."""
+    if isinstance(where, dict):
+        return where
+    out: dict = {}
+    for key, b in zip(*where):
+        out.setdefault(key, []).append(b)
+    return out
 
 
 def _lookahead(index: int, issued: int) -> int:
@@ -292,16 +304,15 @@ class UcmWorker:
         """One load for every layer-wise request of the step: its plan issues layer 0 of all of them,
         then layer 1, ... (the step's attention of layer l needs layer l of every request; one call
         per request would queue request 2's layer 0 behind all of request 1's layers)."""
-        keys, rows, where = [], [], {}
+        keys, rows = [], []
         for spec in specs:
             mine = self.keys.rank_keys(spec.block_hashes, self.rank)
             keys += mine
             rows += spec.block_ids
-            for key, b in zip(mine, spec.block_ids):
-                where.setdefault(key, []).append(b)
-            n = len(set(mine))
+            n = len(mine)  # a request's block keys are distinct (each hashes its parent's)
             self.stats.add(loaded_blocks=n, loaded_bytes=n * self.block_bytes, layerwise_blocks=n)
         name, t0 = ",".join(s.req_id for s in specs), time.perf_counter()
+        where = (keys, rows)  # made a {key: block ids} map only if a block fails (_block_map)
         br = None if upfront else self.store.open_blocks(keys, rows)
         if br is not None and br.plan is not None:
             # layer 0 now, the others as the model reaches them (_lookahead): launching all 28 up
@@ -396,8 +407,9 @@ class UcmWorker:
                 self._wait_whole(ld, timeout)
             ld.task.done()  # releases the blocks now if the copies are done (else the store reaps it later)
             if ld.task.failed:
+                where = _block_map(ld.where)
                 for key in ld.task.failed:
-                    self._failed_block_ids.update(ld.where.get(key, ()))
+                    self._failed_block_ids.update(where.get(key, ()))
                 self.stats.add(load_failed_blocks=len(ld.task.failed))
             self.stats.add(load_seconds=time.perf_counter() - ld.t0)
 
