@@ -156,8 +156,6 @@ class Setup:
     def step(self) -> dict:
         """One step of every request's prompt (new request ids, so nothing is cached in the scheduler),
         timed per hook group (ms)."""
-        from ucm.integration.vllm.metadata import UcmConnectorMetadata  # noqa: F401 (the worker's type)
-
         self.passes += 1
         COUNTS.update(dma_commands=0, events=0)
         blocks, hit = self.blocks, self.hit_blocks
