@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ucm.tiers import OK, base, create_store
-from tests.tiers.test_planes import BLOCK, LAYERS, ROW, kv_cache
+from tests.tiers.test_planes import BLOCK, LAYERS, kv_cache
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 31, 32, 33, 100, 1000, 5000])
@@ -92,6 +92,18 @@ def test_a_bad_stage_head_in_the_environment_fails_with_its_name(monkeypatch):
         base._stage_head_bytes()
     monkeypatch.setenv("UCM_STAGE_HEAD_MIB", "64")
     assert base._stage_head_bytes() == 64 << 20
+
+
+@pytest.mark.parametrize("name, default", [("UCM_STAGE_HEAD_MIB", 128), ("UCM_LOAD_PLANES_PER_EVENT", 4)])
+def test_a_count_in_the_environment_is_a_positive_whole_number(monkeypatch, name, default):
+    monkeypatch.delenv(name, raising=False)
+    assert base.env_count(name, default) == default
+    for bad in ("lots", "0", "-2", "1.5"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=f"{name} must be a positive whole number"):
+            base.env_count(name, default)
+    monkeypatch.setenv(name, " 7 ")
+    assert base.env_count(name, default) == 7
 
 
 @pytest.mark.parametrize("name, default", [("UCM_DEFER_DUMPS", True), ("UCM_BATCH_DMA", True)])

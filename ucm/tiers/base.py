@@ -95,12 +95,18 @@ def env_switch(name: str, default: bool) -> bool:
     return raw == "1"
 
 
+def env_count(name: str, default: int) -> int:
+    """A positive whole number from the environment (A/B benchmarks), the default when unset;
+    anything else fails at import with the name and the fix."""
+    raw = os.environ.get(name, str(default)).strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {raw!r}: unset it for {default}")
+    return int(raw)
+
+
 def _stage_head_bytes() -> int:
     """128 MiB, or ``UCM_STAGE_HEAD_MIB`` (for A/B benchmarks: a huge value turns stages off)."""
-    raw = os.environ.get("UCM_STAGE_HEAD_MIB", "128")
-    if not raw.strip().isdigit() or int(raw) < 1:
-        raise ValueError(f"UCM_STAGE_HEAD_MIB must be a positive whole number of MiB, got {raw!r}: unset it for 128")
-    return int(raw) << 20
+    return env_count("UCM_STAGE_HEAD_MIB", 128) << 20
 
 
 STAGE_HEAD_BYTES = _stage_head_bytes()

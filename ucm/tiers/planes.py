@@ -38,7 +38,7 @@ from typing import Callable, Optional
 import torch
 
 from ucm.tiers import batch_dma
-from ucm.tiers.base import env_switch
+from ucm.tiers.base import env_count, env_switch
 from ucm.tiers.copy import _EventCompletion, _FutureCompletion, guarded
 
 #: below this many bytes per run of consecutive slots, per-run DMAs lose to one UVA kernel
@@ -52,8 +52,9 @@ MAX_DIRECT_RUNS = 8
 #: many: each completion is a driver command and an event, ~50 µs of the model's thread on an H200 host
 #: (``dram_bandwidth.py``'s launch times, 2026-11-28: 84 against 28 of them per GiB, 7.7 against 4.2 ms),
 #: and a layer then waits for the copies of a few layers after it too, which land long before the model
-#: reaches them (a layer's copy takes ~0.5 ms of link time at 16k tokens, its compute ~3 ms)
-LOAD_PLANES_PER_EVENT = 4
+#: reaches them (a layer's copy takes ~0.5 ms of link time at 16k tokens, its compute ~3 ms).
+#: ``UCM_LOAD_PLANES_PER_EVENT`` sets it (A/B benchmarks; 1: a completion per plane, as before)
+LOAD_PLANES_PER_EVENT = env_count("UCM_LOAD_PLANES_PER_EVENT", 4)
 
 #: dumps issued by a submitter thread (module docstring); ``UCM_DEFER_DUMPS=0``: on the caller's thread
 DEFER_DUMPS = env_switch("UCM_DEFER_DUMPS", True)
