@@ -115,10 +115,10 @@ class _LayerLoad:
     """A load feeding the running step (one or more requests: ``req_id`` names them all), waited
     for layer by layer. ``planes[j]``: the completions of plane j (None: wait for the whole task);
     ``read``: the store's BlockRead when layers are launched as the model reaches them; ``where``:
-    which vLLM blocks each key loads into (see ``_block_map``)."""
+    the load's (keys, vLLM block ids) lists, made a map by ``_block_map`` only if a block fails."""
     __slots__ = ("req_id", "task", "where", "staging", "t0", "planes", "read", "issued", "waited")
 
-    def __init__(self, req_id: str, task: Any, where: Any, staging: list, t0: float,
+    def __init__(self, req_id: str, task: Any, where: tuple[list, list], staging: list, t0: float,
                  planes: Optional[list] = None, read: Any = None):
         self.req_id, self.task, self.where, self.staging, self.t0 = req_id, task, where, staging, t0
         self.planes, self.read = planes, read
@@ -128,13 +128,11 @@ class _LayerLoad:
         self.waited: set[int] = set()
 
 
-def _block_map(where: Any) -> dict:
-    """{key: the vLLM block ids it loads into}, given as such or as a load's (keys, rows) lists (the
-    map is then made here, on a failure only: 1,000 entries a 16k-token hit, on the model's thread)."""
-    if isinstance(where, dict):
-        return where
+def _block_map(keys: list, rows: list) -> dict:
+    """{key: the vLLM block ids it loads into} (a layer-wise load makes it on a failure only: 1,000
+    entries a 16k-token hit, on the model's thread)."""
     out: dict = {}
-    for key, b in zip(*where):
+    for key, b in zip(keys, rows):
         out.setdefault(key, []).append(b)
     return out
 
@@ -272,13 +270,10 @@ class UcmWorker:
         if batch:
             self._start_layer_loads(batch, upfront=meta.upfront)
         for spec in others:
-            ids, offs, dsts, staging, keys = [], [], [], [], []
-            where: dict[bytes, list[int]] = {}
-            for key, b in zip(self.keys.rank_keys(spec.block_hashes, self.rank), spec.block_ids):
-                keys.append(key)
-                where.setdefault(key, []).append(b)
-                if self._planes is not None:
-                    continue
+            ids, offs, dsts, staging = [], [], [], []
+            keys, rows = self.keys.rank_keys(spec.block_hashes, self.rank), list(spec.block_ids)
+            where = _block_map(keys, rows)
+            for key, b in zip(keys, rows) if self._planes is None else ():  # pieces: no row views
                 for layer in self.layers.values():
                     for view, po in zip(compat.block_views(layer.kv, self.num_blocks, b), layer.piece_offsets):
                         dst = view if view.is_contiguous() else torch.empty_like(
@@ -289,11 +284,11 @@ class UcmWorker:
                         offs.append(layer.offset + po)
                         dsts.append(dst)
             if self._planes is not None:
-                task = self.store.load_blocks(keys, self._planes, list(spec.block_ids))
+                task = self.store.load_blocks(keys, self._planes, rows)
             else:
                 task = self.store.load(ids, offs, dsts)
             if spec.layerwise:
-                self._layer_loads.append(_LayerLoad(spec.req_id, task, where, staging, time.perf_counter()))
+                self._layer_loads.append(_LayerLoad(spec.req_id, task, (keys, rows), staging, time.perf_counter()))
                 self.store.unpin(spec.req_id)  # the load itself now keeps its blocks resident
             else:
                 self._loading[spec.req_id] = (task, where, staging, time.perf_counter())
@@ -312,13 +307,12 @@ class UcmWorker:
             n = len(mine)  # a request's block keys are distinct (each hashes its parent's)
             self.stats.add(loaded_blocks=n, loaded_bytes=n * self.block_bytes, layerwise_blocks=n)
         name, t0 = ",".join(s.req_id for s in specs), time.perf_counter()
-        where = (keys, rows)  # made a {key: block ids} map only if a block fails (_block_map)
         br = None if upfront else self.store.open_blocks(keys, rows)
         if br is not None and br.plan is not None:
             # layer 0 now, the others as the model reaches them (_lookahead): launching all 28 up
             # front kept the forward's first kernel waiting for the CPU (~3 ms at 16k, ~20 ms at 4 x 16k),
             # which costs a step that has tokens to compute
-            ld = _LayerLoad(name, br.task, where, [], t0, planes=[[] for _ in self._planes], read=br)
+            ld = _LayerLoad(name, br.task, (keys, rows), [], t0, planes=[[] for _ in self._planes], read=br)
             self._issue_layers(ld, 1)
         else:
             # a load-bound step (meta.upfront: little to compute) launches every layer now, in
@@ -327,7 +321,8 @@ class UcmWorker:
             # without a per-layer read
             task = self.store.load_blocks(keys, self._planes, rows)
             planes = getattr(task, "planes", None)  # copied: the waits empty ld.planes plane by plane
-            ld = _LayerLoad(name, task, where, [], t0, planes=None if planes is None else [list(p) for p in planes])
+            ld = _LayerLoad(name, task, (keys, rows), [], t0,
+                            planes=None if planes is None else [list(p) for p in planes])
         self._layer_loads.append(ld)
         for spec in specs:
             self.store.unpin(spec.req_id)  # the load itself now keeps its blocks resident
@@ -407,7 +402,7 @@ class UcmWorker:
                 self._wait_whole(ld, timeout)
             ld.task.done()  # releases the blocks now if the copies are done (else the store reaps it later)
             if ld.task.failed:
-                where = _block_map(ld.where)
+                where = _block_map(*ld.where)
                 for key in ld.task.failed:
                     self._failed_block_ids.update(where.get(key, ()))
                 self.stats.add(load_failed_blocks=len(ld.task.failed))
