@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ucm.integration.vllm.compat import KVConnectorMetadata, KVConnectorWorkerMetadata
 
@@ -54,8 +55,11 @@ class UcmWorkerMetadata(KVConnectorWorkerMetadata):
 
     def aggregate(self, other: "KVConnectorWorkerMetadata") -> "UcmWorkerMetadata":
         merged = UcmWorkerMetadata(dict(self.done_upto), dict(self.ran))
-        for mine, theirs in ((merged.done_upto, getattr(other, "done_upto", {})),
-                             (merged.ran, getattr(other, "ran", None) or {})):
-            for rank, seq in theirs.items():
-                mine[rank] = max(mine.get(rank, 0), seq)
+        merged.merge_into(other)
         return merged
+
+    def merge_into(self, other: Any) -> None:
+        """Take the later step per rank from ``other`` (worker metadata, or None), in place."""
+        for mine, field_name in ((self.done_upto, "done_upto"), (self.ran, "ran")):
+            for rank, seq in (getattr(other, field_name, None) or {}).items():
+                mine[rank] = max(mine.get(rank, 0), seq)

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ucm.integration.vllm.keys import KeyMaker, RequestKeys
-from ucm.integration.vllm.metadata import DumpSpec, LoadSpec, UcmConnectorMetadata
+from ucm.integration.vllm.metadata import DumpSpec, LoadSpec, UcmConnectorMetadata, UcmWorkerMetadata
 from ucm.integration.vllm.stats import UcmConnectorStats
 
 log = logging.getLogger("ucm")
@@ -98,7 +98,6 @@ class UcmScheduler:
         self.step_loaded_blocks = 0  # blocks those hits load
         self.in_turn_tokens = in_turn_tokens  # 0: off
         self.filled: tuple[int, float] = (0, 0.0)  # (step, when planned) of the last short step whose hits filled step_tokens
-        self.ran: dict[int, int] = {}  # TP rank -> the last step it ran (in_turn_tokens)
         self.pinned: set[str] = set()  # requests holding pins whose load is not planned yet
         self.keys = keys
         self.block_size = block_size
@@ -107,7 +106,10 @@ class UcmScheduler:
         # req id -> step of its last planned dump (since it started or was last preempted)
         self.last_dump: dict[str, int] = {}
         self.seq = 0  # steps planned (build_connector_meta calls)
-        self.done_upto: dict[int, int] = {}  # TP rank -> every dump of steps <= this is done
+        # what the workers reported, per TP rank: every dump of steps <= done_upto is done; the last
+        # step it ran (in_turn_tokens)
+        self.reported = UcmWorkerMetadata()
+        self.done_upto, self.ran = self.reported.done_upto, self.reported.ran
         self.delayed: list[str] = []  # finished, blocks kept until the worker reports them
         self.stats = UcmConnectorStats()
         self.shrunk_warnings = 0
@@ -243,11 +245,7 @@ class UcmScheduler:
         return delay, None
 
     def update_connector_output(self, output: Any) -> None:
-        meta = getattr(output, "kv_connector_worker_meta", None)
-        for rank, seq in getattr(meta, "done_upto", {}).items():
-            self.done_upto[rank] = max(self.done_upto.get(rank, 0), seq)
-        for rank, seq in (getattr(meta, "ran", None) or {}).items():
-            self.ran[rank] = max(self.ran.get(rank, 0), seq)
+        self.reported.merge_into(getattr(output, "kv_connector_worker_meta", None))
 
     def confirmed(self) -> int:
         """The step up to which every rank reported all dumps done."""
