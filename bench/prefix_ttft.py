@@ -391,12 +391,8 @@ class Bench:
         """Per engine.step() call, where its time goes (bench/step_phases.py); in-process engine only."""
         if self.core is None:
             return None
+        from step_phases import StepPhases  # bench/, as prefix_ttft_report (this script's folder)
         from vllm.distributed.kv_transfer import kv_transfer_state
-
-        here = os.path.dirname(os.path.abspath(__file__))
-        if here not in sys.path:
-            sys.path.insert(0, here)
-        from step_phases import StepPhases
 
         return StepPhases(self.core, getattr(kv_transfer_state, "_KV_CONNECTOR_AGENT", None))
 

@@ -63,7 +63,7 @@ def cell_passes(cell: dict) -> dict:
         if launch and all(x is not None for x in launch):
             s["launch_ms"] = [round(med(col), 1) for col in zip(*launch)]
             phases = [first_output_phases(r["steps"], r["phases"]) for r in reps if r.get("phases")]
-            if phases and len(phases) == len(reps):  # {phase: ms} of the launch call, then of the output call
+            if len(phases) == len(reps):  # {phase: ms} of the launch call, then of the output call
                 s["launch_phases"] = [{k: round(med([p[j].get(k, 0.0) for p in phases]), 1) for k in PHASES}
                                       for j in (0, 1)]
         for src in ("ucm", "native"):
@@ -73,21 +73,26 @@ def cell_passes(cell: dict) -> dict:
     return out
 
 
+def _first_output_call(steps: list):
+    """Index of the engine.step() call that returned the first token, if a separate call launched its
+    step (the one before it, which returned none); else None (synchronous scheduling)."""
+    i = next((k for k, (_, done) in enumerate(steps) if done), None)
+    return None if not i or steps[i - 1][1] else i
+
+
 def first_output_calls(steps: list):
     """(ms of the engine.step() call that launched the step giving the first token, ms of the call that
     returned that token), from a pass's [ms, requests finished] per call; None without a separate launch
     call (synchronous scheduling). With vLLM's async scheduling a step's output comes back only from a
     later call, once the next step is launched (if any is ready): a slow launch delays every first token."""
-    i = next((k for k, (_, done) in enumerate(steps) if done), None)
-    if not i or steps[i - 1][1]:
-        return None
-    return steps[i - 1][0], steps[i][0]
+    i = _first_output_call(steps)
+    return None if i is None else (steps[i - 1][0], steps[i][0])
 
 
 def first_output_phases(steps: list, phases: list):
-    """The {phase: ms} of the two calls ``first_output_calls`` names (bench/step_phases.py)."""
-    i = next(k for k, (_, done) in enumerate(steps) if done)
-    return phases[i - 1], phases[i]
+    """The {phase: ms} of the two calls ``first_output_calls`` names (bench/step_phases.py), or None."""
+    i = _first_output_call(steps)
+    return None if i is None else (phases[i - 1], phases[i])
 
 
 def merge(parts: dict) -> tuple[list, list]:

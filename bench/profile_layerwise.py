@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import prefix_ttft  # noqa: E402
-from prefix_ttft_report import first_output_calls, first_output_phases  # noqa: E402
+from prefix_ttft_report import first_output_phases  # noqa: E402
 from trace_summary import blocking_calls, save_trace, stream_summary  # noqa: E402
 
 CPU = collections.defaultdict(lambda: [0, 0.0])  # name -> [calls, seconds]
@@ -182,8 +182,8 @@ def main() -> None:
                                      for r in reps],
                         # per pass and repetition: the first token's launch and output calls by phase
                         # (bench/step_phases.py; async scheduling only: else no separate launch call)
-                        launch_phases={k: [first_output_phases(r[k]["steps"], r[k]["phases"]) for r in reps
-                                           if first_output_calls(r[k].get("steps") or []) and r[k].get("phases")]
+                        launch_phases={k: [p for r in reps if r[k].get("phases")
+                                           for p in [first_output_phases(r[k]["steps"], r[k]["phases"])] if p]
                                        for k in reps[0]})
             # one more 100 % and 80 % pass each under the profilers (CUDA streams; Python functions)
             A = b.fresh(c, L)

@@ -131,9 +131,10 @@ def _stand_in_copier(monkeypatch, batched: bool):
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "run-by-run"])
 def test_the_copiers_direct_path_moves_every_run_of_every_plane(monkeypatch, batched):
-    """CudaPlaneCopier._direct (dumps: one completion for all planes; loads: one per plane) on CPU
-    tensors, with stand-ins for the stream, the event and the driver's batch call: the bytes land
-    where the plan says, batched or run by run, and a batched load issues one command per plane."""
+    """CudaPlaneCopier._direct (dumps: one completion for all planes; loads: one per group of
+    LOAD_PLANES_PER_EVENT planes) on CPU tensors, with stand-ins for the stream, the event and the
+    driver's batch call: the bytes land where the plan says, batched or run by run, and a batched load
+    issues one command per group."""
     from ucm.tiers import planes as P
 
     copier, calls = _stand_in_copier(monkeypatch, batched)
