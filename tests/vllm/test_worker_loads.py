@@ -260,3 +260,28 @@ def test_planes_sharing_a_completion_are_waited_for_once(monkeypatch):
     assert waits == ["a", "b"]
     worker._layer_loads = []
     store.close()
+
+
+def test_the_forward_end_waits_once_for_a_completion_the_model_waited_for(monkeypatch):
+    """A plane whose layer the model did not announce is waited for at the forward's end, unless its
+    completion (shared with an announced plane) was waited for already."""
+    import types
+
+    store, keys, src, dst, worker = stored_and_worker(8, [b"t0"])
+    waits = []
+
+    class Part:
+        def __init__(self, name):
+            self.name = name
+
+        def stream_wait(self, stream=None):
+            waits.append(self.name)
+
+    a, b = Part("a"), Part("b")
+    task = types.SimpleNamespace(done=lambda: True, failed={})
+    worker._layer_loads = [worker_mod._LayerLoad("r", task, ([], []), [], 0.0, planes=[[a]] * 4 + [[b]] * 2)]
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *x: "stream")
+    worker.wait_for_layer_load(list(dst)[0])  # layer 1 (planes 2, 3: a) and layer 2 (b) not announced
+    worker.finish_layer_loads()
+    assert waits == ["a", "b"]
+    store.close()

@@ -395,9 +395,12 @@ class UcmWorker:
         for ld in loads:
             if ld.read is not None:
                 self._issue_layers(ld, len(self._layer_order))
+            streams: list = []
             for parts in ld.planes or [[ld.task]]:
                 for part in parts:
-                    _wait_part(part, timeout)
+                    if id(part) not in ld.waited:  # a completion shared with a plane the model waited for
+                        ld.waited.add(id(part))
+                        _wait_part(part, timeout, streams)
             if ld.staging:
                 self._wait_whole(ld, timeout)
             ld.task.done()  # releases the blocks now if the copies are done (else the store reaps it later)
