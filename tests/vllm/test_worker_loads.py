@@ -235,10 +235,12 @@ def test_a_layer_hook_looks_the_current_stream_up_once(monkeypatch):
     assert worker_mod._wait_part(Part(), 1.0) and waited[-1] is None  # no cache: the part looks it up
 
 
-def test_planes_sharing_a_completion_are_waited_for_once(monkeypatch):
-    """A load's neighbouring planes share one completion (the GPU copier groups them): the model's
-    stream waits for it once, at the first layer that needs it, and every layer still waits for its own."""
-    store, keys, src, dst, worker = stored_and_worker(7, [b"s0"])
+def _worker_with_shared_completions(monkeypatch, seed):
+    """A worker whose one layer-wise load has planes 0-3 (layers 0 and 1) sharing completion "a" and
+    planes 4-5 (layer 2) sharing "b", as the GPU copier groups them; every stream wait is logged."""
+    import types
+
+    store, keys, src, dst, worker = stored_and_worker(seed, [b"s%d" % seed])
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: "stream")
     waits = []
 
@@ -249,9 +251,16 @@ def test_planes_sharing_a_completion_are_waited_for_once(monkeypatch):
         def stream_wait(self, stream=None):
             waits.append(self.name)
 
-    a, b = Part("a"), Part("b")  # planes 0-3 (layers 0 and 1, K and V) share a; planes 4-5 (layer 2) b
-    worker._layer_loads = [worker_mod._LayerLoad("r", None, {}, [], 0.0, planes=[[a]] * 4 + [[b]] * 2)]
-    names = list(dst)
+    a, b = Part("a"), Part("b")
+    task = types.SimpleNamespace(done=lambda: True, failed={})
+    worker._layer_loads = [worker_mod._LayerLoad("r", task, ([], []), [], 0.0, planes=[[a]] * 4 + [[b]] * 2)]
+    return store, list(dst), worker, waits
+
+
+def test_planes_sharing_a_completion_are_waited_for_once(monkeypatch):
+    """A load's neighbouring planes share one completion (the GPU copier groups them): the model's
+    stream waits for it once, at the first layer that needs it, and every layer still waits for its own."""
+    store, names, worker, waits = _worker_with_shared_completions(monkeypatch, 7)
     worker.wait_for_layer_load(names[0])
     assert waits == ["a"]
     worker.wait_for_layer_load(names[1])
@@ -265,23 +274,8 @@ def test_planes_sharing_a_completion_are_waited_for_once(monkeypatch):
 def test_the_forward_end_waits_once_for_a_completion_the_model_waited_for(monkeypatch):
     """A plane whose layer the model did not announce is waited for at the forward's end, unless its
     completion (shared with an announced plane) was waited for already."""
-    import types
-
-    store, keys, src, dst, worker = stored_and_worker(8, [b"t0"])
-    waits = []
-
-    class Part:
-        def __init__(self, name):
-            self.name = name
-
-        def stream_wait(self, stream=None):
-            waits.append(self.name)
-
-    a, b = Part("a"), Part("b")
-    task = types.SimpleNamespace(done=lambda: True, failed={})
-    worker._layer_loads = [worker_mod._LayerLoad("r", task, ([], []), [], 0.0, planes=[[a]] * 4 + [[b]] * 2)]
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *x: "stream")
-    worker.wait_for_layer_load(list(dst)[0])  # layer 1 (planes 2, 3: a) and layer 2 (b) not announced
+    store, names, worker, waits = _worker_with_shared_completions(monkeypatch, 8)
+    worker.wait_for_layer_load(names[0])  # layer 1 (planes 2, 3: a) and layer 2 (b) not announced
     worker.finish_layer_loads()
     assert waits == ["a", "b"]
     store.close()
