@@ -75,6 +75,9 @@ def parse_args(argv=None):
     ap.add_argument("--ucm-admission", default="always",
                     help="admission of both ucm modes (a conf/admission/ name; reuse: a block is stored on its "
                          "second sighting, the simulator's conversation trace stores 4.7 x fewer bytes for 0.76 x the hits)")
+    ap.add_argument("--ucm-extra", type=json.loads, default={},
+                    help='more kv_connector_extra_config of both ucm modes, a JSON object, e.g. '
+                         '\'{"ucm_layerwise_step_tokens": 3072, "ucm_layerwise_in_turn_tokens": 0}\'')
     ap.add_argument("--cpu-gib", type=float, default=None,
                     help="DRAM of native offloading and ucm; default 1/4 of the working set's KV bytes")
     ap.add_argument("--ws-fraction", type=float, default=0.25, help="the default --cpu-gib, x working set")
@@ -216,12 +219,13 @@ def summarize(records: list[dict], t_start: float = 0.0) -> dict:
     )
 
 
-def ucm_extra(policy: str, cap_bytes: int, admission: str = "always") -> dict:
+def ucm_extra(policy: str, cap_bytes: int, admission: str = "always", more: dict | None = None) -> dict:
     return {"ucm_config": "dram", "ucm_overrides": [f"eviction={policy}", f"admission={admission}",
-                                                    f"store.max_cache_size={cap_bytes}"]}
+                                                    f"store.max_cache_size={cap_bytes}"], **(more or {})}
 
 
-def transfer_config(mode: str, cap_bytes: int, best_policy: str, admission: str = "always"):
+def transfer_config(mode: str, cap_bytes: int, best_policy: str, admission: str = "always",
+                    more: dict | None = None):
     if mode == "full":
         return None
     if mode == "native":
@@ -229,7 +233,7 @@ def transfer_config(mode: str, cap_bytes: int, best_policy: str, admission: str 
                     kv_connector_extra_config={"cpu_bytes_to_use": cap_bytes})
     policy = "lru" if mode == "ucm_lru" else best_policy
     return dict(kv_connector="UnifiedCacheConnectorV1", kv_connector_module_path=UCM_MODULE, kv_role="kv_both",
-                kv_connector_extra_config=ucm_extra(policy, cap_bytes, admission))
+                kv_connector_extra_config=ucm_extra(policy, cap_bytes, admission, more))
 
 
 def part_path(out: str, mode: str) -> str:
@@ -243,7 +247,7 @@ def _base_mode(mode: str) -> str:
 
 class ReplayBench(prefix_ttft.Bench):
     def __init__(self, a, mode: str, cuda: bool, cap_bytes: int):
-        ktc = transfer_config(mode, cap_bytes, a.best_policy, a.ucm_admission)
+        ktc = transfer_config(mode, cap_bytes, a.best_policy, a.ucm_admission, a.ucm_extra)
         extra = {} if a.num_gpu_blocks is None else {"num_gpu_blocks_override": a.num_gpu_blocks}
         super().__init__(a, _base_mode(mode), cuda, ktc=ktc, engine_kw=extra)
         self.mode = mode
