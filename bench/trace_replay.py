@@ -27,7 +27,9 @@ every mode, so vLLM's own KV cache is the HBM tier), the engine core in this pro
 x KV bytes per token). The loop enqueues each request once its arrival time has passed, steps the
 engine and reads first-token times from the in-process scheduler (num_output_tokens >= 1).
 Per mode: requests/s (completed / makespan), TTFT p50/p90/p99, mean prefix-cache hit tokens
-(num_cached_tokens), ucm counters (hit tokens, loaded bytes, evictions). Writes
+(num_cached_tokens), ucm counters (hit tokens, loaded bytes, evictions), engine steps split into
+prefill and decode-only ones (count, p50/p90 ms, total s: where a connector's per-step cost shows) and
+vLLM's preemptions; the merged table also pairs each mode's TTFT with full compute request by request. Writes
 trace_replay_part_<mode>.json, then trace_replay_<gpu>_<date>.json/.md/.png (see bench/README.md).
 """
 from __future__ import annotations
@@ -292,6 +294,7 @@ class ReplayBench(prefix_ttft.Bench):
             return i
 
         nxt, n, cut_off, steps, rids, aborted = 0, len(reqs), False, 0, [], 0
+        step_log, preempted = [], {}  # (seconds, prompt tokens computed) per step; req id -> preemptions
         bar = tqdm(total=n, desc=f"{self.mode}", unit="req", mininterval=2.0, file=sys.stdout)
         t0 = time.perf_counter()
         while True:
@@ -323,9 +326,12 @@ class ReplayBench(prefix_ttft.Bench):
                     break
                 time.sleep(max(0.0, min(0.05, reqs[nxt]["arrival"] - (time.perf_counter() - t0))))
                 continue
+            left_before = _prompt_left(sched)
+            t_step = time.perf_counter()
             outs = eng.step()
             steps += 1
             t = time.perf_counter() - t0
+            step_log.append((time.perf_counter() - t_step, left_before - _prompt_left(sched, preempted)))
             if waiting_first:
                 for rid, req in sched.requests.items():
                     i = int2i.get(rid)
@@ -349,7 +355,8 @@ class ReplayBench(prefix_ttft.Bench):
         bar.close()
         self.drain()
         res = summarize(recs)
-        res.update(steps=steps, cut_off=cut_off, enqueued=nxt, aborted=aborted)
+        res.update(steps=steps, cut_off=cut_off, enqueued=nxt, aborted=aborted, **step_summary(step_log),
+                   preemptions=sum(preempted.values()))
         c1 = self._counters()
         if c1:
             res["ucm"] = {k: c1[k] - c0.get(k, 0) for k in c1}
@@ -357,6 +364,30 @@ class ReplayBench(prefix_ttft.Bench):
             res["native"] = dict(self.native_xfer)
         return dict(summary=res, requests=[{k: (round(v, 5) if isinstance(v, float) else v) for k, v in x.items()}
                                            for x in recs])
+
+
+def _prompt_left(sched, preempted: dict | None = None) -> int:
+    """Prompt tokens the scheduler's requests have still to compute (a step's drop: its prefill
+    tokens, or fewer where a preempted request starts over); notes each request's preemptions."""
+    left = 0
+    for rid, r in sched.requests.items():
+        left += max(0, r.num_prompt_tokens - r.num_computed_tokens)
+        if preempted is not None and r.num_preemptions:
+            preempted[rid] = r.num_preemptions
+    return left
+
+
+def step_summary(step_log: list) -> dict:
+    """Engine steps split into those that computed prompt tokens and decode-only ones: count, median
+    and p90 ms, and the whole time in each (where a connector's per-step cost shows)."""
+    out = {}
+    for kind, sel in (("prefill", lambda tok: tok > 0), ("decode", lambda tok: tok <= 0)):
+        ms = sorted(1e3 * sec for sec, tok in step_log if sel(tok))
+        out[f"{kind}_steps"] = len(ms)
+        out[f"{kind}_step_p50_ms"] = round(ms[len(ms) // 2], 2) if ms else None
+        out[f"{kind}_step_p90_ms"] = round(ms[int(0.9 * (len(ms) - 1))], 2) if ms else None
+        out[f"{kind}_step_total_s"] = round(sum(ms) / 1e3, 3)
+    return out
 
 
 def run_worker(a, mode: str) -> None:
@@ -425,9 +456,11 @@ def run_modes(a) -> int:
 
 
 # ---- merge: json, md, png (no vLLM) ----------------------------------------------------------------------
+STEP_COLS = ("prefill_steps", "prefill_step_p50_ms", "prefill_step_p90_ms", "prefill_step_total_s", "decode_steps",
+             "decode_step_p50_ms", "decode_step_p90_ms", "decode_step_total_s", "preemptions")
 ROW_COLS = ("mode", "completed", "requests", "req_s", "prompt_tok_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
             "mean_cached_tokens", "cached_fraction", "ucm_hit_tokens", "ucm_loaded_bytes", "ucm_evictions",
-            "cut_off", "error")
+            "cut_off", "error") + STEP_COLS
 
 
 def load_parts(dirs: list[str]) -> dict:
@@ -540,6 +573,13 @@ def markdown(res: dict) -> str:
             _f(r["ttft_p50_s"]), _f(r["ttft_p90_s"]), _f(r["ttft_p99_s"]), _f(r["mean_cached_tokens"], 1),
             _f(r["cached_fraction"]), _f(r["ucm_hit_tokens"], 0), "n/a" if lb is None else f"{lb / 1e9:.3f}",
             _f(r["ucm_evictions"], 0), note]) + " |")
+    if any(r.get("prefill_steps") is not None for r in res["rows"]):
+        lines += ["", "Engine steps (`engine.step()` calls; prefill: the step computed prompt tokens) and vLLM "
+                  "preemptions:", "", "| mode | prefill steps | p50 ms | p90 ms | total s | decode steps | p50 ms | "
+                  "p90 ms | total s | preemptions |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in res["rows"]:
+            lines.append("| " + " | ".join([r["mode"]] + [_f(r.get(k), 3 if k.endswith("_s") else 1 if
+                                                              k.endswith("_ms") else 0) for k in STEP_COLS]) + " |")
     if res.get("paired"):
         ms = lambda x: "n/a" if x is None else f"{x * 1e3:+.1f}"  # noqa: E731
         lines += ["", "TTFT request by request against full compute (same arrivals; ms, + = slower):", "",

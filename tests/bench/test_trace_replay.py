@@ -193,3 +193,31 @@ def test_paired_compares_the_same_requests_and_splits_off_the_hits():
     u = tr.paired(parts)["ucm_lru"]
     assert u["median_s"] == pytest.approx(0.0) and u["mean_s"] == pytest.approx(0.06)
     assert u["rest_median_s"] == pytest.approx(0.0)
+
+
+def test_step_summary_splits_prefill_from_decode_steps():
+    log = [(0.010, 512), (0.030, 1024), (0.002, 0), (0.004, 0), (0.003, -32)]  # -32: a preempted request restarts
+    s = tr.step_summary(log)
+    assert (s["prefill_steps"], s["decode_steps"]) == (2, 3)
+    assert s["prefill_step_p50_ms"] == pytest.approx(30.0) and s["prefill_step_total_s"] == pytest.approx(0.04)
+    assert s["decode_step_p50_ms"] == pytest.approx(3.0) and s["decode_step_p90_ms"] == pytest.approx(3.0)
+    assert tr.step_summary([])["prefill_steps"] == 0 and tr.step_summary([])["decode_step_p50_ms"] is None
+
+
+def test_prompt_left_counts_uncomputed_prompt_tokens_and_preemptions():
+    req = lambda prompt, done, pre=0: argparse.Namespace(num_prompt_tokens=prompt, num_computed_tokens=done,  # noqa: E731
+                                                         num_preemptions=pre)
+    sched = argparse.Namespace(requests={"a": req(100, 40), "b": req(50, 60, 2), "c": req(10, 0, 1)})
+    seen = {}
+    assert tr._prompt_left(sched, seen) == 60 + 0 + 10
+    assert seen == {"b": 2, "c": 1}
+
+
+def test_report_has_the_step_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(tr, "plot", lambda res, path: None)
+    s = tr.summarize([dict(arrival=0.0, first=0.2, finish=0.4, prompt_len=10, max_tokens=2, cached=0)])
+    _part(str(tmp_path), "full", dict(s, **tr.step_summary([(0.05, 10), (0.01, 0)]), preemptions=3))
+    res = tr.report(str(tmp_path), [])
+    assert res["rows"][0]["preemptions"] == 3 and res["rows"][0]["prefill_steps"] == 1
+    md = (tmp_path / "trace_replay_h200_2026-11-28.md").read_text()
+    assert "| full | 1 | 50.0 | 50.0 | 0.050 | 1 | 10.0 | 10.0 | 0.010 | 3 |" in md
