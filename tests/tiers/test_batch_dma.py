@@ -85,8 +85,11 @@ def test_views_a_batch_cannot_take_are_refused():
 def test_dumps_and_loads_through_the_driver_batch_move_exact_bytes(monkeypatch, forward, batched):
     """The pool's direct path with UCM_BATCH_DMA on (the real cuMemcpyBatchAsync) and off (one
     PyTorch copy per run): dumped rows and loaded rows (layer by layer) equal the source."""
+    from ucm.tiers import planes as P
+
     monkeypatch.setattr(batch_dma, "ENABLED", batched)
     monkeypatch.setattr(batch_dma, "_missing", None)
+    monkeypatch.setattr(P, "SMALL_CALL_BYTES", 0)  # these calls are small: keep them on the paths named
     assert batch_dma.available() == batched, batch_dma._missing
     layers, n, row = 6, 300, 1024
     block = layers * row
@@ -182,3 +185,26 @@ def test_the_copiers_staging_dmas_move_every_slot_run(monkeypatch, batched):
     b, back = copier._dma_in(ring, 6, 16, pool, plan.run_cols)
     assert torch.equal(back, staging)
     assert [c[0] for c in calls] == ([3] if batched else [])
+
+
+def test_a_small_call_goes_direct_in_one_command_where_the_driver_batches(monkeypatch):
+    """A dump of a few scattered blocks (a decode step's) through CudaPlaneCopier._submit: with the
+    driver's batch call, one command for every plane and no kernels; a call above SMALL_CALL_BYTES, or
+    without the batch call, keeps the UVA-kernel path (stood in for here: it must not be reached)."""
+    from ucm.tiers import planes as P
+
+    copier, calls = _stand_in_copier(monkeypatch, True)
+    monkeypatch.setattr(copier, "_dump_plane", lambda *a: pytest.fail("small call took the kernel path"))
+    users = _planes(40, 64, 4, seed=5)
+    pools = [torch.zeros(50, 64, dtype=torch.uint8) for _ in range(4)]
+    planes = [P.PlaneCopy(u, p, p) for u, p in zip(users, pools)]  # pool_uva set: DMA-able planes
+    plan = P.RowPlan([7, 31, 2], [30, 4, 17])  # three blocks, neither slots nor rows consecutive
+    assert P.copier_path(plan, 64) == "uva-kernel" and P.copier_path(plan, 64, batched=True) == "direct"
+    done = copier._submit(planes, plan, True, lambda stream: None)
+    assert len(done) == 4 and calls == [(3 * 4, batch_dma.SRC_IN_STREAM_ORDER, 7, 0, 1)]
+    for u, p in zip(users, pools):
+        assert torch.equal(p[[7, 31, 2]], u[[30, 4, 17]])
+    monkeypatch.setattr(P, "SMALL_CALL_BYTES", 3 * 64 * 4 - 1)  # one byte short: not small any more
+    assert not P.takes_direct(plan, [64] * 4, batched=True)
+    monkeypatch.setattr(batch_dma, "ENABLED", False)
+    assert not P.takes_direct(P.RowPlan([7], [30]), [64], batch_dma.available())

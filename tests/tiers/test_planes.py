@@ -240,9 +240,12 @@ def test_row_groups_join_planes_that_tile_a_pool_plane():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the whole-row DMA path is CUDA-only")
 @pytest.mark.parametrize("planes", [1, LAYERS])
-def test_whole_row_dma_groups_round_trip_on_cuda(planes):
+def test_whole_row_dma_groups_round_trip_on_cuda(planes, monkeypatch):
     """Enough contiguous slots for the DMA path, with K and V of a layer sharing one pool plane:
-    the group path (one DMA of whole rows + a scatter per plane) must move the exact bytes."""
+    the group path (one DMA of whole rows + a scatter per plane) must move the exact bytes. (Its
+    calls are small: SMALL_CALL_BYTES 0 keeps them off the small calls' direct path.)"""
+    from ucm.tiers import planes as planes_mod
+    monkeypatch.setattr(planes_mod, "SMALL_CALL_BYTES", 0)
     n = 600  # 600 x 1 KiB rows per layer: runs well above MIN_RUN_BYTES
     with create_store("UcmDramStore", {"kv_block_size": BLOCK, "max_cache_size": (n + 8) * BLOCK,
                                        "planes": planes}) as store:
@@ -289,13 +292,16 @@ def test_open_blocks_reads_layer_by_layer_and_keeps_blocks_until_the_last(pool_s
 @pytest.mark.parametrize("shuffled,forward", [(False, False), (True, False), (False, True), (True, True)],
                          ids=["slot-runs", "fragmented", "slot-and-row-runs", "fragmented-forward"])
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy-forward"])
-def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward, busy):
+def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward, busy, monkeypatch):
     """More layers than staging buffers, each plane big enough for the DMA path: DMAs of one layer
     overlap the previous layer's kernel on the other stream; every byte must still land, both ways,
     through reserve/write and open/read as vLLM's connector calls them. Rows read back in order onto
     fresh slots take the direct path (one DMA per run, no staging); reversed or shuffled ones the
     staging ring. ``busy``: the caller's stream still runs a kernel (a forward) when the dumps are
-    submitted, so they go through the submitter thread and must wait for it."""
+    submitted, so they go through the submitter thread and must wait for it. (Its calls are small:
+    SMALL_CALL_BYTES 0 keeps them off the small calls' direct path.)"""
+    from ucm.tiers import planes as planes_mod
+    monkeypatch.setattr(planes_mod, "SMALL_CALL_BYTES", 0)
     layers, n = 12, 700  # 700 rows x 1 KiB a plane
     block = 2 * layers * ROW
     with create_store("UcmDramStore", {"kv_block_size": block, "max_cache_size": (n + 8) * block,
@@ -324,7 +330,6 @@ def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward, busy):
         expect = [t.index_select(0, rows_dev) for t in src]  # queued on the caller's stream too
         for layer in range(layers):
             store.write_planes(bw, [src[layer]], offset=layer * 2 * ROW)
-        from ucm.tiers import planes as planes_mod
         if busy and planes_mod.DEFER_DUMPS:
             assert store._cuda_dump._submitter is not None  # deferred: the forward was still running
         assert store.wait(bw.task) == OK
@@ -508,3 +513,38 @@ def test_landed_copy_events_are_not_queried_again():
 
     evs = _Events([Ev(), Ev()])
     assert evs.wait(1.0) and evs.wait(1.0) and evs.done() and Ev.queries == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the UVA kernel and the batched DMAs are CUDA-only")
+@pytest.mark.parametrize("small_direct", [True, False], ids=["small-call-direct", "uva-kernel"])
+def test_a_few_scattered_blocks_round_trip_on_cuda(small_direct, monkeypatch):
+    """A decode step's dump: a few blocks on scattered rows and slots, every layer in one call, then
+    loaded back layer by layer onto other scattered rows. Small calls go direct where the driver batches
+    DMAs (SMALL_CALL_BYTES), else through one UVA kernel a plane: the bytes are exact either way."""
+    from ucm.tiers import batch_dma
+    from ucm.tiers import planes as planes_mod
+    if small_direct and not batch_dma.available():
+        pytest.skip(f"no batched DMAs here: {batch_dma._missing}")
+    if not small_direct:
+        monkeypatch.setattr(planes_mod, "SMALL_CALL_BYTES", 0)
+    layers, n = 6, 3
+    block = 2 * layers * ROW
+    with create_store("UcmDramStore", {"kv_block_size": block, "max_cache_size": 64 * block,
+                                       "planes": layers}) as store:
+        import random
+        random.Random(3).shuffle(store._free)
+        g = torch.Generator().manual_seed(11)
+        src = [torch.randint(-100, 100, (80, ROW), dtype=torch.int16, generator=g).cuda() for _ in range(layers)]
+        rows, back = [61, 7, 33], [5, 70, 18]
+        ids = [f"s{r}" for r in rows]
+        plan_path = planes_mod.copier_path(planes_mod.RowPlan([0, 9, 4], rows), 2 * ROW, batch_dma.available())
+        assert plan_path == ("direct" if small_direct else "uva-kernel")
+        assert store.wait(store.dump_rows(ids, src, rows)) == OK
+        store.commit(ids)
+        dst = [torch.zeros_like(t) for t in src]
+        br = store.open_blocks(ids, back)
+        for layer in range(layers):
+            store.read_planes(br, [dst[layer]], offset=layer * 2 * ROW, last=layer == layers - 1)
+        assert store.wait(br.task) == OK
+        for s_, d in zip(src, dst):
+            assert torch.equal(d[back], s_[rows])

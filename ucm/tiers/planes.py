@@ -11,7 +11,8 @@ vLLM block) and ``pool_rows`` is a (slots, width) view of the pool. Instead of o
   staging and scatter it with one kernel; DMAs and kernels on two streams with two staging buffers
   in turn, so one plane's DMA overlaps its neighbour's kernel;
 - GPU <-> pinned pool, fragmented slots: one gather/scatter kernel that reads or writes the pinned
-  pool directly through unified virtual addressing;
+  pool directly through unified virtual addressing; a small call (``SMALL_CALL_BYTES``, e.g. a decode
+  step's few new blocks) goes direct instead where the driver batches DMAs: one command, no kernels;
 - GPU <-> device pool (HBM tier): one gather/scatter kernel.
 Each plane's completion is its own event, so a caller can wait for one layer while others copy.
 
@@ -47,6 +48,15 @@ MIN_RUN_BYTES = 256 << 10
 #: costs the CPU a launch, on the model's thread)
 MAX_DIRECT_RUNS = 8
 
+
+#: a call moving at most this many bytes (all its planes together) takes the direct path wherever the driver
+#: batches DMAs (``batch_dma``), however short its runs: one driver command for a dump's planes (a load's: one
+#: per ``LOAD_PLANES_PER_EVENT``), where the UVA-kernel path launches two kernels and records an event per
+#: plane. A stream of requests dumps a few scattered blocks in most decode steps (each request fills a
+#: block every 16 tokens): 1-3 rows of 28 planes, ~2 MB of the 7B model, 56-84 kernels on the model's (or the
+#: dump submitter's) thread per step. Short DMAs are slower on the link (~9 GB/s for 64 KiB ones, H100):
+#: at most ~0.5 ms for this many bytes.
+SMALL_CALL_BYTES = 4 << 20
 
 #: a load's planes (one per layer in vLLM 0.26's FlashAttention layout) share one completion per this
 #: many: each completion is a driver command and an event, ~50 µs of the model's thread on an H200 host
@@ -93,21 +103,24 @@ def dma_worthy(plan: "RowPlan", width: int, n_runs: int) -> bool:
     return width * len(plan) >= MIN_RUN_BYTES * n_runs
 
 
-def takes_direct(plan: "RowPlan", widths) -> bool:
+def takes_direct(plan: "RowPlan", widths, batched: bool = False) -> bool:
     """Whether a call goes straight between the caller's rows and the pool, a DMA per run where slot
     and row both go up by one (``plan.pairs``), instead of staging: a DMA per run of slots, then a
     gather or scatter kernel. Direct when its DMAs are long enough and at most MAX_DIRECT_RUNS more
     per plane than staging's: a prompt spread over many slot runs (a full pool's scattered LRU victims:
     a 16k prompt in 20-100 runs, bench/slot_fragmentation.py) but on consecutive vLLM rows costs the
-    same DMAs either way, and staging adds a kernel, an index upload and a wait between streams."""
+    same DMAs either way, and staging adds a kernel, an index upload and a wait between streams.
+    With ``batched`` (the driver batches DMAs) also any call of at most SMALL_CALL_BYTES."""
+    if batched and len(plan) * sum(widths) <= SMALL_CALL_BYTES:
+        return True
     return len(plan.pairs) <= len(plan.runs) + MAX_DIRECT_RUNS and all(
         dma_worthy(plan, w, len(plan.pairs)) for w in widths)
 
 
-def copier_path(plan: "RowPlan", width: int) -> str:
+def copier_path(plan: "RowPlan", width: int, batched: bool = False) -> str:
     """The path a GPU<->pinned call of one plane of ``width`` bytes a row takes: "direct", "staged"
     (DMAs by slot run + a kernel) or "uva-kernel" (one kernel through the link)."""
-    if takes_direct(plan, [width]):
+    if takes_direct(plan, [width], batched):
         return "direct"
     return "staged" if dma_worthy(plan, width, len(plan.runs)) else "uva-kernel"
 
@@ -354,7 +367,8 @@ class CudaPlaneCopier:
     def _submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool,
                 wait: Callable[[torch.cuda.Stream], None]) -> list[_Events]:
         """``wait(stream)`` makes ``stream`` wait for the caller's work before the copies."""
-        if all(pc.dma for pc in planes) and takes_direct(plan, [pc.user.shape[1] for pc in planes]):
+        if all(pc.dma for pc in planes) and takes_direct(plan, [pc.user.shape[1] for pc in planes],
+                                                         batch_dma.available()):
             return self._direct(planes, plan, to_pool, wait)
         wait(self.kernel_stream)
         fresh = (self.device.type, self.device.index) not in plan._index
