@@ -1,6 +1,7 @@
 """CPU time of ucm's connector hooks for one prefix-hit step, without a GPU or vLLM.
 
     python bench/hook_cpu.py --requests 4 --blocks 1000 --hit 1.0 [--profile]
+    python bench/hook_cpu.py --decode 32,2      # a decode step of 32 running requests, 2 filling a block
 
 Builds a DRAM store holding ``--requests`` prompts of ``--blocks`` blocks each (28 layers, K and V planes,
 as the 7B model of the GPU grid; its memory is never touched: the copies are stood in for), then
@@ -8,6 +9,9 @@ times one step the way vLLM drives it: the scheduler's lookups and pins, the all
 step's metadata, then the worker's ``start_load_kv``, every layer's ``wait_for_layer_load`` and
 ``save_kv_layer``, ``wait_for_save`` (the step's dumps) and ``finish_layer_loads``. ``--hit 1.0`` is a
 load-bound step (every layer launched before the forward), below it the layer-wise path.
+
+``--decode BATCH,DUMPS`` times a decode step of a stream instead (``DecodeSetup``): the step's metadata, the
+forward's hooks with the dumps of the blocks DUMPS requests fill (scattered vLLM rows), and the step's end.
 
 The GPU copier runs with CUDA stood in for: streams, events and the batched-DMA driver call are no-ops,
 so its Python work (plans, descriptors, one batched DMA and one event per plane and stage) is timed but
@@ -205,12 +209,75 @@ class Setup:
                     upfront=meta.upfront, **COUNTS)
 
 
+class DecodeSetup(Setup):
+    """Decode steps of a stream: ``batch`` running requests, ``dumps`` of which fill a block in each step
+    (a request fills one every 16 tokens, so a stream of staggered requests dumps a few blocks in most
+    steps; the A B B A decode benchmark's requests fill theirs together, once in 16 steps). Their vLLM
+    rows are scattered, as a busy engine's free blocks are."""
+
+    def __init__(self, batch: int, dumps: int, blocks: int = 64):
+        # the store and hooks, vLLM rows for every request (the one prompt Setup stores is not used)
+        super().__init__(1, max(4, batch * blocks // 2), 0.0)
+        import random
+        from ucm.integration.vllm.keys import RequestKeys
+
+        self.batch, self.dumps = batch, min(dumps, batch)
+        rng = random.Random(7)
+        rows = rng.sample(range(self.num_blocks), min(self.num_blocks, batch * blocks))
+        self.reqs = [_request(f"d{i}", 700 + i, blocks) for i in range(batch)]
+        for i, r in enumerate(self.reqs):  # as after their prompt's step: state kept, first block stored
+            self.sched.get_num_new_matched_tokens(r, 0)
+            st = self.sched.reqs[r.request_id]
+            st.keys = RequestKeys(r)
+            st.block_ids = rows[i * blocks:(i + 1) * blocks] or [i]
+            st.dumped_upto = 1
+        self.turn = 0
+
+    def step(self) -> dict:
+        COUNTS.update(dma_commands=0, events=0)
+        ids, computed, sched_tokens = [], [], {}
+        filling = {(self.turn + j) % self.batch for j in range(self.dumps)}
+        self.turn += self.dumps
+        for i, r in enumerate(self.reqs):
+            st = self.sched.reqs[r.request_id]
+            if st.dumped_upto + 1 >= len(st.block_ids):  # a request at its end starts over (new blocks)
+                st.dumped_upto = 1
+            full = st.dumped_upto + (1 if i in filling else 0)
+            ids.append(r.request_id)
+            computed.append(full * BLOCK_TOKENS - 1 if i in filling else st.dumped_upto * BLOCK_TOKENS + 3)
+            sched_tokens[r.request_id] = 1
+        cached = types.SimpleNamespace(req_ids=ids, new_block_ids=[None] * len(ids), num_computed_tokens=computed,
+                                       resumed_req_ids=set())
+        t = [time.perf_counter()]
+        meta = self.sched.build_connector_meta(types.SimpleNamespace(
+            scheduled_new_reqs=[], scheduled_cached_reqs=cached, num_scheduled_tokens=sched_tokens,
+            total_num_scheduled_tokens=len(ids), preempted_req_ids=()))
+        t.append(time.perf_counter())
+        w = self.worker
+        w.handle_preemptions(meta)
+        w.start_load_kv(meta)
+        for name in self.kv:
+            w.wait_for_layer_load(name)
+            w.save_kv_layer(meta, name)
+        w.wait_for_save(meta)
+        t.append(time.perf_counter())
+        w.finished_loads(), w.finished_dumps()
+        w.get_block_ids_with_load_errors()
+        self.sched.update_connector_output(types.SimpleNamespace(kv_connector_worker_meta=w.worker_meta()))
+        t.append(time.perf_counter())
+        ms = [1e3 * (b - a) for a, b in zip(t, t[1:])]
+        return dict(zip(("meta", "forward_hooks", "step_end"), ms), dumped=sum(len(d.block_ids) for d in meta.dumps),
+                    **COUNTS)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--blocks", type=int, default=1000, help="blocks a prompt (16 tokens each)")
     ap.add_argument("--hit", type=float, default=1.0, help="stored share of each prompt")
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--decode", metavar="BATCH,DUMPS", default=None,
+                    help="decode steps instead: BATCH running requests, DUMPS of them filling a block each step")
     ap.add_argument("--profile", action="store_true", help="also a cProfile of one more step (cumulative)")
     ap.add_argument("--out", default=None, help="write the medians as JSON here")
     a = ap.parse_args()
@@ -218,13 +285,20 @@ def main() -> None:
     stand_in_cuda(monkey)
     s = None
     try:
-        s = Setup(a.requests, a.blocks, a.hit)
+        if a.decode:
+            batch, dumps = (int(x) for x in a.decode.split(","))
+            s = DecodeSetup(batch, dumps)
+        else:
+            s = Setup(a.requests, a.blocks, a.hit)
         s.step()  # warm-up
         runs = [s.step() for _ in range(a.reps)]
-        med = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0] if k not in ("upfront", *COUNTS)}
+        skip = ("upfront", "dumped", *COUNTS)
+        med = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0] if k not in skip}
         med["total"] = round(sum(med.values()), 3)
-        res = dict(requests=a.requests, blocks=a.blocks, hit=a.hit, upfront=runs[0]["upfront"], median_ms=med,
-                   cuda_calls={k: runs[-1][k] for k in COUNTS}, python=sys.version.split()[0], torch=torch.__version__)
+        what = (dict(decode_batch=batch, dumps=dumps, dumped_blocks=runs[-1]["dumped"]) if a.decode else
+                dict(requests=a.requests, blocks=a.blocks, hit=a.hit, upfront=runs[0]["upfront"]))
+        res = dict(what, median_ms=med, cuda_calls={k: runs[-1][k] for k in COUNTS}, python=sys.version.split()[0],
+                   torch=torch.__version__)
         print(json.dumps(res))
         if a.out:
             with open(a.out, "w") as f:
