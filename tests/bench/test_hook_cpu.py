@@ -33,3 +33,21 @@ def test_a_hit_step_runs_the_gpu_copier_path_and_restores_cuda(requests, hit, up
         # the loads took the GPU copier's batched-DMA path: a command and an event per group of planes
         # (28 layers, 4 a group: 7 at least for the load; a staged dump records events of its own), each step
         assert r["events"] >= r["dma_commands"] >= hook_cpu.LAYERS // 4
+
+
+def test_a_decode_step_dumps_its_filled_blocks_in_one_command():
+    """--decode: D of B running requests fill a block each step; their scattered blocks are a small call,
+    dumped in one batched-DMA command with one event (not a kernel and an event per plane)."""
+    monkey: list = []
+    hook_cpu.stand_in_cuda(monkey)
+    s = None
+    try:
+        s = hook_cpu.DecodeSetup(8, 3, blocks=8)
+        got = [s.step() for _ in range(6)]  # requests reaching their last block start over
+    finally:
+        if s is not None:
+            s.close()
+        for obj, name, value in reversed(monkey):
+            setattr(obj, name, value)
+    for r in got:
+        assert r["dumped"] == 3 and (r["dma_commands"], r["events"]) == (1, 1)
