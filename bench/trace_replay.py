@@ -378,8 +378,9 @@ def _prompt_left(sched, preempted: dict | None = None) -> int:
 
 
 def step_summary(step_log: list) -> dict:
-    """Engine steps split into those that computed prompt tokens and decode-only ones: count, median
-    and p90 ms, and the whole time in each (where a connector's per-step cost shows)."""
+    """Engine steps split into those that took prompt tokens (vLLM counts them computed once scheduled:
+    with async scheduling, the step the call scheduled) and decode-only ones: count, median and p90 ms,
+    and the whole time in each (where a connector's per-step cost shows)."""
     out = {}
     for kind, sel in (("prefill", lambda tok: tok > 0), ("decode", lambda tok: tok <= 0)):
         ms = sorted(1e3 * sec for sec, tok in step_log if sel(tok))
