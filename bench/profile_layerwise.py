@@ -16,7 +16,9 @@ concurrency, times ``hbm``-free passes (fresh store pass, then the 80 % hit pass
   per-request latencies and engine step calls; and a cProfile of the Python functions of a pass alike
   (``<pass>_<L>_<c>.cprofile.txt``). On Python 3.12 (the GPU image) cProfile hooks every thread
   (sys.monitoring), so the dump submitter thread's waits show up inside the model thread's callers'
-  cumulative times: read own times there, and the wall-clock ``cpu_s`` per function for the rest.
+  cumulative times: read own times there, and the wall-clock ``cpu_s`` per function for the rest
+  (with the calling thread's CPU time beside it: wall far above it means the call waited, for the GIL
+  or in the driver).
 
 Writes ``profile_layerwise.json`` with all of it into --out. Not a benchmark: it slows the hooks a
 little to time them; compare its TTFTs only with each other.
@@ -38,7 +40,7 @@ import prefix_ttft  # noqa: E402
 from prefix_ttft_report import first_output_phases  # noqa: E402
 from trace_summary import blocking_calls, save_trace, stream_summary  # noqa: E402
 
-CPU = collections.defaultdict(lambda: [0, 0.0])  # name -> [calls, seconds]
+CPU = collections.defaultdict(lambda: [0, 0.0, 0.0])  # name -> [calls, wall seconds, the calling thread's CPU seconds]
 PATHS = collections.Counter()  # copier path -> plane groups
 RUNS = []  # runs per copier call
 
@@ -47,13 +49,16 @@ def _timed(owner, name: str, label: str) -> None:
     fn = getattr(owner, name)
 
     def wrapper(*args, **kw):
-        t0 = time.perf_counter()
+        # wall and the thread's own CPU time: a call whose wall time is far above its CPU time waited
+        # (for the GIL another thread held, or blocked in the driver), a slow core shows in both
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return fn(*args, **kw)
         finally:
             c = CPU[label]
             c[0] += 1
             c[1] += time.perf_counter() - t0
+            c[2] += time.thread_time() - c0
 
     setattr(owner, name, wrapper)
 
@@ -173,7 +178,8 @@ def main() -> None:
             CPU.clear(), PATHS.clear(), RUNS.clear()
             reps = [b.connector_cell(L, c) for _ in range(a.reps)]
             cell = dict(L=L, c=c, ttft={k: statistics.median(r[k]["mean_s"] for r in reps) for k in reps[0]},
-                        cpu_s={k: dict(calls=v[0], seconds=round(v[1], 5), per_rep_ms=round(1e3 * v[1] / a.reps, 3))
+                        cpu_s={k: dict(calls=v[0], seconds=round(v[1], 5), per_rep_ms=round(1e3 * v[1] / a.reps, 3),
+                                       thread_cpu_per_rep_ms=round(1e3 * v[2] / a.reps, 3))
                                for k, v in sorted(CPU.items())},
                         copier_paths=dict(PATHS),
                         load_calls=[r for r in RUNS if not r["to_pool"]][-8:],

@@ -35,7 +35,6 @@ trace_replay_part_<mode>.json, then trace_replay_<gpu>_<date>.json/.md/.png (see
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import json
 import math

@@ -527,7 +527,7 @@ def test_a_few_scattered_blocks_round_trip_on_cuda(small_direct, monkeypatch):
         pytest.skip(f"no batched DMAs here: {batch_dma._missing}")
     if not small_direct:
         monkeypatch.setattr(planes_mod, "SMALL_CALL_BYTES", 0)
-    layers, n = 6, 3
+    layers = 6
     block = 2 * layers * ROW
     with create_store("UcmDramStore", {"kv_block_size": block, "max_cache_size": 64 * block,
                                        "planes": layers}) as store:
