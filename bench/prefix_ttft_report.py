@@ -260,7 +260,7 @@ def phase_table(res: dict) -> list:
         return []
     return ["", "## The launch and output calls by phase (ms, median over repetitions; bench/step_phases.py: "
                 "sched.* are part of schedule, exec.* of execute, sample.post of sample; other is mostly "
-                "waiting for an earlier step's output)", "",
+                "waiting for an earlier step's output; cpu: the engine thread's own CPU time in the call)", "",
             "| input | c | mode | pass | call | " + " | ".join(PHASES) + " |",
             "|---:|---:|---|---|---|" + "---:|" * len(PHASES)] + L
 

@@ -19,6 +19,9 @@ This splits those calls into phases (inclusive times; an indented phase is part 
     ``get_block_ids_with_load_errors``
 - ``update``: ``Scheduler.update_from_output``
 - ``other``: the rest of the call, mostly waiting for an earlier step's output (the batch queue)
+- ``cpu`` (not a phase): the calling thread's own CPU time over the whole call. A call far longer than
+  its CPU time waited: for the GPU, for a driver call that blocks, or for the GIL another thread held;
+  a slow host core shows in both
 
 Wrappers are instance attributes (vLLM looks its hooks up on the objects at call time) and cost
 about a microsecond a call. Nothing here imports vLLM: it takes the engine core it is given.
@@ -36,7 +39,7 @@ PRE_HOOKS = ("handle_preemptions", "bind_connector_metadata")
 POST_HOOKS = ("wait_for_save", "get_finished", "get_block_ids_with_load_errors")
 #: the phases in report order
 PHASES = ("schedule", "sched.connector", "sched.alloc", "execute", "exec.to_load", "exec.preempt", "exec.load",
-          "exec.layers", "sample", "sample.post", "update", "other")
+          "exec.layers", "sample", "sample.post", "update", "other", "cpu")
 
 
 class StepPhases:
@@ -70,11 +73,13 @@ class StepPhases:
 
     def begin(self) -> None:
         self._acc, self._t0, self._exec_t0 = {}, time.perf_counter(), None
+        self._cpu0 = time.thread_time()
 
     def end(self) -> dict:
         total = 1e3 * (time.perf_counter() - self._t0)
         acc, self._acc = self._acc or {}, None
         acc["other"] = total - sum(acc.get(k, 0.0) for k in TOP)
+        acc["cpu"] = 1e3 * (time.thread_time() - self._cpu0)
         return {k: round(v, 3) for k, v in acc.items()}
 
     # ---- internals ----
