@@ -129,8 +129,8 @@ class Setup:
         tier.pool_uva = tier.pool  # stands in for the UVA alias: only addresses are read
         cop_dump, cop_load = fake_copier(), fake_copier()
 
-        def submit_planes(views, plan, to_pool, task, keys):
-            return (cop_dump if to_pool else cop_load).submit(views, plan, to_pool) if len(plan) else []
+        def submit_planes(views, plan, to_pool, task, keys, whole=False):
+            return (cop_dump if to_pool else cop_load).submit(views, plan, to_pool, whole=whole) if len(plan) else []
         tier._submit_planes = submit_planes
         self.engine = f"hookcpu-{os.getpid()}"
         stores.acquire(store_key(self.engine, 0), lambda: self.store)

@@ -23,7 +23,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from ucm.tiers import base, create_store
+from ucm.tiers import create_store
 from ucm.tiers.planes import copier_path
 
 BLOCK_TOKENS = 16
@@ -65,8 +65,8 @@ def main(argv=None) -> dict:
     gpu = VllmBlocks(a.gpu_blocks)
     calls: list = []
     real = store._submit_planes
-    store._submit_planes = lambda views, plan, to_pool, task, keys: (calls.append(plan) if len(plan) else None) or real(
-        views, plan, to_pool, task, keys)
+    store._submit_planes = lambda views, plan, to_pool, task, keys, whole=False: (
+        calls.append(plan) if len(plan) else None) or real(views, plan, to_pool, task, keys, whole)
     counter = [0]
 
     def prompt(n_blocks):

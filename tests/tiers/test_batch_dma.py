@@ -208,3 +208,45 @@ def test_a_small_call_goes_direct_in_one_command_where_the_driver_batches(monkey
     assert not P.takes_direct(plan, [64] * 4, batched=True)
     monkeypatch.setattr(batch_dma, "ENABLED", False)
     assert not P.takes_direct(P.RowPlan([7], [30]), [64], batch_dma.available())
+
+
+def test_a_whole_load_shares_one_completion_per_stage(monkeypatch):
+    """A load of every plane at once (``whole``: load_blocks, e.g. a 100 % hit's upfront load) issues one
+    command for all its planes (WHOLE_LOAD_PLANES_PER_EVENT), a layer-wise read one per
+    LOAD_PLANES_PER_EVENT planes; the bytes land either way."""
+    from ucm.tiers import planes as P
+
+    copier, calls = _stand_in_copier(monkeypatch, True)
+    users = _planes(40, 16, 6, seed=4)
+    pools = [torch.zeros(50, 16, dtype=torch.uint8) for _ in range(6)]
+    plan = P.RowPlan([3, 4, 5, 20], [10, 11, 12, 0])
+    for whole, commands in ((True, [6 * 2]), (False, [4 * 2, 2 * 2])):
+        monkeypatch.setattr(P, "LOAD_PLANES_PER_EVENT", 4)
+        back = [torch.zeros_like(u) for u in users]
+        calls.clear()
+        done = copier._direct([P.PlaneCopy(b, p, None) for b, p in zip(back, pools)], plan, False, lambda s: None,
+                              whole)
+        assert [c[0] for c in calls] == commands  # descriptors a command: planes x 2 pairs
+        assert len({id(d) for d in done}) == len(commands)
+        for b, p in zip(back, pools):
+            assert torch.equal(b[[10, 11, 12, 0]], p[[3, 4, 5, 20]])
+
+
+def test_load_blocks_asks_for_a_whole_load_and_read_planes_does_not(monkeypatch):
+    """The pool tells the copier which loads are read all at once (load_blocks) and which layer by
+    layer (open_blocks + read_planes), so only the first share completions across all planes."""
+    with create_store("UcmDramStore", {"kv_block_size": 2 * 64, "max_cache_size": 16 * 2 * 64, "planes": 2}) as store:
+        src = _planes(8, 64, 2, seed=6)
+        ids = [b"w0", b"w1"]
+        assert store.wait(store.dump_blocks(ids, src, [1, 5])) == OK
+        store.commit(ids)
+        seen, real = [], store._submit_planes
+        monkeypatch.setattr(store, "_submit_planes", lambda views, plan, to_pool, task, keys, whole=False: (
+            seen.append(whole) or real(views, plan, to_pool, task, keys, whole)))
+        dst = [torch.zeros_like(t) for t in src]
+        assert store.wait(store.load_blocks(ids, dst, [2, 3])) == OK and seen == [True]
+        seen.clear()
+        br = store.open_blocks(ids, [6, 7])
+        store.read_planes(br, dst, last=True)
+        assert store.wait(br.task) == OK and seen == [False]
+        assert all(torch.equal(d[[2, 3]], s[[1, 5]]) and torch.equal(d[[6, 7]], s[[1, 5]]) for d, s in zip(dst, src))

@@ -65,6 +65,12 @@ SMALL_CALL_BYTES = 4 << 20
 #: reaches them (a layer's copy takes ~0.5 ms of link time at 16k tokens, its compute ~3 ms).
 #: ``UCM_LOAD_PLANES_PER_EVENT`` sets it (A/B benchmarks; 1: a completion per plane, as before)
 LOAD_PLANES_PER_EVENT = env_count("UCM_LOAD_PLANES_PER_EVENT", 4)
+#: the same for a load of every plane in one call (``load_blocks``: a load-bound step's upfront load, a load
+#: between steps), whose reader needs all of it: the planes of a stage share one completion (default: any
+#: number of planes), one driver command and event per stage instead of one per four planes (a 16k-token
+#: hit: 3 instead of 21). The model's first layer then waits for a whole stage, not its own planes: at a
+#: 100 % hit its compute (one block) is short. ``UCM_WHOLE_LOAD_PLANES_PER_EVENT`` sets it (A/B runs)
+WHOLE_LOAD_PLANES_PER_EVENT = env_count("UCM_WHOLE_LOAD_PLANES_PER_EVENT", 1 << 16)
 
 #: dumps issued by a submitter thread (module docstring); ``UCM_DEFER_DUMPS=0``: on the caller's thread
 DEFER_DUMPS = env_switch("UCM_DEFER_DUMPS", True)
@@ -327,10 +333,12 @@ class CudaPlaneCopier:
         self._submitter: Optional[ThreadPoolExecutor] = None  # dumps (module docstring), made on first use
 
     def submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool,
-               on_error: Optional[Callable[[Exception], None]] = None) -> list:
+               on_error: Optional[Callable[[Exception], None]] = None, whole: bool = False) -> list:
         """Copy ``planes`` by ``plan``, after the work queued on the caller's stream so far. Returns a
-        completion per plane. A dump whose caller's work still runs goes to the submitter thread
-        (``DEFER_DUMPS``); should its submission fail there, ``on_error(exc)`` records it."""
+        completion per plane (a direct load's planes share one per ``LOAD_PLANES_PER_EVENT``, or per
+        ``WHOLE_LOAD_PLANES_PER_EVENT`` for a ``whole`` load: every plane of the caller's, read at once).
+        A dump whose caller's work still runs goes to the submitter thread (``DEFER_DUMPS``); should its
+        submission fail there, ``on_error(exc)`` records it."""
         caller = torch.cuda.current_stream(self.device)
         if to_pool and DEFER_DUMPS:
             after = torch.cuda.Event(blocking=True)  # the thread sleeps on it, not polling the driver
@@ -340,7 +348,7 @@ class CudaPlaneCopier:
         # outside inference mode: staging made under it would be an inference tensor, which a
         # later copy outside it (vLLM calls some connector hooks under it, some not) may not write
         with self._lock, torch.inference_mode(False):
-            return self._submit(planes, plan, to_pool, lambda s: s.wait_stream(caller))
+            return self._submit(planes, plan, to_pool, lambda s: s.wait_stream(caller), whole)
 
     def _defer(self, planes: list[PlaneCopy], plan: RowPlan, after: torch.cuda.Event, on_error) -> "_Later":
         if self._submitter is None:  # its thread works on this copier's device (outside inference mode,
@@ -365,11 +373,11 @@ class CudaPlaneCopier:
             self._submitter = None
 
     def _submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool,
-                wait: Callable[[torch.cuda.Stream], None]) -> list[_Events]:
+                wait: Callable[[torch.cuda.Stream], None], whole: bool = False) -> list[_Events]:
         """``wait(stream)`` makes ``stream`` wait for the caller's work before the copies."""
         if all(pc.dma for pc in planes) and takes_direct(plan, [pc.user.shape[1] for pc in planes],
                                                          batch_dma.available()):
-            return self._direct(planes, plan, to_pool, wait)
+            return self._direct(planes, plan, to_pool, wait, whole)
         wait(self.kernel_stream)
         fresh = (self.device.type, self.device.index) not in plan._index
         with torch.cuda.stream(self.copy_stream):
@@ -395,7 +403,7 @@ class CudaPlaneCopier:
                     done.append(self._load_plane(pc, r, s, plan.run_cols, dma, ring))
         return done
 
-    def _direct(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool, wait) -> list[_Events]:
+    def _direct(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool, wait, whole: bool = False) -> list[_Events]:
         """Few long runs of consecutive slots onto consecutive caller rows (e.g. a request's blocks as
         vLLM hands out fresh ones): one DMA per run between the caller's tensor and the pool, on the
         copy stream, after the work queued on the caller's stream (it may still use those rows)."""
@@ -404,7 +412,8 @@ class CudaPlaneCopier:
         pools, users = [pc.pool for pc in planes], [pc.user for pc in planes]
         if to_pool:  # a dump's planes land together
             return self._copy_runs(pools, users, slots, rows, counts)
-        return self._copy_runs(users, pools, rows, slots, counts, group=LOAD_PLANES_PER_EVENT)
+        group = WHOLE_LOAD_PLANES_PER_EVENT if whole else LOAD_PLANES_PER_EVENT
+        return self._copy_runs(users, pools, rows, slots, counts, group=group)
 
     def _dma_in(self, ring: _Ring, rows: int, width: int, src: torch.Tensor, slot_runs) -> tuple[int, torch.Tensor]:
         """Slot runs of ``src`` (pool rows; ``slot_runs`` is ``RowPlan.run_cols``) into a staging

@@ -225,7 +225,8 @@ class SlotPoolTier(Tier):
         so a caller can start on one layer while the next still copies."""
         keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
         task, pinned = Task("load"), {}
-        task.planes = self._submit_staged(keys, list(rows), k, views, task, to_pool=False, pinned=pinned)
+        task.planes = self._submit_staged(keys, list(rows), k, views, task, to_pool=False, pinned=pinned,
+                                          whole=True)
         self._track_read(task, pinned)
         return task
 
@@ -398,15 +399,16 @@ class SlotPoolTier(Tier):
         return RowPlan(slots, picked, k)
 
     def _submit_staged(self, keys: list[bytes], rows: list, k: int, views: list[PlaneCopy], task: Task,
-                       to_pool: bool, pinned: Optional[dict] = None) -> list[list]:
+                       to_pool: bool, pinned: Optional[dict] = None, whole: bool = False) -> list[list]:
         """A whole block-API call, planned and launched in ``stages``: the link starts after a few
         blocks are planned, and each stage copies while the next is planned. A read's stages go
         last blocks first (reads touch a chain tail-first); within a stage plane 0 (a caller's
-        first layer) is issued first, then plane 1, ... Returns each plane's completions."""
+        first layer) is issued first, then plane 1, ... Returns each plane's completions (``whole``: a
+        load whose reader needs every plane, ``planes.WHOLE_LOAD_PLANES_PER_EVENT``)."""
         parts: list[list] = [[] for _ in views]
         for lo, hi in stages(len(keys), self.block_size, from_end=not to_pool):
             plan = self._plan(keys[lo:hi], rows[lo:hi], k, task, write=to_pool, pinned=pinned)
-            for j, part in enumerate(self._submit_planes(views, plan, to_pool, task, keys[lo:hi])):
+            for j, part in enumerate(self._submit_planes(views, plan, to_pool, task, keys[lo:hi], whole)):
                 parts[j].append(part)
                 task.add(part)
         return parts
@@ -594,12 +596,13 @@ class SlotPoolTier(Tier):
         return keys, self._plane_views(planes, offset, k, max_row), k
 
     def _submit_planes(self, views: list[PlaneCopy], plan: RowPlan, to_pool: bool, task: Task,
-                       keys: list[bytes]) -> list:
+                       keys: list[bytes], whole: bool = False) -> list:
         if not len(plan):
             return []
         fail = lambda exc: [task.fail(k, IO_ERROR) for k in keys]  # noqa: E731 (a copy failed: every block of the call)
         if self._cuda_dump is not None and views[0].user.is_cuda:
-            return (self._cuda_dump if to_pool else self._cuda_load).submit(views, plan, to_pool, on_error=fail)
+            return (self._cuda_dump if to_pool else self._cuda_load).submit(views, plan, to_pool, on_error=fail,
+                                                                            whole=whole)
         engine = self._dumps if to_pool else self._loads  # one job per plane: each completes on its own
         return [engine.run(copy_planes_cpu, [v], plan, to_pool, on_error=fail) for v in views]
 
