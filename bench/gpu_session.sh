@@ -165,8 +165,9 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # the bandwidth with the defaults (deferred, batched), dumps on the caller's thread, and no stages (2026-11-28,
     # bdd705b: deferred 0.55-0.63 of plain against 0.81-0.87, lost to event polling fixed in b7caf54; loads
     # 0.72-0.85 with a gap at each stage boundary): one profiled dump and load each
-    # (LOAD_PLANES_PER_EVENT=1: a load completion per plane, as up to 07095ed, against the default 4)
-    for v in DEFER_DUMPS=1 DEFER_DUMPS=0 STAGE_HEAD_MIB=512 STAGE_HEAD_MIB=100000 LOAD_PLANES_PER_EVENT=1; do
+    # (WHOLE_LOAD_PLANES_PER_EVENT=4: a whole load's completions per four planes, as up to 190a086, against
+    # the default of one per stage)
+    for v in DEFER_DUMPS=1 DEFER_DUMPS=0 STAGE_HEAD_MIB=512 STAGE_HEAD_MIB=100000 WHOLE_LOAD_PLANES_PER_EVENT=4; do
       env "UCM_$v" timeout "$(left 30)" python3 bench/dram_bandwidth.py --blocks 1024 --piece-kib 32 --fragmented \
         --out "$W/bw_$v.json" --profile "$W/prof_$v" 2>&1 | grep -E "plain|^vllm" | sed "s/^/$v: /"
     done
