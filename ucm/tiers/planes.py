@@ -14,7 +14,8 @@ vLLM block) and ``pool_rows`` is a (slots, width) view of the pool. Instead of o
   pool directly through unified virtual addressing; a small call (``SMALL_CALL_BYTES``, e.g. a decode
   step's few new blocks) goes direct instead where the driver batches DMAs: one command, no kernels;
 - GPU <-> device pool (HBM tier): one gather/scatter kernel.
-Each plane's completion is its own event, so a caller can wait for one layer while others copy.
+Each plane has a completion (a load's planes share one per ``LOAD_PLANES_PER_EVENT``, or per stage for a
+load of every plane at once), so a caller can wait for one layer while others copy.
 
 Dumps are issued by a submitter thread once the caller's work is done (``DEFER_DUMPS``): a dump's copies
 must wait for the forward that wrote the rows, and queued at once behind that wait, a fragmented step-end
