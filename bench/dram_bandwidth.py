@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -63,8 +64,6 @@ def profiled(fn, stem: str) -> dict:
     """``fn()`` (a dump or load and its wait) once under torch.profiler: the wall ms, and per CUDA
     stream its busy ms, first/last GPU event and ms per kind (where the link idles, and why). The
     trace goes to ``<stem>.trace.json.gz``."""
-    import os
-
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from trace_summary import save_trace, stream_summary
 
@@ -184,8 +183,6 @@ def main():
     plan += [(vllm_run, "connector", False, True)]
     plan += [(r, "blocks", True, False) for r in runs] + [(vllm_run, "connector", True, False)] if args.fragmented else []
     if args.profile:
-        import os
-
         os.makedirs(args.profile, exist_ok=True)
     for (layout, piece, blocks), api, frag, seq in tqdm(plan, desc="layouts"):
         stem = (f"{args.profile}/{layout}{'_seq' if seq else ''}{'_frag' if frag else ''}"
@@ -197,7 +194,9 @@ def main():
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": str(device),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "plain_h2d_gbps": plain["h2d"], "plain_d2h_gbps": plain["d2h"],
-            "command": "python bench/dram_bandwidth.py " + " ".join(sys.argv[1:])}
+            "command": "python bench/dram_bandwidth.py " + " ".join(sys.argv[1:]),
+            # the A / B switches set for this run (bench/bandwidth_table.py names runs by them)
+            "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("UCM_")}}
     print(f"{meta['gpu']} | torch {meta['torch']} | plain {args.plain_mib} MiB copy: "
           f"h2d {plain['h2d']:.1f} GB/s, d2h {plain['d2h']:.1f} GB/s")
     print(f"{'layout':17} {'api':9} {'piece':>8} {'blocks':>7} {'MiB':>7} {'dump GB/s':>10} {'x plain':>8} "
