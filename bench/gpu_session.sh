@@ -167,6 +167,10 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # 0.72-0.85 with a gap at each stage boundary): one profiled dump and load each
     # (WHOLE_LOAD_PLANES_PER_EVENT=4: a whole load's completions per four planes, as up to 190a086, against
     # the default of one per stage)
+    # the disk's own rate (the disk tier's hits read ~0.8 GB/s there, slower than recomputing): 1 GiB written
+    # and read back with direct I/O, no page cache
+    dd if=/dev/zero of=/tmp/ucm_dd bs=16M count=64 oflag=direct 2>&1 | tail -1 | sed 's/^/disk write: /'
+    dd if=/tmp/ucm_dd of=/dev/null bs=16M iflag=direct 2>&1 | tail -1 | sed 's/^/disk read: /'; rm -f /tmp/ucm_dd
     for v in DEFER_DUMPS=1 DEFER_DUMPS=0 STAGE_HEAD_MIB=512 STAGE_HEAD_MIB=100000 WHOLE_LOAD_PLANES_PER_EVENT=4; do
       env "UCM_$v" timeout "$(left 30)" python3 bench/dram_bandwidth.py --blocks 1024 --piece-kib 32 --fragmented \
         --out "$W/bw_$v.json" --profile "$W/prof_$v" 2>&1 | grep -E "plain|^vllm" | sed "s/^/$v: /"
