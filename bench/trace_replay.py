@@ -482,6 +482,9 @@ def row_of(mode: str, part: dict) -> dict:
     return {k: row.get(k) for k in ROW_COLS}
 
 
+WINDOWS = 6  # the paired differences are also given per sixth of the requests, in arrival order
+
+
 def paired(parts: dict, base: str = "full") -> dict:
     """Each mode's TTFT request by request against ``base`` (the same arrivals, so request i is the
     same prompt in both): the median difference with its 90 % interval, and the median difference of
@@ -503,9 +506,13 @@ def paired(parts: dict, base: str = "full") -> dict:
         more = [d[i] for i in common if reqs[i].get("cached", 0) > ref[i].get("cached", 0)]
         rest = [d[i] for i in common if reqs[i].get("cached", 0) <= ref[i].get("cached", 0)]
         lo, hi, cov = median_interval(list(d.values()))
+        size = -(-len(common) // WINDOWS)  # arrival-ordered windows: where in the trace the differences sit
+        windows = [dict(first=common[k], last=common[min(k + size, len(common)) - 1],
+                        base_median_s=med([ref[i]["first"] - ref[i]["arrival"] for i in common[k:k + size]]),
+                        median_s=med([d[i] for i in common[k:k + size]])) for k in range(0, len(common), size)]
         out[m] = dict(requests=len(common), median_s=med(list(d.values())), mean_s=statistics.fmean(d.values()),
                       interval_s=[lo, hi], coverage=cov, more_cached=len(more), more_cached_median_s=med(more),
-                      rest_median_s=med(rest))
+                      rest_median_s=med(rest), windows=windows)
     return out
 
 
@@ -590,6 +597,14 @@ def markdown(res: dict) -> str:
             span = "n/a" if lo is None else f"{ms(lo)} .. {ms(hi)} ({p['coverage']:.0%})"
             lines.append(f"| {m} | {p['requests']} | {ms(p['median_s'])} | {span} | {ms(p['mean_s'])} | "
                          f"{p['more_cached']}, {ms(p['more_cached_median_s'])} | {ms(p['rest_median_s'])} |")
+        lines += ["", "The same differences by arrival window (median ms; in brackets full compute's own median TTFT "
+                  "there: bursts queue requests, and a per-step cost grows with the queue):", "",
+                  "| mode | " + " | ".join(f"requests {w['first']}-{w['last']}" for w in
+                                         next(iter(res["paired"].values())).get("windows", [])) + " |",
+                  "|---|" + "---:|" * len(next(iter(res["paired"].values())).get("windows", []))]
+        for m, p in res["paired"].items():
+            lines.append(f"| {m} | " + " | ".join(f"{ms(w['median_s'])} ({w['base_median_s'] * 1e3:.0f})"
+                                                 for w in p.get("windows", [])) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -193,6 +193,9 @@ def test_paired_compares_the_same_requests_and_splits_off_the_hits():
     u = tr.paired(parts)["ucm_lru"]
     assert u["median_s"] == pytest.approx(0.0) and u["mean_s"] == pytest.approx(0.06)
     assert u["rest_median_s"] == pytest.approx(0.0)
+    # by arrival window (ceil(5 / 6) = 1 request each): where in the trace the differences sit
+    assert [(w["first"], w["last"]) for w in u["windows"]] == [(i, i) for i in range(5)]
+    assert u["windows"][0]["median_s"] == pytest.approx(0.3) and u["windows"][0]["base_median_s"] == pytest.approx(0.5)
 
 
 def test_step_summary_splits_prefill_from_decode_steps():
