@@ -457,7 +457,8 @@ def run_modes(a) -> int:
 
 # ---- merge: json, md, png (no vLLM) ----------------------------------------------------------------------
 STEP_COLS = ("prefill_steps", "prefill_step_p50_ms", "prefill_step_p90_ms", "prefill_step_total_s", "decode_steps",
-             "decode_step_p50_ms", "decode_step_p90_ms", "decode_step_total_s", "preemptions")
+             "decode_step_p50_ms", "decode_step_p90_ms", "decode_step_total_s", "preemptions", "ucm_delayed_frees",
+             "ucm_held_blocks")
 ROW_COLS = ("mode", "completed", "requests", "req_s", "prompt_tok_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
             "mean_cached_tokens", "cached_fraction", "ucm_hit_tokens", "ucm_loaded_bytes", "ucm_evictions",
             "cut_off", "error") + STEP_COLS
@@ -477,8 +478,12 @@ def row_of(mode: str, part: dict) -> dict:
     s = part.get("summary") or {}
     u = s.get("ucm") or {}
     row = {k: s.get(k) for k in ROW_COLS if k in s}
+    steps = s.get("steps")
+    held = u.get("delayed_free_block_steps")
     row.update(mode=mode, ucm_hit_tokens=u.get("hit_tokens"), ucm_loaded_bytes=u.get("loaded_bytes"),
-               ucm_evictions=u.get("evictions"), error=part.get("error"))
+               ucm_evictions=u.get("evictions"), error=part.get("error"), ucm_delayed_frees=u.get("delayed_frees"),
+               # vLLM blocks kept for dumps after their request ended, on average over the replay's steps
+               ucm_held_blocks=held / steps if held is not None and steps else None)
     return {k: row.get(k) for k in ROW_COLS}
 
 
@@ -581,9 +586,12 @@ def markdown(res: dict) -> str:
             _f(r["cached_fraction"]), _f(r["ucm_hit_tokens"], 0), "n/a" if lb is None else f"{lb / 1e9:.3f}",
             _f(r["ucm_evictions"], 0), note]) + " |")
     if any(r.get("prefill_steps") is not None for r in res["rows"]):
-        lines += ["", "Engine steps (`engine.step()` calls; prefill: the step computed prompt tokens) and vLLM "
-                  "preemptions:", "", "| mode | prefill steps | p50 ms | p90 ms | total s | decode steps | p50 ms | "
-                  "p90 ms | total s | preemptions |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "Engine steps (`engine.step()` calls; prefill: the step computed prompt tokens), vLLM "
+                  "preemptions, and ucm's delayed frees (finished requests whose blocks vLLM kept for their dumps; "
+                  "held: such blocks on average over the steps):", "",
+                  "| mode | prefill steps | p50 ms | p90 ms | total s | decode steps | p50 ms | "
+                  "p90 ms | total s | preemptions | delayed frees | held blocks |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in res["rows"]:
             lines.append("| " + " | ".join([r["mode"]] + [_f(r.get(k), 3 if k.endswith("_s") else 1 if
                                                               k.endswith("_ms") else 0) for k in STEP_COLS]) + " |")

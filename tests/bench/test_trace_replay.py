@@ -223,4 +223,4 @@ def test_report_has_the_step_table(tmp_path, monkeypatch):
     res = tr.report(str(tmp_path), [])
     assert res["rows"][0]["preemptions"] == 3 and res["rows"][0]["prefill_steps"] == 1
     md = (tmp_path / "trace_replay_h200_2026-11-28.md").read_text()
-    assert "| full | 1 | 50.0 | 50.0 | 0.050 | 1 | 10.0 | 10.0 | 0.010 | 3 |" in md
+    assert "| full | 1 | 50.0 | 50.0 | 0.050 | 1 | 10.0 | 10.0 | 0.010 | 3 | n/a | n/a |" in md

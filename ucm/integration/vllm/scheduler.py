@@ -34,7 +34,8 @@
   ``update_connector_output``). ``request_finished`` returns ``delay_free=True`` for a request
   whose last dump is past that point on some rank, and names it in the next ``meta.delayed``;
   the worker reports it in ``finished_sending`` once its dumps are done, and vLLM frees its
-  blocks then. Requests whose dumps are known done are freed at once.
+  blocks then. Requests whose dumps are known done are freed at once. The stats count delayed
+  frees and the blocks they hold times the steps held (HBM a stream's new requests wait for).
 - Preemption frees a request's blocks at once (no connector hook can delay it, in 0.26 and 0.32):
   ``build_connector_meta`` lists preempted requests with dumps in ``meta.preempted``, and the
   worker waits for their dumps in ``handle_preemptions``, before the step that may reuse the
@@ -111,6 +112,7 @@ class UcmScheduler:
         self.reported = UcmWorkerMetadata()
         self.done_upto, self.ran = self.reported.done_upto, self.reported.ran
         self.delayed: list[str] = []  # finished, blocks kept until the worker reports them
+        self.held: dict[str, tuple[int, int]] = {}  # a delayed request -> (step it finished in, its blocks)
         self.stats = UcmConnectorStats()
         self.shrunk_warnings = 0
 
@@ -242,10 +244,16 @@ class UcmScheduler:
         delay = last is not None and last > self.confirmed()
         if delay:
             self.delayed.append(request.request_id)
+            self.held[request.request_id] = (self.seq, len(block_ids))
+            self.stats.add(delayed_frees=1)
         return delay, None
 
     def update_connector_output(self, output: Any) -> None:
         self.reported.merge_into(getattr(output, "kv_connector_worker_meta", None))
+        for req_id in getattr(output, "finished_sending", None) or ():  # vLLM frees their blocks now
+            step, blocks = self.held.pop(req_id, (self.seq, 0))
+            if blocks:
+                self.stats.add(delayed_free_block_steps=blocks * max(1, self.seq - step))
 
     def confirmed(self) -> int:
         """The step up to which every rank reported all dumps done."""

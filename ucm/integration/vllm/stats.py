@@ -13,7 +13,7 @@ from ucm.integration.vllm.compat import KVConnectorPromMetrics, KVConnectorStats
 
 COUNTERS = ("lookup_tokens", "hit_tokens", "loaded_blocks", "layerwise_blocks", "loaded_bytes", "load_seconds",
             "load_failed_blocks", "dumped_blocks", "dumped_bytes", "dump_seconds", "dump_failed_blocks",
-            "evictions", "refusals", "deferred", "load_overflow")
+            "evictions", "refusals", "deferred", "load_overflow", "delayed_frees", "delayed_free_block_steps")
 
 _totals_lock = threading.Lock()
 _totals: dict[str, float] = dict.fromkeys(COUNTERS, 0)
@@ -88,6 +88,10 @@ _PROM = {  # counter -> (metric name, help)
                  "(ucm_layerwise_step_tokens, ucm_layerwise_in_turn_tokens)"),
     "load_overflow": ("vllm:ucm_load_overflow", "Requests with a DRAM hit left for the next step because the "
                       "step's layer-wise loads were full (ucm_layerwise_step_load_blocks)"),
+    "delayed_frees": ("vllm:ucm_delayed_frees", "Finished requests whose blocks vLLM kept until their dumps "
+                      "were done"),
+    "delayed_free_block_steps": ("vllm:ucm_delayed_free_block_steps", "Blocks of finished requests kept for "
+                                 "their dumps, times the steps they were kept (HBM taken from new requests)"),
 }
 
 
