@@ -191,7 +191,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     ;;
   native)
     setup || exit 1
-    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes native_best,native --lengths 8000,4000,16000 --reps 3 \
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes native_best,native --lengths 8000,4000,16000 --reps 3 --reps-at 4000:5 \
       --decode-batch 0 --deadline-s "$(left 30)" 2>&1 | tail -20
     ;;
   v1full|v1ucm|v2full|v2ucm)  # HBM hits or ucm on one model runner (one mode a call): V1 is native_best's, V2
@@ -209,8 +209,9 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
       grep -H -E '"ok"|Error' "$W"/check_v"$runner"_*.log | head -6
     fi
     # GRID_ARGS: more prefix_ttft.py flags, e.g. "--ucm-step-tokens 1024"
+    # --reps-at 4000:5: the 4k cells were bimodal with the host's speed (fourteenth session, every mode)
     OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes "$mode" --model-runner "v$runner" --lengths 8000,4000,16000 \
-      --reps 3 --decode-batch 0 ${GRID_ARGS:-} --deadline-s "$(left 30)" 2>&1 | tail -20
+      --reps 3 --reps-at 4000:5 --decode-batch 0 ${GRID_ARGS:-} --deadline-s "$(left 30)" 2>&1 | tail -20
     ;;
   prof4k)  # where ucm's extra ~10 ms at 4k c = 1 goes on the V1 runner (2026-11-28): the same profile on V2, then V1;
     # PROF_ARGS: other cells (e.g. "--lengths 16000 --concurrency 2": V2's 100 % hit there took 76 ms, V1's 57)

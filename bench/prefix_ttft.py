@@ -136,6 +136,9 @@ def parse_args(argv=None):
     ap.add_argument("--lengths", default="4000,8000,16000")
     ap.add_argument("--concurrency", default="1,2,4")
     ap.add_argument("--reps", type=int, default=3, help="repetitions per cell (median reported, all kept)")
+    ap.add_argument("--reps-at", default="",
+                    help="other repetitions for some input lengths, LEN:N[,LEN:N], e.g. 4000:5: the shortest cells, "
+                         "where the host's CPU speed sways a repetition most (bimodal 4k cells, 2026-11-28)")
     ap.add_argument("--hit", type=float, default=0.8, help="shared-prefix fraction of the partial-hit pass")
     ap.add_argument("--gpu-util", type=float, default=0.8)
     ap.add_argument("--max-model-len", type=int, default=20000)
@@ -195,8 +198,20 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     a.lengths = [int(x) for x in a.lengths.split(",")]
     a.concurrency = [int(x) for x in a.concurrency.split(",")]
+    a.reps_at = reps_at(ap, a.reps_at)
     check_modes(ap, a, MODES)
     return a
+
+
+def reps_at(ap, spec: str) -> dict:
+    """``--reps-at`` as {input length: repetitions}; a malformed entry stops with the option named."""
+    out = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        length, _, n = item.partition(":")
+        if not (length.isdigit() and n.isdigit() and int(n) >= 1):
+            ap.error(f"--reps-at: {item!r} is not LEN:N (e.g. 4000:5, N >= 1)")
+        out[int(length)] = int(n)
+    return out
 
 
 def check_modes(ap, a, modes) -> None:
@@ -371,7 +386,7 @@ class Bench:
             env_VLLM_USE_V2_MODEL_RUNNER=os.environ.get("VLLM_USE_V2_MODEL_RUNNER"),
             cross_layer_kv_cache=self._cross_layer_shape(), engine_in_process=self.core is not None,
             kv_transfer_config=ktc, native_stats_recorded=hooked, enforce_eager=True, tp=a.tp, load_format=a.load_format,
-            lengths=a.lengths, concurrency=a.concurrency, reps=a.reps, hit=a.hit,
+            lengths=a.lengths, concurrency=a.concurrency, reps=a.reps, reps_at=getattr(a, "reps_at", {}), hit=a.hit,
         )
         if mode == "ucm_disk":
             self.info.update(disk_dram_bytes=self.dram_cap, disk_cold=a.disk_cold,
@@ -643,7 +658,7 @@ class Bench:
         for L in self.a.lengths:
             for c in self.a.concurrency:
                 cell = self.full_cell if self.mode == "full" else self.connector_cell
-                reps = [cell(L, c) for _ in range(self.a.reps)]
+                reps = [cell(L, c) for _ in range(getattr(self.a, "reps_at", {}).get(L, self.a.reps))]
                 res["cells"].append(dict(L=L, c=c, reps=reps))
                 print(f"{self.mode} L={L} c={c}: " + "  ".join(
                     f"{k}={statistics.median(x[k]['mean_s'] for x in reps):.4f}s"

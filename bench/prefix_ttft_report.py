@@ -159,13 +159,22 @@ def mark(ok):
     return "n/a" if ok is None else ("yes" if ok else "NO")
 
 
+def reps_at_note(res: dict) -> str:
+    """The lengths whose cells ran other repetitions (``--reps-at``), as the modes recorded them."""
+    at = {}
+    for m in res.get("modes", {}).values():
+        at.update(m.get("reps_at") or {})
+    return (" (" + ", ".join(f"{n} at {L} tokens" for L, n in sorted(at.items(), key=lambda kv: int(kv[0])))
+            + ")") if at else ""
+
+
 def markdown(res: dict) -> str:
     pct = int(round(100 * res["hit"]))
     L = [f"# Prefix-hit TTFT: {res['gpu']}, vLLM {res['vllm']}, {res['date']}", "",
          f"- torch {res['torch']}; pinned host->device copy (1 GiB, same process): "
          f"{f(res['pinned_h2d_gbps'], 1)} GB/s (device->host {f(res.get('pinned_d2h_gbps'), 1)} GB/s)",
          f"- model: {json.dumps(res['model'])}",
-         f"- {res['reps']} repetitions per cell, median of the per-pass mean TTFT over the c requests; "
+         f"- {res['reps']} repetitions per cell{reps_at_note(res)}, median of the per-pass mean TTFT over the c requests; "
          f"max_tokens 1; hit fraction {res['hit']}",
          "- all c prompts queued before the first engine step (engine core in this process, stepped by hand)"
          if all(m.get("engine_in_process") for m in res["modes"].values())

@@ -106,7 +106,7 @@ def parse_args(argv=None):
     if a.scale is None:
         a.scale = TRACE_BLOCK / a.block_tokens
     # what prefix_ttft.Bench reads besides the above (its grid; unused here)
-    a.inproc_engine, a.lengths, a.concurrency, a.reps, a.hit = True, [a.max_model_len], [1], 1, 0.0
+    a.inproc_engine, a.lengths, a.concurrency, a.reps, a.reps_at, a.hit = True, [a.max_model_len], [1], 1, {}, 0.0
     a.disk_path, a.disk_dram_gib, a.disk_gib, a.disk_cold, a.decode_batch = "/tmp", 0.0, 0.0, False, 0
     a.async_scheduling, a.ucm_debug, a.decode_reps, a.decode_only = "auto", False, None, False
     return a

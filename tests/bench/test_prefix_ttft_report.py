@@ -222,3 +222,15 @@ def test_the_benchmarks_ucm_flags_reach_the_connector_config():
     assert s.layerwise_step_tokens == 1024 and s.layerwise_in_turn_tokens == 2048 and s.layerwise_step_load_blocks == 0
     plain = kv_transfer_config(parse_args(["--model", "m", "--out", "o"]), "ucm", 57344, "/tmp/d")
     assert "ucm_layerwise_in_turn_tokens" not in plain["kv_connector_extra_config"]
+
+
+def test_reps_at_parses_lengths_and_the_report_names_them():
+    import prefix_ttft
+
+    a = prefix_ttft.parse_args(["--model", "m", "--reps-at", "4000:5, 8000:4", "--modes", "full"])
+    assert a.reps_at == {4000: 5, 8000: 4} and prefix_ttft.parse_args(["--model", "m", "--modes", "full"]).reps_at == {}
+    with pytest.raises(SystemExit):
+        prefix_ttft.parse_args(["--model", "m", "--reps-at", "4000:0", "--modes", "full"])
+    from prefix_ttft_report import reps_at_note
+    assert reps_at_note({"modes": {"full": {"reps_at": {"4000": 5}}, "ucm": {"reps_at": {}}}}) == " (5 at 4000 tokens)"
+    assert reps_at_note({"modes": {"full": {}}}) == ""
