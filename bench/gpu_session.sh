@@ -249,7 +249,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
   replay1)  # the trace replay on one GPU, REPLAY_MODES (default full,ucm_lru) in one job; REPLAY_ARGS adds
     # flags (e.g. "--ucm-admission reuse": store a block on its second sighting, fewer dumps)
     setup || exit 1
-    eval "OUT=$W/replay $R --modes ${REPLAY_MODES:-full,ucm_lru} ${REPLAY_ARGS:-} $D" 2>&1 | tail -12
+    eval "OUT=$W/replay $R --modes ${REPLAY_MODES:-full,ucm_lru} ${REPLAY_ARGS:-} $D" 2>&1 | tail -30
     ;;
   decode)  # decode storing vs not storing, A B B A pairs in one engine (the cell runs after a 4k c = 1 cell)
     setup || exit 1
