@@ -164,6 +164,8 @@ def parse_args(argv=None):
     ap.add_argument("--ucm-in-turn-tokens", type=int, default=None,
                     help="ucm modes: \"ucm_layerwise_in_turn_tokens\": a hit the step budget left out also waits for "
                          "the tokens of the step that filled it, if that step computes at most this many")
+    ap.add_argument("--ucm-prefetch", action="store_true",
+                    help="ucm modes: ucm_layerwise_prefetch (a load-bound hit's copies start at its allocation)")
     ap.add_argument("--ucm-load-mode", default=None, choices=["layerwise", "async"],
                     help="ucm modes: the connector's ucm_load_mode (default: the connector's, layerwise)")
     ap.add_argument("--ucm-debug", action="store_true",
@@ -297,6 +299,8 @@ def kv_transfer_config(a, mode: str, bpt: int, disk_dir: str):
             extra["ucm_layerwise_step_load_blocks"] = a.ucm_step_load_blocks
         if a.ucm_in_turn_tokens is not None:
             extra["ucm_layerwise_in_turn_tokens"] = a.ucm_in_turn_tokens
+        if getattr(a, "ucm_prefetch", False):
+            extra["ucm_layerwise_prefetch"] = True
         if mode == "ucm_batched":
             extra["ucm_layerwise_step_tokens"] = 0
     else:  # ucm_disk: the seed's form naming the dram_disk chain (ucm/integration/vllm/settings.py)

@@ -33,6 +33,26 @@ def test_shared_prefix_second_pass_loads_from_dram(tiny_model, baseline, mode):
     engine.assert_same_outputs(second, baseline["shared"])
 
 
+def test_load_bound_hits_prefetched_at_allocation_give_the_same_tokens(tiny_model, baseline):
+    """``ucm_layerwise_prefetch``: hits that load at least 16 tokens per token computed start their
+    copies when vLLM allocates their blocks (the scheduler runs on the worker's thread here), and the
+    step adopts them: same hits, same tokens as without ucm."""
+    texts = engine.prompts("shared")
+    cfg = engine.ktc(config={"max_cache_size": 64 << 20}, ucm_layerwise_prefetch=True)
+    with engine.llm(tiny_model, cfg) as llm:
+        engine.generate(llm, texts)
+        stats.reset_totals()
+        second = engine.generate(llm, texts)
+        t = stats.totals()
+    hit_blocks = [engine.full_blocks(o["prompt_len"]) for o in second]
+    load_bound = sum(1 for o, n in zip(second, hit_blocks) if n * engine.BLOCK >= 16 * (o["prompt_len"] - n * engine.BLOCK))
+    assert load_bound > 0, "the prompts must give the test a load-bound hit"
+    assert t["prefetched"] == load_bound
+    assert t["hit_tokens"] == sum(hit_blocks) * engine.BLOCK and t["load_failed_blocks"] == 0
+    assert t["layerwise_blocks"] == sum(hit_blocks)
+    engine.assert_same_outputs(second, baseline["shared"])
+
+
 def _steps_of_stored_prompts(llm, texts) -> tuple[list[int], dict]:
     """Store ``texts``, then submit them again together and step the engine by hand: the sorted
     step numbers at which each finishes (one token each), and ucm's counters of those steps."""

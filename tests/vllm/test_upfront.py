@@ -96,3 +96,42 @@ def test_a_request_can_opt_out_of_being_stored(params, stored, caplog):
     out.num_scheduled_tokens = {"q": 64}
     meta = sched.build_connector_meta(out)
     assert [d.req_id for d in meta.dumps] == (["q"] if stored else [])
+
+
+class _HoldWithWorker:
+    """Every block held, pins succeed, and a same-thread worker that records prefetches."""
+
+    def __init__(self, worker):
+        self.worker = worker
+
+    def lookup(self, per_rank):
+        return [True] * len(per_rank[0])
+
+    def pin(self, keys, owner):
+        return True
+
+    def unpin(self, owner):
+        pass
+
+    def local_worker(self):
+        return self.worker
+
+
+@pytest.mark.parametrize("prompt, prefetch, started", [
+    (1008, True, True),     # 62 blocks hit, 16 tokens to compute: load-bound, started at allocation
+    (1008, False, False),   # the setting off
+    (160, True, False),     # 9 blocks hit for 16 tokens: 144 < 16 x 16, left to start_load_kv
+])
+def test_a_load_bound_hit_is_prefetched_at_allocation(prompt, prefetch, started):
+    got = []
+    worker = type("W", (), {"prefetch": lambda self, spec: got.append(spec) or True})()
+    sched = UcmScheduler(_HoldWithWorker(worker), KeyMaker(b"root", 16, 1), 16, layerwise=True, prefetch=prefetch)
+    r = _request("r", prompt)
+    n, _ = sched.get_num_new_matched_tokens(r, 0)
+    assert n == prompt - 16
+    blocks = types.SimpleNamespace(get_block_ids=lambda: (list(range(100, 100 + prompt // 16)),))
+    sched.update_state_after_alloc(r, blocks, n)
+    assert [s.req_id for s in got] == (["r"] if started else [])
+    if started:
+        assert got[0] is sched.pending_loads["r"] and got[0].block_ids == list(range(100, 100 + n // 16))
+    assert sched.build_connector_meta(_output(16)).loads[0].req_id == "r"  # the step still lists it

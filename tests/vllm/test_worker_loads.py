@@ -279,3 +279,39 @@ def test_the_forward_end_waits_once_for_a_completion_the_model_waited_for(monkey
     worker.finish_layer_loads()
     assert waits == ["a", "b"]
     store.close()
+
+
+def test_a_prefetched_load_starts_at_allocation_and_the_step_adopts_it():
+    """``prefetch`` (ucm_layerwise_prefetch): every layer's copies start before the step, the blocks'
+    pin passes to the read; the step's start_load_kv adopts it (no second store call), its layers
+    wait for it, and the bytes land exactly."""
+    stored = [f"p{i}".encode() for i in range(4)]
+    store, keys, src, dst, worker = stored_and_worker(7, stored)
+    calls = []
+    real_open = store.open_blocks
+    store.open_blocks = lambda *a, **k: calls.append(a[0]) or real_open(*a, **k)
+    spec = LoadSpec("a", stored, [8, 2, 5, 30], layerwise=True)
+    assert store.pin([keys.rank_key(h, 0) for h in stored], "a")
+    assert worker.prefetch(spec) is True
+    assert len(calls) == 1 and not store._pins, "the read holds the blocks now, not the scheduler's pin"
+    assert not worker.prefetch(spec), "once per request"
+    worker.start_load_kv(UcmConnectorMetadata(loads=[spec], seq=1))
+    assert len(calls) == 1, "the step adopts the prefetched load instead of loading again"
+    for name in dst:
+        worker.wait_for_layer_load(name)
+    worker.finish_layer_loads()
+    assert worker.get_block_ids_with_load_errors() == set() and not store._reading
+    for name in dst:
+        for kv_row, src_row in [(8, 0), (2, 1), (5, 2), (30, 3)]:
+            assert torch.equal(dst[name][:, kv_row], src[name][:, src_row]), (name, kv_row)
+    assert worker.stats.data["loaded_blocks"] == 4
+    store.close()
+
+
+def test_prefetch_needs_per_layer_row_views():
+    """Without registered row views (nothing registered yet) nothing starts: the step loads as usual."""
+    whole = LAYERS * 2 * ROW
+    store = create_store("UcmDramStore", {"kv_block_size": whole, "max_cache_size": 8 * whole, "planes": LAYERS})
+    worker = UcmWorker(store, KeyMaker(b"root", 16, 1), 0, BLOCKS, whole)
+    assert worker.prefetch(LoadSpec("a", [b"x"], [1], layerwise=True)) is False
+    store.close()

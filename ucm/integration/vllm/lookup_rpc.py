@@ -180,6 +180,12 @@ class RankedLookup:
         for rank in range(self.tp_size):
             self._rank(rank).unpin(owner)
 
+    def local_worker(self) -> Any:
+        """The worker side when it shares this process and is the only rank (TP = 1), else None."""
+        from ucm.integration.vllm import stores
+
+        return stores.worker(store_key(self.engine_id, 0)) if self.tp_size == 1 else None
+
     def close(self) -> None:
         for c in self._clients.values():
             c.close()

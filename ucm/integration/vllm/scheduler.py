@@ -24,7 +24,10 @@
   A step whose layer-wise hits load at least ``UPFRONT_RATIO`` tokens per token the step computes
   (a 100 % hit computes one block) is load-bound: ``meta.upfront`` tells the worker to launch every
   layer's copies before the forward, so the link never waits for the forward's CPU to reach a layer.
-- ``update_state_after_alloc``: records the vLLM blocks the hit loads into.
+- ``update_state_after_alloc``: records the vLLM blocks the hit loads into. With ``prefetch``, a
+  load-bound hit's copies start right there, when the worker shares this thread (TP = 1: vLLM
+  schedules a step and then runs it on the same thread, so the copies queue behind every step
+  already launched and the step's layers wait for them as for any layer-wise load).
 - ``build_connector_meta``: this step's loads, and dumps of every block that becomes full in this
   step (prompt and generated tokens), once per step even when requests share it (the store
   itself skips blocks it already holds).
@@ -90,7 +93,7 @@ def stores_request(request: Any) -> bool:
 
 class UcmScheduler:
     def __init__(self, lookup: Any, keys: KeyMaker, block_size: int, layerwise: bool = True,
-                 step_tokens: int = 0, step_load_blocks: int = 0, in_turn_tokens: int = 0):
+                 step_tokens: int = 0, step_load_blocks: int = 0, in_turn_tokens: int = 0, prefetch: bool = False):
         self.lookup = lookup  # lookup_rpc.RankedLookup: every rank's store
         self.layerwise = layerwise
         self.step_tokens = step_tokens  # 0: no limit
@@ -98,6 +101,7 @@ class UcmScheduler:
         self.step_load_blocks = step_load_blocks  # 0: no limit
         self.step_loaded_blocks = 0  # blocks those hits load
         self.in_turn_tokens = in_turn_tokens  # 0: off
+        self.prefetch = prefetch  # a load-bound hit's copies start at its allocation (same-thread worker)
         self.filled: tuple[int, float] = (0, 0.0)  # (step, when planned) of the last short step whose hits filled step_tokens
         self.pinned: set[str] = set()  # requests holding pins whose load is not planned yet
         self.keys = keys
@@ -188,8 +192,13 @@ class UcmScheduler:
         if n <= 0:
             return
         hashes = self.keys.hashes(st.keys, first + n)[first:first + n]
-        self.pending_loads[request.request_id] = LoadSpec(request.request_id, hashes, block_ids[first:first + n],
-                                                          layerwise=st.layerwise)
+        spec = self.pending_loads[request.request_id] = LoadSpec(request.request_id, hashes,
+                                                                 block_ids[first:first + n], layerwise=st.layerwise)
+        computes = max(1, request.num_tokens - (first + n) * self.block_size)
+        if self.prefetch and st.layerwise and n * self.block_size >= UPFRONT_RATIO * computes:
+            worker = self.lookup.local_worker()
+            if worker is not None:  # the worker adopts the copies in this step's start_load_kv
+                worker.prefetch(spec)
         st.dumped_upto = max(st.dumped_upto, first + n)
         self.stats.add(hit_tokens=n * self.block_size)
 

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 KNOWN_KEYS = ("ucm_connector_name", "ucm_connector_config", "ucm_config", "ucm_overrides",
               "ucm_load_failure_policy", "ucm_load_mode", "ucm_cross_layer", "ucm_layerwise_step_tokens",
-              "ucm_layerwise_step_load_blocks", "ucm_layerwise_in_turn_tokens")
+              "ucm_layerwise_step_load_blocks", "ucm_layerwise_in_turn_tokens", "ucm_layerwise_prefetch")
 #: "layerwise": hits pinned in the store's memory tier load during the request's own step, layer
 #: by layer ahead of its attention; other hits (disk) load between steps. "async": every hit
 #: loads between steps (the request waits, others compute).
@@ -65,6 +65,12 @@ class ConnectorSettings:
     #: ~51; with it, budget 512: 59 ms). A longer step hides the next launch behind its GPU time, and
     #: waiting for it would only add that launch (16k: ~3,200 new tokens a request at 80 %).
     layerwise_in_turn_tokens: int = 2048
+    #: layer-wise mode: a load-bound hit (it loads at least ``scheduler.UPFRONT_RATIO`` tokens per token
+    #: it computes, e.g. a 100 % hit) starts its copies when vLLM allocates its blocks, where the
+    #: scheduler shares the worker's thread (TP = 1), instead of in ``start_load_kv`` after vLLM has
+    #: prepared the step's inputs (10 ms at 16k x 4 on an H200, 2026-11-28, with the link idle). Off by
+    #: default until measured on a GPU.
+    layerwise_prefetch: bool = False
 
 
 def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
@@ -115,6 +121,10 @@ def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
     if isinstance(turn, bool) or not isinstance(turn, int) or turn < 0:
         raise ValueError(f"ucm: ucm_layerwise_in_turn_tokens must be an integer >= 0 (0: off), got {turn!r}")
     s.layerwise_in_turn_tokens = turn
+    prefetch = extra.get("ucm_layerwise_prefetch", False)
+    if not isinstance(prefetch, bool):
+        raise ValueError(f"ucm: ucm_layerwise_prefetch must be true or false, got {prefetch!r}")
+    s.layerwise_prefetch = prefetch
     return s
 
 

@@ -13,7 +13,8 @@ from ucm.integration.vllm.compat import KVConnectorPromMetrics, KVConnectorStats
 
 COUNTERS = ("lookup_tokens", "hit_tokens", "loaded_blocks", "layerwise_blocks", "loaded_bytes", "load_seconds",
             "load_failed_blocks", "dumped_blocks", "dumped_bytes", "dump_seconds", "dump_failed_blocks",
-            "evictions", "refusals", "deferred", "load_overflow", "delayed_frees", "delayed_free_block_steps")
+            "evictions", "refusals", "deferred", "load_overflow", "delayed_frees", "delayed_free_block_steps",
+            "prefetched")
 
 _totals_lock = threading.Lock()
 _totals: dict[str, float] = dict.fromkeys(COUNTERS, 0)
@@ -90,6 +91,8 @@ _PROM = {  # counter -> (metric name, help)
                       "step's layer-wise loads were full (ucm_layerwise_step_load_blocks)"),
     "delayed_frees": ("vllm:ucm_delayed_frees", "Finished requests whose blocks vLLM kept until their dumps "
                       "were done"),
+    "prefetched": ("vllm:ucm_prefetched", "DRAM hits whose copies started at their allocation "
+                   "(ucm_layerwise_prefetch)"),
     "delayed_free_block_steps": ("vllm:ucm_delayed_free_block_steps", "Blocks of finished requests kept for "
                                  "their dumps, times the steps they were kept (HBM taken from new requests)"),
 }

@@ -1,7 +1,8 @@
 """The stores alive in this process, one per (engine, TP rank), built by the worker side.
 
 When the scheduler shares the worker's process it finds the store here and looks up directly
-(see ``lookup_rpc``); tests and the demo read the stores' stats from here too.
+(see ``lookup_rpc``), and the worker too (``ucm_layerwise_prefetch``); tests and the demo read the
+stores' stats from here.
 """
 from __future__ import annotations
 
@@ -39,6 +40,24 @@ def get(key: str) -> Any:
     with _lock:
         entry = _stores.get(key)
         return entry[0] if entry is not None else None
+
+
+_workers: dict[str, Any] = {}  # key -> the worker side of that (engine, rank) in this process
+
+
+def register_worker(key: str, worker: Any) -> None:
+    """The worker side announces itself, so a scheduler in the same process can reach it
+    (``ucm_layerwise_prefetch``); ``None`` withdraws it."""
+    with _lock:
+        if worker is None:
+            _workers.pop(key, None)
+        else:
+            _workers[key] = worker
+
+
+def worker(key: str) -> Any:
+    with _lock:
+        return _workers.get(key)
 
 
 def live_stores() -> list[Any]:

@@ -53,7 +53,8 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
                                            layerwise=cfg.load_mode == "layerwise" and not cfg.cross_layer,
                                            step_tokens=cfg.layerwise_step_tokens,
                                            step_load_blocks=cfg.layerwise_step_load_blocks,
-                                           in_turn_tokens=cfg.layerwise_in_turn_tokens)
+                                           in_turn_tokens=cfg.layerwise_in_turn_tokens,
+                                           prefetch=cfg.layerwise_prefetch)
         else:
             self._store_key = lookup_rpc.store_key(engine_id, rank)
             planes = 1 if cfg.cross_layer else spec["num_layers"]  # cross-layer: a block is one row
@@ -61,6 +62,7 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
             self._server = lookup_rpc.LookupServer(store, lookup_rpc.socket_path(engine_id, rank))
             num_blocks = getattr(kv_cache_config, "num_blocks", None) if kv_cache_config is not None else None
             self._worker = UcmWorker(store, self._keys, rank, num_blocks, whole)
+            stores.register_worker(self._store_key, self._worker)  # ucm_layerwise_prefetch's scheduler reaches it
         log.info("ucm: %s side up: store %s, %d-byte blocks (%d layers), vLLM %s",
                  role.name.lower(), cfg.hydra_config or cfg.store_name, whole, spec["num_layers"],
                  compat.VLLM_VERSION)
@@ -139,6 +141,7 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
         if self._lookup is not None:
             self._lookup.close()
         if self._store_key is not None:
+            stores.register_worker(self._store_key, None)
             stores.release(self._store_key)
             self._store_key = None
 

@@ -184,6 +184,7 @@ class UcmWorker:
         self._loading: dict[str, tuple[Any, dict[bytes, list[int]], list, float]] = {}
         self._failed_block_ids: set[int] = set()
         self._layer_loads: list[_LayerLoad] = []  # this step's layer-wise loads
+        self._prefetched: dict[str, _LayerLoad] = {}  # req id -> a load started at its allocation (prefetch)
         self._plane_range: dict[str, range] = {}  # layer name -> its planes in self._planes
         self._layer_order: list[_Layer] = []
         self._planes: Optional[list[torch.Tensor]] = None
@@ -260,12 +261,17 @@ class UcmWorker:
     @torch.inference_mode(False)  # views handed to copy threads must not be inference tensors
     def start_load_kv(self, meta: Optional[UcmConnectorMetadata]) -> None:
         self.finish_layer_loads()  # a step that never reached its end (none in practice)
+        if self._prefetched:  # launched at their allocation (prefetch): this step's layers wait for them
+            self._layer_loads.extend(self._prefetched.values())
+        adopted, self._prefetched = self._prefetched, {}
         if meta is None or not meta.loads or not self._dump_parts:  # nothing registered yet
             return
         # layer-wise loads with row views: one store call for all of them, issued first (this step's
         # attention waits for them; the loads between steps are for later steps)
         batch, others = [], []
         for spec in meta.loads:
+            if spec.req_id in adopted:
+                continue
             (batch if spec.layerwise and self._planes is not None and not self._cross else others).append(spec)
         if batch:
             self._start_layer_loads(batch, upfront=meta.upfront)
@@ -294,6 +300,30 @@ class UcmWorker:
                 self._loading[spec.req_id] = (task, where, staging, time.perf_counter())
             self.stats.add(loaded_blocks=len(where), loaded_bytes=len(where) * self.block_bytes,
                            layerwise_blocks=len(where) if spec.layerwise else 0)
+
+    @torch.inference_mode(False)
+    def prefetch(self, spec: Any) -> bool:
+        """Start a load-bound layer-wise hit's copies now, as vLLM allocates its blocks (the scheduler
+        calls this on the thread that runs the step next: ``ucm_layerwise_prefetch``), instead of in
+        ``start_load_kv`` after vLLM has prepared the step's inputs; that step's ``start_load_kv``
+        adopts the load. Every layer at once, in layer order, a completion per LOAD_PLANES_PER_EVENT
+        planes: a step that also computes other requests waits only for the layers it reaches. The
+        copies wait for all the work queued on this thread's stream (the steps already launched).
+        False (nothing started) without per-layer row views."""
+        if self._planes is None or self._cross or not self._dump_parts or spec.req_id in self._prefetched:
+            return False
+        keys, rows = self.keys.rank_keys(spec.block_hashes, self.rank), list(spec.block_ids)
+        t0 = time.perf_counter()
+        br = self.store.open_blocks(keys, rows)
+        if br.plan is None:  # a store without planned per-layer reads (a chain holding some blocks
+            return False  # below its head): nothing started, start_load_kv loads it as usual
+        ld = _LayerLoad(spec.req_id, br.task, (keys, rows), [], t0, planes=[[] for _ in self._planes], read=br)
+        self._issue_layers(ld, len(self._layer_order))
+        self._prefetched[spec.req_id] = ld
+        self.store.unpin(spec.req_id)  # the load itself now keeps its blocks resident
+        n = len(keys)
+        self.stats.add(loaded_blocks=n, loaded_bytes=n * self.block_bytes, layerwise_blocks=n, prefetched=1)
+        return True
 
     def _start_layer_loads(self, specs: list, upfront: bool = False) -> None:
         """One load for every layer-wise request of the step: its plan issues layer 0 of all of them,
