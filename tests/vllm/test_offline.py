@@ -287,19 +287,25 @@ def test_with_vllm_prefix_cache_on_and_reset(tiny_model, baseline):
     engine.assert_same_outputs(second, baseline["shared"])
 
 
-def test_preemption_under_a_small_kv_cache(tiny_model):
+@pytest.mark.parametrize("prefetch", [False, True], ids=["default", "prefetch"])
+def test_preemption_under_a_small_kv_cache(tiny_model, prefetch):
     """24 vLLM blocks for 7 requests of ~12 blocks: requests are preempted, resumed (hitting what
-    they dumped before) and finish with the tokens of a run without ucm; the next pass hits."""
+    they dumped before) and finish with the tokens of a run without ucm; the next pass hits. With
+    ``ucm_layerwise_prefetch`` the resumed requests' load-bound hits start at their allocation, amid
+    preemptions."""
     texts = engine.prompts("shared") + engine.prompts("distinct")
     kw = dict(num_gpu_blocks_override=24, max_num_seqs=8, max_model_len=512)
     with engine.llm(tiny_model, None, **kw) as llm:
         base = engine.generate(llm, texts, max_tokens=96)
-    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20}), **kw) as llm:
+    cfg = engine.ktc(config={"max_cache_size": 64 << 20}, ucm_layerwise_prefetch=prefetch)
+    with engine.llm(tiny_model, cfg, **kw) as llm:
         stats.reset_totals()
         first = engine.generate(llm, texts, max_tokens=96)
         t1 = stats.totals()
         second = engine.generate(llm, texts, max_tokens=96)
+        t2 = stats.totals()
     assert t1["lookup_tokens"] > sum(o["prompt_len"] for o in first), "no request was preempted and resumed"
+    assert (t2["prefetched"] > 0) == prefetch
     assert [o["cached"] for o in second] == [engine.full_blocks(o["prompt_len"]) * engine.BLOCK for o in second]
     engine.assert_same_outputs(first, base)
     engine.assert_same_outputs(second, base)
