@@ -198,7 +198,7 @@ def _failing_load(store, every: int, garbage: bool = True):
     return hits
 
 
-@pytest.mark.parametrize("mode", ["layerwise", "async"])
+@pytest.mark.parametrize("mode", ["layerwise", "async", "prefetch"])
 def test_failed_load_is_recomputed(tiny_model, baseline, mode):
     """Failures injected below the pins (every 4th block): vLLM recomputes from the first failed
     block, in the request's own step (layer-wise) or before the request runs (async). vLLM's CPU
@@ -206,14 +206,16 @@ def test_failed_load_is_recomputed(tiny_model, baseline, mode):
     vLLM 0.26 gets wrong on the GPU (a layer-wise failure with async scheduling) is checked only by
     tests/vllm/gpu_check.py."""
     texts = engine.prompts("shared")
-    with engine.llm(tiny_model, engine.ktc(config={"max_cache_size": 64 << 20}, ucm_load_mode=mode)) as llm:
+    cfg = engine.ktc(config={"max_cache_size": 64 << 20}, ucm_load_mode="async" if mode == "async" else "layerwise",
+                     ucm_layerwise_prefetch=mode == "prefetch")  # prefetch: load-bound hits start at allocation
+    with engine.llm(tiny_model, cfg) as llm:
         engine.generate(llm, texts)  # fill the store
         injected = _failing_load(engine.live_store(), every=4)
         stats.reset_totals()
         second = engine.generate(llm, texts)
         t = stats.totals()
     assert injected["failed"] > 0
-    assert t["load_failed_blocks"] > 0
+    assert t["load_failed_blocks"] > 0 and (t["prefetched"] > 0) == (mode == "prefetch")
     engine.assert_same_outputs(second, baseline["shared"])
 
 
