@@ -14,20 +14,7 @@ from ucm.integration.vllm.keys import KeyMaker
 from ucm.integration.vllm.metadata import UcmWorkerMetadata
 from ucm.integration.vllm.scheduler import UcmScheduler
 
-from tests.vllm.test_upfront import _output, _request
-
-
-class _Hold:
-    """Every block is held and pins succeed."""
-
-    def lookup(self, per_rank):
-        return [True] * len(per_rank[0])
-
-    def pin(self, keys, owner):
-        return True
-
-    def unpin(self, owner):
-        pass
+from tests.vllm.test_upfront import _Hold, _output, _request
 
 
 def _ran(*per_rank):

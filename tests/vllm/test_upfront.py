@@ -98,10 +98,10 @@ def test_a_request_can_opt_out_of_being_stored(params, stored, caplog):
     assert [d.req_id for d in meta.dumps] == (["q"] if stored else [])
 
 
-class _HoldWithWorker:
-    """Every block held, pins succeed, and a same-thread worker that records prefetches."""
+class _Hold:
+    """Every block is held and pins succeed; ``worker``: the worker sharing the scheduler's thread."""
 
-    def __init__(self, worker):
+    def __init__(self, worker=None):
         self.worker = worker
 
     def lookup(self, per_rank):
@@ -125,7 +125,7 @@ class _HoldWithWorker:
 def test_a_load_bound_hit_is_prefetched_at_allocation(prompt, prefetch, started):
     got = []
     worker = type("W", (), {"prefetch": lambda self, spec: got.append(spec) or True})()
-    sched = UcmScheduler(_HoldWithWorker(worker), KeyMaker(b"root", 16, 1), 16, layerwise=True, prefetch=prefetch)
+    sched = UcmScheduler(_Hold(worker), KeyMaker(b"root", 16, 1), 16, layerwise=True, prefetch=prefetch)
     r = _request("r", prompt)
     n, _ = sched.get_num_new_matched_tokens(r, 0)
     assert n == prompt - 16
