@@ -103,3 +103,26 @@ def test_scheduler_warns_when_a_requests_hit_shrinks_between_steps(caplog):
     with caplog.at_level("WARNING", logger="ucm"):
         assert sched.get_num_new_matched_tokens(req, 0) == (32, False)
     assert "prefix hit now ends at block 2, an earlier lookup's at block 4" in caplog.text
+
+
+def test_the_in_process_worker_is_found_at_tp1_only_and_held_weakly():
+    """``ucm_layerwise_prefetch`` reaches the worker of rank 0 when it shares the scheduler's process
+    and TP = 1; the registry does not keep a worker alive once its engine dropped it."""
+    import gc
+
+    from ucm.integration.vllm import lookup_rpc, stores
+
+    class Worker:
+        pass
+
+    w = Worker()
+    stores.register_worker(lookup_rpc.store_key("eng-w", 0), w)
+    try:
+        assert lookup_rpc.RankedLookup("eng-w", 1).local_worker() is w
+        assert lookup_rpc.RankedLookup("eng-w", 2).local_worker() is None  # TP > 1: every rank has its own
+        assert lookup_rpc.RankedLookup("other", 1).local_worker() is None
+        del w
+        gc.collect()
+        assert lookup_rpc.RankedLookup("eng-w", 1).local_worker() is None
+    finally:
+        stores.register_worker(lookup_rpc.store_key("eng-w", 0), None)

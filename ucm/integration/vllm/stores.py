@@ -7,6 +7,7 @@ stores' stats from here.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,9 @@ def get(key: str) -> Any:
         return entry[0] if entry is not None else None
 
 
-_workers: dict[str, Any] = {}  # key -> the worker side of that (engine, rank) in this process
+# key -> the worker side of that (engine, rank) in this process, weakly: an engine dropped without
+# shutdown must not keep its worker (and KV cache) alive here
+_workers: dict[str, "weakref.ref[Any]"] = {}
 
 
 def register_worker(key: str, worker: Any) -> None:
@@ -52,12 +55,13 @@ def register_worker(key: str, worker: Any) -> None:
         if worker is None:
             _workers.pop(key, None)
         else:
-            _workers[key] = worker
+            _workers[key] = weakref.ref(worker)
 
 
 def worker(key: str) -> Any:
     with _lock:
-        return _workers.get(key)
+        ref = _workers.get(key)
+    return ref() if ref is not None else None
 
 
 def live_stores() -> list[Any]:
