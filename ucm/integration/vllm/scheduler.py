@@ -194,8 +194,8 @@ class UcmScheduler:
         hashes = self.keys.hashes(st.keys, first + n)[first:first + n]
         spec = self.pending_loads[request.request_id] = LoadSpec(request.request_id, hashes,
                                                                  block_ids[first:first + n], layerwise=st.layerwise)
-        computes = max(1, request.num_tokens - (first + n) * self.block_size)
-        if self.prefetch and st.layerwise and n * self.block_size >= UPFRONT_RATIO * computes:
+        if self.prefetch and st.layerwise and n * self.block_size >= UPFRONT_RATIO * max(
+                1, request.num_tokens - (first + n) * self.block_size):  # load-bound, as meta.upfront
             worker = self.lookup.local_worker()
             if worker is not None:  # the worker adopts the copies in this step's start_load_kv
                 worker.prefetch(spec)

@@ -274,7 +274,7 @@ class UcmWorker:
                 continue
             (batch if spec.layerwise and self._planes is not None and not self._cross else others).append(spec)
         if batch:
-            self._start_layer_loads(batch, upfront=meta.upfront)
+            self._layer_loads.append(self._start_layer_loads(batch, upfront=meta.upfront))
         for spec in others:
             ids, offs, dsts, staging = [], [], [], []
             keys, rows = self.keys.rank_keys(spec.block_hashes, self.rank), list(spec.block_ids)
@@ -309,26 +309,20 @@ class UcmWorker:
         adopts the load. Every layer at once, in layer order, a completion per LOAD_PLANES_PER_EVENT
         planes: a step that also computes other requests waits only for the layers it reaches. The
         copies wait for all the work queued on this thread's stream (the steps already launched).
-        False (nothing started) without per-layer row views."""
+        False (nothing started) without per-layer row views. (A store without a planned per-layer read
+        loads it whole, as an upfront step does.)"""
         if self._planes is None or self._cross or not self._dump_parts or spec.req_id in self._prefetched:
             return False
-        keys, rows = self.keys.rank_keys(spec.block_hashes, self.rank), list(spec.block_ids)
-        t0 = time.perf_counter()
-        br = self.store.open_blocks(keys, rows)
-        if br.plan is None:  # a store without planned per-layer reads (a chain holding some blocks
-            return False  # below its head): nothing started, start_load_kv loads it as usual
-        ld = _LayerLoad(spec.req_id, br.task, (keys, rows), [], t0, planes=[[] for _ in self._planes], read=br)
-        self._issue_layers(ld, len(self._layer_order))
-        self._prefetched[spec.req_id] = ld
-        self.store.unpin(spec.req_id)  # the load itself now keeps its blocks resident
-        n = len(keys)
-        self.stats.add(loaded_blocks=n, loaded_bytes=n * self.block_bytes, layerwise_blocks=n, prefetched=1)
+        self._prefetched[spec.req_id] = self._start_layer_loads([spec], launch_all=True)
+        self.stats.add(prefetched=1)
         return True
 
-    def _start_layer_loads(self, specs: list, upfront: bool = False) -> None:
+    def _start_layer_loads(self, specs: list, upfront: bool = False, launch_all: bool = False) -> _LayerLoad:
         """One load for every layer-wise request of the step: its plan issues layer 0 of all of them,
         then layer 1, ... (the step's attention of layer l needs layer l of every request; one call
-        per request would queue request 2's layer 0 behind all of request 1's layers)."""
+        per request would queue request 2's layer 0 behind all of request 1's layers). ``launch_all``:
+        every layer now, in layer order (a prefetch, before the step). Returns the load; its blocks'
+        pins pass to it."""
         keys, rows = [], []
         for spec in specs:
             mine = self.keys.rank_keys(spec.block_hashes, self.rank)
@@ -343,7 +337,7 @@ class UcmWorker:
             # front kept the forward's first kernel waiting for the CPU (~3 ms at 16k, ~20 ms at 4 x 16k),
             # which costs a step that has tokens to compute
             ld = _LayerLoad(name, br.task, (keys, rows), [], t0, planes=[[] for _ in self._planes], read=br)
-            self._issue_layers(ld, 1)
+            self._issue_layers(ld, len(self._layer_order) if launch_all else 1)
         else:
             # a load-bound step (meta.upfront: little to compute) launches every layer now, in
             # stages of blocks (load_blocks): the link starts after a few blocks are planned and
@@ -353,9 +347,9 @@ class UcmWorker:
             planes = getattr(task, "planes", None)  # copied: the waits empty ld.planes plane by plane
             ld = _LayerLoad(name, task, (keys, rows), [], t0,
                             planes=None if planes is None else [list(p) for p in planes])
-        self._layer_loads.append(ld)
         for spec in specs:
             self.store.unpin(spec.req_id)  # the load itself now keeps its blocks resident
+        return ld
 
     @torch.inference_mode(False)  # the copier's views and staging must not be inference tensors
     def _issue_layers(self, ld: _LayerLoad, upto: int) -> None:
