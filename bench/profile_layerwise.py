@@ -103,16 +103,16 @@ def instrument() -> None:
     planes.row_groups = row_groups
     orig_direct = planes.CudaPlaneCopier._direct
 
-    def direct(self, pcs, plan, to_pool, wait):
+    def direct(self, pcs, plan, to_pool, wait, *args, **kw):  # passes on what the copier adds (e.g. whole)
         PATHS["direct (slot and row runs)"] += len(pcs)
-        return orig_direct(self, pcs, plan, to_pool, wait)
+        return orig_direct(self, pcs, plan, to_pool, wait, *args, **kw)
 
     planes.CudaPlaneCopier._direct = direct
     orig_submit = planes.CudaPlaneCopier.submit
 
-    def submit(self, pcs, plan, to_pool, on_error=None):
+    def submit(self, pcs, plan, to_pool, *args, **kw):
         RUNS.append(dict(to_pool=bool(to_pool), rows=len(plan), runs=len(plan.runs), pairs=len(plan.pairs)))
-        return orig_submit(self, pcs, plan, to_pool, on_error=on_error)
+        return orig_submit(self, pcs, plan, to_pool, *args, **kw)
 
     planes.CudaPlaneCopier.submit = submit
 
