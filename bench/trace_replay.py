@@ -326,11 +326,14 @@ class ReplayBench(prefix_ttft.Bench):
                 time.sleep(max(0.0, min(0.05, reqs[nxt]["arrival"] - (time.perf_counter() - t0))))
                 continue
             left_before = _prompt_left(sched)
+            if self.phases is not None:
+                self.phases.begin()
             t_step = time.perf_counter()
             outs = eng.step()
             steps += 1
             t = time.perf_counter() - t0
-            step_log.append((time.perf_counter() - t_step, left_before - _prompt_left(sched, preempted)))
+            step_log.append((time.perf_counter() - t_step, left_before - _prompt_left(sched, preempted),
+                             self.phases.end() if self.phases is not None else {}))
             if waiting_first:
                 for rid, req in sched.requests.items():
                     i = int2i.get(rid)
@@ -379,10 +382,18 @@ def _prompt_left(sched, preempted: dict | None = None) -> int:
 def step_summary(step_log: list) -> dict:
     """Engine steps split into those that took prompt tokens (vLLM counts them computed once scheduled:
     with async scheduling, the step the call scheduled) and decode-only ones: count, median and p90 ms,
-    and the whole time in each (where a connector's per-step cost shows)."""
+    and the whole time in each (where a connector's per-step cost shows); with step phases
+    (``bench/step_phases.py``), the mean ms per step of each phase (``<kind>_phases_ms``)."""
     out = {}
     for kind, sel in (("prefill", lambda tok: tok > 0), ("decode", lambda tok: tok <= 0)):
-        ms = sorted(1e3 * sec for sec, tok in step_log if sel(tok))
+        ms = sorted(1e3 * sec for sec, tok, _ in step_log if sel(tok))
+        phases: dict = {}
+        for _, tok, ph in step_log:
+            if sel(tok):
+                for k, v in ph.items():
+                    phases[k] = phases.get(k, 0.0) + v
+        if phases:
+            out[f"{kind}_phases_ms"] = {k: round(v / len(ms), 3) for k, v in phases.items()}
         out[f"{kind}_steps"] = len(ms)
         out[f"{kind}_step_p50_ms"] = round(ms[len(ms) // 2], 2) if ms else None
         out[f"{kind}_step_p90_ms"] = round(ms[int(0.9 * (len(ms) - 1))], 2) if ms else None
@@ -484,7 +495,9 @@ def row_of(mode: str, part: dict) -> dict:
                ucm_evictions=u.get("evictions"), error=part.get("error"), ucm_delayed_frees=u.get("delayed_frees"),
                # vLLM blocks kept for dumps after their request ended, on average over the replay's steps
                ucm_held_blocks=held / steps if held is not None and steps else None)
-    return {k: row.get(k) for k in ROW_COLS}
+    out = {k: row.get(k) for k in ROW_COLS}
+    out.update({f"{kind}_phases_ms": s.get(f"{kind}_phases_ms") for kind in ("prefill", "decode")})
+    return out
 
 
 WINDOWS = 6  # the paired differences are also given per sixth of the requests, in arrival order
@@ -595,6 +608,15 @@ def markdown(res: dict) -> str:
         for r in res["rows"]:
             lines.append("| " + " | ".join([r["mode"]] + [_f(r.get(k), 3 if k.endswith("_s") else 1 if
                                                               k.endswith("_ms") else 0) for k in STEP_COLS]) + " |")
+    phased = [(r["mode"], kind, r[f"{kind}_phases_ms"]) for r in res["rows"] for kind in ("prefill", "decode")
+              if r.get(f"{kind}_phases_ms")]
+    if phased:
+        from step_phases import PHASES
+        lines += ["", "Where a step's time goes (mean ms per step; `bench/step_phases.py`: `sched.connector`, "
+                  "`exec.*` and `sample.post` are ucm's or native's hooks, `cpu` the engine thread's CPU time):", "",
+                  "| mode | steps | " + " | ".join(PHASES) + " |", "|---|---|" + "---:|" * len(PHASES)]
+        for mode, kind, ph in phased:
+            lines.append(f"| {mode} | {kind} | " + " | ".join(_f(ph.get(k), 1) for k in PHASES) + " |")
     if res.get("paired"):
         ms = lambda x: "n/a" if x is None else f"{x * 1e3:+.1f}"  # noqa: E731
         lines += ["", "TTFT request by request against full compute (same arrivals; ms, + = slower):", "",

@@ -199,8 +199,11 @@ def test_paired_compares_the_same_requests_and_splits_off_the_hits():
 
 
 def test_step_summary_splits_prefill_from_decode_steps():
-    log = [(0.010, 512), (0.030, 1024), (0.002, 0), (0.004, 0), (0.003, -32)]  # -32: a preempted request restarts
+    log = [(0.010, 512, {"execute": 8.0}), (0.030, 1024, {"execute": 20.0, "exec.load": 4.0}), (0.002, 0, {}),
+           (0.004, 0, {}), (0.003, -32, {})]  # -32: a preempted request restarts
     s = tr.step_summary(log)
+    assert s["prefill_phases_ms"] == {"execute": 14.0, "exec.load": 2.0}  # mean over the prefill steps
+    assert "decode_phases_ms" not in s  # no phases recorded there
     assert (s["prefill_steps"], s["decode_steps"]) == (2, 3)
     assert s["prefill_step_p50_ms"] == pytest.approx(30.0) and s["prefill_step_total_s"] == pytest.approx(0.04)
     assert s["decode_step_p50_ms"] == pytest.approx(3.0) and s["decode_step_p90_ms"] == pytest.approx(3.0)
@@ -219,8 +222,11 @@ def test_prompt_left_counts_uncomputed_prompt_tokens_and_preemptions():
 def test_report_has_the_step_table(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "plot", lambda res, path: None)
     s = tr.summarize([dict(arrival=0.0, first=0.2, finish=0.4, prompt_len=10, max_tokens=2, cached=0)])
-    _part(str(tmp_path), "full", dict(s, **tr.step_summary([(0.05, 10), (0.01, 0)]), preemptions=3))
+    _part(str(tmp_path), "full", dict(s, **tr.step_summary([(0.05, 10, {"execute": 40.0, "cpu": 45.0}),
+                                                                 (0.01, 0, {})]), preemptions=3))
     res = tr.report(str(tmp_path), [])
     assert res["rows"][0]["preemptions"] == 3 and res["rows"][0]["prefill_steps"] == 1
     md = (tmp_path / "trace_replay_h200_2026-11-28.md").read_text()
     assert "| full | 1 | 50.0 | 50.0 | 0.050 | 1 | 10.0 | 10.0 | 0.010 | 3 | n/a | n/a |" in md
+    phase_row = next(line for line in md.splitlines() if line.startswith("| full | prefill |"))
+    assert "| 40.0 |" in phase_row and phase_row.endswith("| 45.0 |")  # execute; cpu, the last column
