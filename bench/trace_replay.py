@@ -293,7 +293,8 @@ class ReplayBench(prefix_ttft.Bench):
             return i
 
         nxt, n, cut_off, steps, rids, aborted = 0, len(reqs), False, 0, [], 0
-        step_log, preempted = [], {}  # (seconds, prompt tokens computed) per step; req id -> preemptions
+        step_log, preempted = [], {}  # (seconds, prompt tokens computed, phases) per step; req id -> preemptions
+        record = []  # one STEP_COLUMNS row per step (step_record)
         bar = tqdm(total=n, desc=f"{self.mode}", unit="req", mininterval=2.0, file=sys.stdout)
         t0 = time.perf_counter()
         while True:
@@ -334,6 +335,7 @@ class ReplayBench(prefix_ttft.Bench):
             t = time.perf_counter() - t0
             step_log.append((time.perf_counter() - t_step, left_before - _prompt_left(sched, preempted),
                              self.phases.end() if self.phases is not None else {}))
+            record.append(step_record(sched, t, step_log[-1], sum(preempted.values())))
             if waiting_first:
                 for rid, req in sched.requests.items():
                     i = int2i.get(rid)
@@ -365,7 +367,40 @@ class ReplayBench(prefix_ttft.Bench):
         if self.mode.startswith("native"):
             res["native"] = dict(self.native_xfer)
         return dict(summary=res, requests=[{k: (round(v, 5) if isinstance(v, float) else v) for k, v in x.items()}
-                                           for x in recs])
+                                           for x in recs], steps=dict(columns=STEP_COLUMNS, rows=record))
+
+
+#: the per-step record of a replay (the part JSON's ``steps``): when the step ended (s since the replay began), its
+#: wall ms, prompt tokens it computed, vLLM's running and waiting requests after it, KV cache usage (0-1),
+#: preemptions so far, and the vLLM blocks ucm's scheduler keeps for dumps of finished requests (delayed frees)
+STEP_COLUMNS = ("t_s", "ms", "prompt_tokens", "running", "waiting", "kv_usage", "preemptions", "held_blocks")
+
+
+def step_record(sched, t: float, step: tuple, preemptions: int) -> list:
+    kvm = getattr(sched, "kv_cache_manager", None)
+    usage = getattr(kvm, "usage", None) if kvm is not None else None
+    # ucm's scheduler side (UnifiedCacheConnectorV1._scheduler): finished requests whose blocks vLLM keeps
+    held = getattr(getattr(getattr(sched, "connector", None), "_scheduler", None), "held", None)
+    return [round(t, 4), round(1e3 * step[0], 2), step[1], len(getattr(sched, "running", ())),
+            len(getattr(sched, "waiting", ())), None if usage is None else round(usage, 4), preemptions,
+            None if held is None else sum(b for _, b in held.values())]
+
+
+def preemption_context(steps: dict) -> dict | None:
+    """The steps in which vLLM preempted requests: how many, and what ucm held and how full the KV cache
+    was at the step before each (the one whose end left too few free blocks)."""
+    if not steps or not steps.get("rows"):
+        return None
+    col = {c: i for i, c in enumerate(steps["columns"])}
+    rows, hits = steps["rows"], []
+    for k in range(1, len(rows)):
+        if rows[k][col["preemptions"]] > rows[k - 1][col["preemptions"]]:
+            hits.append(rows[k - 1])
+    held = [r[col["held_blocks"]] for r in hits if r[col["held_blocks"]] is not None]
+    usage = [r[col["kv_usage"]] for r in hits if r[col["kv_usage"]] is not None]
+    return dict(steps=len(hits), with_held_blocks=sum(1 for h in held if h > 0),
+                held_blocks_median=statistics.median(held) if held else None,
+                kv_usage_median=statistics.median(usage) if usage else None)
 
 
 def _prompt_left(sched, preempted: dict | None = None) -> int:
@@ -497,6 +532,7 @@ def row_of(mode: str, part: dict) -> dict:
                ucm_held_blocks=held / steps if held is not None and steps else None)
     out = {k: row.get(k) for k in ROW_COLS}
     out.update({f"{kind}_phases_ms": s.get(f"{kind}_phases_ms") for kind in ("prefill", "decode")})
+    out["preemption_steps"] = preemption_context(part.get("steps"))
     return out
 
 
@@ -608,6 +644,13 @@ def markdown(res: dict) -> str:
         for r in res["rows"]:
             lines.append("| " + " | ".join([r["mode"]] + [_f(r.get(k), 3 if k.endswith("_s") else 1 if
                                                               k.endswith("_ms") else 0) for k in STEP_COLS]) + " |")
+    ctx = [(r["mode"], r["preemption_steps"]) for r in res["rows"] if r.get("preemption_steps")]
+    if any(c["steps"] for _, c in ctx):
+        lines += ["", "Steps in which vLLM preempted requests (from the per-step record, the part JSON's `steps`), and "
+                  "at the step before each: ucm's blocks held for dumps, the KV cache's usage:", ""]
+        for mode, c in ctx:
+            lines.append(f"- {mode}: {c['steps']} steps; ucm held blocks before {c['with_held_blocks']} of them "
+                         f"(median {_f(c['held_blocks_median'], 0)}); KV usage median {_f(c['kv_usage_median'], 3)}")
     phased = [(r["mode"], kind, r[f"{kind}_phases_ms"]) for r in res["rows"] for kind in ("prefill", "decode")
               if r.get(f"{kind}_phases_ms")]
     if phased:

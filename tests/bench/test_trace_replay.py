@@ -230,3 +230,23 @@ def test_report_has_the_step_table(tmp_path, monkeypatch):
     assert "| full | 1 | 50.0 | 50.0 | 0.050 | 1 | 10.0 | 10.0 | 0.010 | 3 | n/a | n/a |" in md
     phase_row = next(line for line in md.splitlines() if line.startswith("| full | prefill |"))
     assert "| 40.0 |" in phase_row and phase_row.endswith("| 45.0 |")  # execute; cpu, the last column
+
+
+def test_step_record_reads_the_scheduler_and_ucm_held_blocks():
+    ns = argparse.Namespace
+    ucm = ns(held={"a": (3, 250), "b": (4, 6)})  # finished requests -> (step, blocks kept for their dumps)
+    sched = ns(kv_cache_manager=ns(usage=0.93751), running=[1, 2, 3], waiting=[4], connector=ns(_scheduler=ucm))
+    row = tr.step_record(sched, 1.23456, (0.0421, 512, {}), 2)
+    assert dict(zip(tr.STEP_COLUMNS, row)) == dict(t_s=1.2346, ms=42.1, prompt_tokens=512, running=3, waiting=1,
+                                                    kv_usage=0.9375, preemptions=2, held_blocks=256)
+    plain = tr.step_record(ns(running=[], waiting=[]), 0.5, (0.01, 0, {}), 0)  # no connector, no KV manager
+    assert plain[tr.STEP_COLUMNS.index("held_blocks")] is None and plain[tr.STEP_COLUMNS.index("kv_usage")] is None
+
+
+def test_preemption_context_looks_at_the_step_before_each_preemption():
+    row = lambda pre, held, usage: [0.0, 1.0, 0, 1, 0, usage, pre, held]  # noqa: E731
+    steps = dict(columns=list(tr.STEP_COLUMNS), rows=[row(0, 0, 0.5), row(0, 250, 0.99), row(1, 0, 0.98),
+                                                       row(1, 0, 0.97), row(3, 0, 0.99)])
+    c = tr.preemption_context(steps)
+    assert c == dict(steps=2, with_held_blocks=1, held_blocks_median=125.0, kv_usage_median=0.98)
+    assert tr.preemption_context(None) is None and tr.preemption_context(dict(columns=[], rows=[])) is None
