@@ -20,6 +20,7 @@
 #   bash bench/gpu_session.sh stagger    # c = 2, 4 cells with step budgets (STAGGER_RUNS, default turn:1024 turn:512; also tokens:N, blocks:N)
 #   bash bench/gpu_session.sh decode     # decode tokens/s storing vs not storing, 24 A B B A pairs of 64 tokens
 #   bash bench/gpu_session.sh replay1    # the trace replay, REPLAY_MODES (default full,ucm_lru)
+#   bash bench/gpu_session.sh replayspy  # the same under py-spy (GIL samples per thread; .whl/ holds its wheel)
 # On two GPUs (nvidia-h200-x2), after the two stash calls:
 #   bash bench/gpu_session.sh pair     # the whole grid: full/ucm on GPU 0 beside native on GPU 1; then the 16k profile
 #   bash bench/gpu_session.sh tp2c4    # TP = 2 16k c = 4 with the scheduler's lookups logged, then the trace replay
@@ -27,7 +28,7 @@
 # Each step leaves $OUT/<step>.tgz (everything it wrote) and $OUT/<step>.log: the device returns <= 8 files.
 # STEP_S (default 570) is the step's whole budget: jobs get deadlines that end inside it.
 set -o pipefail
-step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof|check|lategrid|overflow|native|v1full|v1ucm|v2full|v2ucm|prof4k|stagger|decode|replay1}
+step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof|check|lategrid|overflow|native|v1full|v1ucm|v2full|v2ucm|prof4k|stagger|decode|replay1|replayspy}
 OUT=${OUT:-/tmp/gpu_session_out}
 W=/tmp/session/$step
 mkdir -p "$W" "$OUT"
@@ -250,6 +251,16 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # flags (e.g. "--ucm-admission reuse": store a block on its second sighting, fewer dumps)
     setup || exit 1
     eval "OUT=$W/replay $R --modes ${REPLAY_MODES:-full,ucm_lru} ${REPLAY_ARGS:-} $D" 2>&1 | tail -30
+    ;;
+  replayspy)  # the replay under py-spy (its wheel in .whl/, bench/README.md): with --gil a sample is a thread
+    # holding the GIL, so the threads' shares say who kept vLLM's engine thread waiting; bench/spy_summary.py
+    setup || exit 1
+    spy=$(ls /tmp/ucm_site/py_spy-*.data/scripts/py-spy 2>/dev/null | head -1)
+    [ -n "$spy" ] || { echo "no py-spy wheel in .whl/ (bench/README.md: pip download py-spy)"; exit 1; }
+    chmod +x "$spy"
+    eval "$spy record --threads --subprocesses ${SPY_ARGS:---gil -r 100} -f raw -o $W/spy.txt -- env OUT=$W/replay \
+      $R --modes ${REPLAY_MODES:-full,ucm_lru} ${REPLAY_ARGS:-} $D" 2>&1 | grep -v "^py-spy> Sampling" | tail -30
+    python3 bench/spy_summary.py "$W/spy.txt" --json "$W/spy.json" --top 15 > "$W/spy.md" && head -80 "$W/spy.md"
     ;;
   decode)  # decode storing vs not storing, A B B A pairs in one engine (the cell runs after a 4k c = 1 cell)
     setup || exit 1
