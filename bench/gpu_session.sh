@@ -233,7 +233,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # connector's defaults are step tokens 512 with the wait 2048); blocks:N = ucm_layerwise_step_load_blocks
     # N on 16k / 8k (100 % cells: 1,000 blocks a 16k request, 500 an 8k one). Twelfth session: tokens 1024
     # split 8k x 2 but its first token came at 87 ms (the second request's launch went first): turn:N
-    # measures the wait for it
+    # measures the wait for it. STAGGER_ARGS: more flags for every run (e.g. --ucm-prefetch)
     set -- ${STAGGER_RUNS:-turn:1024 turn:512}
     while [ $# -gt 0 ]; do  # each run gets an equal share of the time left
       kind=${1%%:*} n=${1#*:}
@@ -243,7 +243,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
       *) args="--lengths 16000,8000 --ucm-step-load-blocks $n" ;;
       esac
       OUT=$W/${kind}_$n bash bench/gpu_prefix_ttft.sh --modes ucm $args --concurrency 2,4 --reps 3 --decode-batch 0 \
-        --deadline-s "$(( $(left 30) / $# ))" 2>&1 | grep -E "^\| [0-9]+ \| [24] \|" | head -4 | sed "s/^/$1: /"
+        ${STAGGER_ARGS:-} --deadline-s "$(( $(left 30) / $# ))" 2>&1 | grep -E "^\| [0-9]+ \| [24] \|" | head -4 | sed "s/^/$1: /"
       shift
     done
     ;;
