@@ -172,8 +172,9 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # and read back with direct I/O, no page cache
     dd if=/dev/zero of=/tmp/ucm_dd bs=16M count=64 oflag=direct 2>&1 | tail -1 | sed 's/^/disk write: /'
     dd if=/tmp/ucm_dd of=/dev/null bs=16M iflag=direct 2>&1 | tail -1 | sed 's/^/disk read: /'; rm -f /tmp/ucm_dd
-    for v in DEFER_DUMPS=1 DEFER_DUMPS=0 STAGE_HEAD_MIB=512 STAGE_HEAD_MIB=100000 WHOLE_LOAD_PLANES_PER_EVENT=4; do
-      env "UCM_$v" timeout "$(left 30)" python3 bench/dram_bandwidth.py --blocks 1024 --piece-kib 32 --fragmented \
+    # CHECK_VARIANTS: the runs, each a comma-separated list of UCM_ switches (e.g. "DEFER_DUMPS=0,SMALL_CALL_BYTES=1099511627776")
+    for v in ${CHECK_VARIANTS:-DEFER_DUMPS=1 DEFER_DUMPS=0 STAGE_HEAD_MIB=512 STAGE_HEAD_MIB=100000 WHOLE_LOAD_PLANES_PER_EVENT=4}; do
+      env $(echo "$v" | tr ',' ' ' | sed 's/\([^ ]*\)/UCM_\1/g') timeout "$(left 30)" python3 bench/dram_bandwidth.py --blocks 1024 --piece-kib 32 --fragmented \
         --out "$W/bw_$v.json" --profile "$W/prof_$v" 2>&1 | grep -E "plain|^vllm" | sed "s/^/$v: /"
     done
     ;;

@@ -250,3 +250,19 @@ def test_load_blocks_asks_for_a_whole_load_and_read_planes_does_not(monkeypatch)
         store.read_planes(br, dst, last=True)
         assert store.wait(br.task) == OK and seen == [False]
         assert all(torch.equal(d[[2, 3]], s[[1, 5]]) and torch.equal(d[[6, 7]], s[[1, 5]]) for d, s in zip(dst, src))
+
+
+def test_the_small_call_limit_comes_from_the_environment():
+    """``UCM_SMALL_CALL_BYTES`` (A/B runs: a huge value sends every call direct) is read at import; a bad
+    value stops the import with the variable's name."""
+    import os
+    import subprocess
+    import sys
+
+    def small_call_bytes(value: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", "from ucm.tiers import planes; print(planes.SMALL_CALL_BYTES)"],
+                              env=dict(os.environ, UCM_SMALL_CALL_BYTES=value), capture_output=True, text=True)
+
+    assert small_call_bytes("1099511627776").stdout.strip() == "1099511627776"
+    bad = small_call_bytes("4MiB")
+    assert bad.returncode != 0 and "UCM_SMALL_CALL_BYTES must be a positive whole number" in bad.stderr
