@@ -57,7 +57,8 @@ MAX_DIRECT_RUNS = 8
 #: block every 16 tokens): 1-3 rows of 28 planes, ~2 MB of the 7B model, 56-84 kernels on the model's (or the
 #: dump submitter's) thread per step. Short DMAs are slower on the link (~9 GB/s for 64 KiB ones, H100):
 #: at most ~0.5 ms for this many bytes. ``UCM_SMALL_CALL_BYTES`` sets it (A/B runs; a huge value sends every
-#: call direct: one batched command a plane and stage however scattered its rows, fewer launches for slower DMAs)
+#: call direct, however scattered its rows: a dump then issues one batched command a stage for all its planes, no
+#: kernels; fewer launches, for DMAs of one block row each)
 SMALL_CALL_BYTES = env_count("UCM_SMALL_CALL_BYTES", 4 << 20)
 
 #: a load's planes (one per layer in vLLM 0.26's FlashAttention layout) share one completion per this
