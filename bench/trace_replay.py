@@ -379,6 +379,7 @@ STEP_COLUMNS = ("t_s", "ms", "prompt_tokens", "running", "waiting", "kv_usage", 
 def step_record(sched, t: float, step: tuple, preemptions: int) -> list:
     kvm = getattr(sched, "kv_cache_manager", None)
     usage = getattr(kvm, "usage", None) if kvm is not None else None
+    usage = usage() if callable(usage) else usage  # a property in vLLM 0.26 and 0.32
     # ucm's scheduler side (UnifiedCacheConnectorV1._scheduler): finished requests whose blocks vLLM keeps
     held = getattr(getattr(getattr(sched, "connector", None), "_scheduler", None), "held", None)
     return [round(t, 4), round(1e3 * step[0], 2), step[1], len(getattr(sched, "running", ())),
