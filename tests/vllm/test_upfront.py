@@ -10,7 +10,7 @@ import torch
 from ucm.integration.vllm import worker as worker_mod
 from ucm.integration.vllm.keys import KeyMaker
 from ucm.integration.vllm.metadata import LoadSpec, UcmConnectorMetadata
-from ucm.integration.vllm.scheduler import UPFRONT_RATIO, UcmScheduler
+from ucm.integration.vllm.scheduler import UPFRONT_RATIO, UcmScheduler, load_bound
 
 from tests.vllm.test_worker_loads import LAYERS, ROW, stored_and_worker
 
@@ -32,6 +32,11 @@ def test_the_scheduler_marks_load_bound_steps(blocks, step_tokens, upfront):
     sched = UcmScheduler(None, KeyMaker(b"root", 16, 1), 16, layerwise=True)
     sched.pending_loads["r"] = LoadSpec("r", [b"h"] * blocks, list(range(blocks)), layerwise=True)
     assert sched.build_connector_meta(_output(step_tokens)).upfront is upfront
+    assert load_bound(blocks * 16, step_tokens) is upfront  # the same rule decides a prefetch
+
+
+def test_load_bound_needs_a_load_and_counts_at_least_one_token_computed():
+    assert not load_bound(0, 0) and load_bound(16, 0) and not load_bound(15, 0)
 
 
 def test_loads_between_steps_never_mark_a_step_upfront():

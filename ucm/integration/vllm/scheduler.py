@@ -60,6 +60,12 @@ log = logging.getLogger("ucm")
 # a 7B model at ~37k tokens/s and copies its 57 KB/token KV at ~50 GB/s: ~24 x). An 80 % hit loads
 # 4 per token computed (layer by layer: the copies hide behind the compute), a 100 % hit ~1,000.
 UPFRONT_RATIO = 16
+
+
+def load_bound(loaded_tokens: int, computed_tokens: int) -> bool:
+    """Whether a step (``meta.upfront``) or one hit (``prefetch``) loads at least UPFRONT_RATIO tokens
+    per token it computes."""
+    return loaded_tokens > 0 and loaded_tokens >= UPFRONT_RATIO * max(1, computed_tokens)
 # in_turn_tokens: the longest a hit waits for the tokens of the step that filled the budget (a report lost
 # must not hold requests back for good; a step takes well under a second)
 IN_TURN_TIMEOUT_S = 2.0
@@ -194,8 +200,8 @@ class UcmScheduler:
         hashes = self.keys.hashes(st.keys, first + n)[first:first + n]
         spec = self.pending_loads[request.request_id] = LoadSpec(request.request_id, hashes,
                                                                  block_ids[first:first + n], layerwise=st.layerwise)
-        if self.prefetch and st.layerwise and n * self.block_size >= UPFRONT_RATIO * max(
-                1, request.num_tokens - (first + n) * self.block_size):  # load-bound, as meta.upfront
+        if self.prefetch and st.layerwise and load_bound(n * self.block_size,
+                                                         request.num_tokens - (first + n) * self.block_size):
             worker = self.lookup.local_worker()
             if worker is not None:  # the worker adopts the copies in this step's start_load_kv
                 worker.prefetch(spec)
@@ -237,7 +243,7 @@ class UcmScheduler:
         meta.loads = list(self.pending_loads.values())
         self.pending_loads.clear()
         loaded = sum(len(spec.block_ids) for spec in meta.loads if spec.layerwise) * self.block_size
-        meta.upfront = loaded > 0 and loaded >= UPFRONT_RATIO * scheduler_output.total_num_scheduled_tokens
+        meta.upfront = load_bound(loaded, scheduler_output.total_num_scheduled_tokens)
         for spec in meta.loads:  # the worker unpins once it has submitted the load
             self.pinned.discard(spec.req_id)
         return meta
