@@ -43,6 +43,19 @@ from trace_summary import blocking_calls, save_trace, stream_summary  # noqa: E4
 CPU = collections.defaultdict(lambda: [0, 0.0, 0.0])  # name -> [calls, wall seconds, the calling thread's CPU seconds]
 PATHS = collections.Counter()  # copier path -> plane groups
 RUNS = []  # runs per copier call
+PATCHED: list = []  # (owner, name, original) of every attribute instrument() replaced, for undo()
+
+
+def _patch(owner, name: str, value) -> None:
+    PATCHED.append((owner, name, getattr(owner, name)))
+    setattr(owner, name, value)
+
+
+def undo() -> None:
+    """Put back what instrument() replaced (tests; the benchmark's process just ends)."""
+    while PATCHED:
+        owner, name, original = PATCHED.pop()
+        setattr(owner, name, original)
 
 
 def _timed(owner, name: str, label: str) -> None:
@@ -60,7 +73,7 @@ def _timed(owner, name: str, label: str) -> None:
             c[1] += time.perf_counter() - t0
             c[2] += time.thread_time() - c0
 
-    setattr(owner, name, wrapper)
+    _patch(owner, name, wrapper)
 
 
 def instrument() -> None:
@@ -100,21 +113,21 @@ def instrument() -> None:
                                                         else "single plane, strided (UVA kernel)")] += 1
         return groups
 
-    planes.row_groups = row_groups
+    _patch(planes, "row_groups", row_groups)
     orig_direct = planes.CudaPlaneCopier._direct
 
     def direct(self, pcs, plan, to_pool, wait, *args, **kw):  # passes on what the copier adds (e.g. whole)
         PATHS["direct (slot and row runs)"] += len(pcs)
         return orig_direct(self, pcs, plan, to_pool, wait, *args, **kw)
 
-    planes.CudaPlaneCopier._direct = direct
+    _patch(planes.CudaPlaneCopier, "_direct", direct)
     orig_submit = planes.CudaPlaneCopier.submit
 
     def submit(self, pcs, plan, to_pool, *args, **kw):
         RUNS.append(dict(to_pool=bool(to_pool), rows=len(plan), runs=len(plan.runs), pairs=len(plan.pairs)))
         return orig_submit(self, pcs, plan, to_pool, *args, **kw)
 
-    planes.CudaPlaneCopier.submit = submit
+    _patch(planes.CudaPlaneCopier, "submit", submit)
 
 
 def profiled(b, make, cuda: bool, stem: str) -> dict:
