@@ -6,6 +6,8 @@ import sys
 import time
 import types
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
 
 from step_phases import PHASES, StepPhases  # noqa: E402
@@ -50,7 +52,7 @@ def _core():
     return types.SimpleNamespace(scheduler=sched, model_executor=executor), worker
 
 
-def test_a_step_call_is_split_into_its_phases():
+def _one_step_call() -> dict:
     core, worker = _core()
     ph = StepPhases(core, worker)
     ph.begin()
@@ -59,16 +61,30 @@ def test_a_step_call_is_split_into_its_phases():
     core.model_executor.sample_tokens(None)
     time.sleep(0.01)  # waiting for an output
     core.scheduler.update_from_output(None, None)
-    got = ph.end()
-    assert set(got) <= set(PHASES)
-    tol = 3.0  # ms: sleeps overshoot, never undershoot
+    return ph.end()
 
-    def near(k, ms):
-        assert ms <= got[k] <= ms + tol, (k, got[k], ms)
-    near("schedule", 9), near("sched.connector", 4), near("sched.alloc", 3)
-    near("execute", 15), near("exec.to_load", 6), near("exec.preempt", 2), near("exec.load", 5), near("exec.layers", 4)
-    near("sample", 2), near("sample.post", 2), near("update", 1), near("other", 10)
-    assert 0 <= got["cpu"] < 10, "sleeping is waiting: the thread's CPU time stays far below the call's 48 ms"
+
+#: phase -> the ms its sleeps add up to (execute: 7 sleeps, other: the 10 ms wait outside every phase)
+EXPECTED = {"schedule": 9, "sched.connector": 4, "sched.alloc": 3, "execute": 15, "exec.to_load": 6,
+            "exec.preempt": 2, "exec.load": 5, "exec.layers": 4, "sample": 2, "sample.post": 2, "update": 1,
+            "other": 10}
+
+
+def test_a_step_call_is_split_into_its_phases():
+    """Each phase within 3 ms above its sleeps (they overshoot, never undershoot; a phase counted twice
+    would be over by a whole nested phase). On a loaded 2-core machine one call's sleeps can overshoot
+    more, so the bounds must hold in one of three calls: a misattribution fails all three."""
+    tol = 3.0
+    for _ in range(3):
+        got = _one_step_call()
+        assert set(got) <= set(PHASES)
+        for k, ms in EXPECTED.items():
+            assert ms <= got[k], (k, got[k], ms)  # never under: nothing is lost
+        assert 0 <= got["cpu"] < 10, "sleeping is waiting: the thread's CPU time stays far below the call's 48 ms"
+        over = {k: got[k] for k, ms in EXPECTED.items() if got[k] > ms + tol}
+        if not over:
+            return
+    pytest.fail(f"phases above their sleeps by more than {tol} ms in three calls (last: {over})")
 
 
 def test_calls_outside_begin_and_end_are_not_counted_and_missing_hooks_are_skipped():
