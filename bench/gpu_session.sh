@@ -264,10 +264,14 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
         > "$W/spy_probe.log" 2>&1; then
       echo "py-spy cannot sample here ($(tail -1 "$W/spy_probe.log")): the replay without it"; spy=""
     fi
-    eval "${spy:+$spy record --threads --subprocesses ${SPY_ARGS:---gil -r 100} -f raw -o $W/spy.txt --} env \
-      OUT=$W/replay $R --modes ${REPLAY_MODES:-full,ucm_lru} ${REPLAY_ARGS:-} $D" 2>&1 | grep -v "^py-spy> Sampling" | tail -30
-    [ -s "$W/spy.txt" ] && python3 bench/spy_summary.py "$W/spy.txt" --json "$W/spy.json" --top 15 > "$W/spy.md" \
-      && head -80 "$W/spy.md"
+    # the replay attaches py-spy to its own process around the replay loop (trace_replay.SpyOnSelf: wrapped
+    # around the command with --subprocesses, py-spy sampled only the first Python child, 2026-11-29)
+    export UCM_SPY=$spy UCM_SPY_ARGS="${SPY_ARGS:--r 100}"
+    eval "OUT=$W/replay $R --modes ${REPLAY_MODES:-full,ucm_lru} ${REPLAY_ARGS:-} $D" 2>&1 | tail -30
+    for f in "$W"/replay/spy_*.txt; do
+      [ -s "$f" ] && python3 bench/spy_summary.py "$f" --json "${f%.txt}.json" --top 15 > "${f%.txt}.md" \
+        && echo "== $f" && head -40 "${f%.txt}.md"
+    done
     ;;
   decode)  # decode storing vs not storing, A B B A pairs in one engine (the cell runs after a 4k c = 1 cell)
     setup || exit 1

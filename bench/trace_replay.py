@@ -437,6 +437,47 @@ def step_summary(step_log: list) -> dict:
     return out
 
 
+class SpyOnSelf:
+    """py-spy sampling this process during the replay loop, when ``UCM_SPY`` names a py-spy binary (bench/README.md):
+    ``py-spy record --pid <this process> --threads --gil`` (plus ``UCM_SPY_ARGS``, default ``-r 100``) into
+    ``out``, stopped with SIGINT (py-spy then writes the profile). Attached from inside, not wrapped around the
+    command: wrapped with ``--subprocesses``, py-spy 0.4.3 sampled only the first Python child (the bundle's
+    import check) and never the replay (H200, 2026-11-29). Start-up and warm-up stay out of the profile."""
+
+    def __init__(self, out: str, env=os.environ):
+        self.out, self.binary = out, env.get("UCM_SPY", "")
+        self.args = env.get("UCM_SPY_ARGS", "-r 100").split()
+        self.proc = None
+
+    def __enter__(self) -> "SpyOnSelf":
+        import subprocess
+
+        if self.binary:
+            cmd = [self.binary, "record", "--pid", str(os.getpid()), "--threads", "--gil", *self.args,
+                   "-f", "raw", "-o", self.out]
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            time.sleep(1.0)  # py-spy attaches before the loop starts
+            if self.proc.poll() is not None:
+                print(f"py-spy did not start ({self.proc.returncode}): {self.proc.communicate()[0].strip()[-300:]}",
+                      flush=True)
+                self.proc = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+        import subprocess
+
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            out = self.proc.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out = self.proc.communicate()[0]
+        print(f"py-spy ({self.proc.returncode}): {out.strip().splitlines()[-2:] if out.strip() else ''}", flush=True)
+
+
 def run_worker(a, mode: str) -> None:
     import importlib
 
@@ -456,7 +497,8 @@ def run_worker(a, mode: str) -> None:
         res["info"] = dict(b.info, run_command=os.environ.get("TRACE_REPLAY_COMMAND"))
         res["settings"] = settings_of(a, reqs, ws)
         b.warmup()
-        res.update(b.replay(reqs, a.worker_deadline))
+        with SpyOnSelf(os.path.join(a.out, f"spy_{mode}.txt")):
+            res.update(b.replay(reqs, a.worker_deadline))
         res["info"]["finished"] = utc_now()
         s = res["summary"]
         print(f"{mode}: {s['completed']}/{s['requests']} requests, {s['req_s']} req/s, TTFT p50 {s['ttft_p50_s']} s "

@@ -250,3 +250,34 @@ def test_preemption_context_looks_at_the_step_before_each_preemption():
     c = tr.preemption_context(steps)
     assert c == dict(steps=2, with_held_blocks=1, held_blocks_median=125.0, kv_usage_median=0.98)
     assert tr.preemption_context(None) is None and tr.preemption_context(dict(columns=[], rows=[])) is None
+
+
+def _fake_spy(tmp_path, body: str) -> str:
+    """An executable standing in for py-spy: records its arguments, then runs ``body`` (bash)."""
+    path = tmp_path / "py-spy"
+    path.write_text(f"#!/bin/bash\necho \"$@\" > {tmp_path}/args\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_spy_on_self_samples_this_process_and_stops_it_with_sigint(tmp_path):
+    # like py-spy record: sample until SIGINT, then write the profile and exit 0
+    spy = _fake_spy(tmp_path, 'out="${@: -1}"; trap \'echo "thread (1): MainThread;f (x.py:1) 3" > "$out"; '
+                              'exit 0\' INT; while true; do sleep 0.05; done')
+    out = tmp_path / "spy_ucm_lru.txt"
+    with tr.SpyOnSelf(str(out), env={"UCM_SPY": spy, "UCM_SPY_ARGS": "-r 50"}) as s:
+        assert s.proc is not None and s.proc.poll() is None  # sampling while the loop runs
+    assert s.proc.returncode == 0 and out.read_text().startswith("thread (1)")
+    args = (tmp_path / "args").read_text().split()
+    assert args[:3] == ["record", "--pid", str(os.getpid())]
+    assert {"--threads", "--gil"} <= set(args) and args[args.index("-r") + 1] == "50"
+    assert args[-4:] == ["-f", "raw", "-o", str(out)]
+
+
+def test_spy_on_self_is_off_without_ucm_spy_and_survives_a_py_spy_that_cannot_attach(tmp_path, capsys):
+    with tr.SpyOnSelf(str(tmp_path / "a.txt"), env={}) as s:
+        assert s.proc is None
+    spy = _fake_spy(tmp_path, 'echo "Permission denied (os error 1)"; exit 1')
+    with tr.SpyOnSelf(str(tmp_path / "b.txt"), env={"UCM_SPY": spy}) as s:
+        assert s.proc is None  # the replay runs on without a profile
+    assert "py-spy did not start (1): Permission denied" in capsys.readouterr().out

@@ -106,7 +106,7 @@ def test_a_count_in_the_environment_is_a_positive_whole_number(monkeypatch, name
     assert base.env_count(name, default) == 7
 
 
-@pytest.mark.parametrize("name, default", [("UCM_DEFER_DUMPS", True), ("UCM_BATCH_DMA", True)])
+@pytest.mark.parametrize("name, default", [("UCM_DEFER_DUMPS", False), ("UCM_BATCH_DMA", True)])
 def test_an_on_off_switch_in_the_environment_is_0_or_1(monkeypatch, name, default):
     monkeypatch.delenv(name, raising=False)
     assert base.env_switch(name, default) is default

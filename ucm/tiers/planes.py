@@ -17,14 +17,16 @@ vLLM block) and ``pool_rows`` is a (slots, width) view of the pool. Instead of o
 Each plane has a completion (a load's planes share one per ``LOAD_PLANES_PER_EVENT``, or per stage for a
 load of every plane at once), so a caller can wait for one layer while others copy.
 
-Dumps are issued by a submitter thread once the caller's work is done (``DEFER_DUMPS``): a dump's copies
-must wait for the forward that wrote the rows, and queued at once behind that wait, a fragmented step-end
-dump (56 planes x ~20 runs: thousands of DMAs) held vLLM's thread in the submission until the forward
-ended (likely CUDA's limit on pending commands), which delayed the previous step's output by a whole step
-(H200 grid, 2026-11-28: the first request of 16k c = 2 at 0.87 s instead of 0.43 s). A dump whose
-forward has already ended has nothing to wait for and is issued on the caller's thread (there the
-hop only delayed the copies: the submitter waited for the GIL while the caller planned the next
-stages, 3.5-6 ms of an idle link per 1 GiB dump in an H200 profile).
+Dumps are issued on the caller's thread by default. ``UCM_DEFER_DUMPS=1`` hands a dump whose caller's
+work still runs to a submitter thread that issues it once that work is done: queued at once behind the
+forward, a fragmented step-end dump (56 planes x ~20 runs: thousands of DMAs) once held vLLM's thread in
+the submission until the forward ended (H200 grid, 2026-11-28, before batched DMAs: the first request of
+16k c = 2 at 0.87 s instead of 0.43 s), so deferring was the default from then. With batched DMAs (a loop of DMAs
+is one driver command) the caller's thread won on the H200 (2026-11-29, same machine and
+session: the 16k / 8k full-compute passes as fast, 0.43 / 0.65 / 1.09 s at 16k; 100 % hits at c >= 2
+7-17 ms faster; scattered-row dumps at 0.89-0.91 of the plain pinned copy against 0.78-0.82 deferred, in
+three sessions). The trace replay could not tell them apart (one run each, +21 against +12 ms a request
+at the median over no connector, within the replay's spread from run to run).
 
 Every DMA loop (a plane's runs; a dump's planes) is one driver command where the driver has
 ``cuMemcpyBatchAsync`` (``batch_dma``; ``UCM_BATCH_DMA=0``: one PyTorch copy per run).
@@ -75,8 +77,9 @@ LOAD_PLANES_PER_EVENT = env_count("UCM_LOAD_PLANES_PER_EVENT", 4)
 #: 100 % hit its compute (one block) is short. ``UCM_WHOLE_LOAD_PLANES_PER_EVENT`` sets it (A/B runs)
 WHOLE_LOAD_PLANES_PER_EVENT = env_count("UCM_WHOLE_LOAD_PLANES_PER_EVENT", 1 << 16)
 
-#: dumps issued by a submitter thread (module docstring); ``UCM_DEFER_DUMPS=0``: on the caller's thread
-DEFER_DUMPS = env_switch("UCM_DEFER_DUMPS", True)
+#: dumps issued on the caller's thread (module docstring); ``UCM_DEFER_DUMPS=1``: by a submitter thread once
+#: the caller's work before them is done
+DEFER_DUMPS = env_switch("UCM_DEFER_DUMPS", False)
 
 
 def cuda_view(host: torch.Tensor) -> torch.Tensor:
