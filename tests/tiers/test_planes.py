@@ -291,17 +291,20 @@ def test_open_blocks_reads_layer_by_layer_and_keeps_blocks_until_the_last(pool_s
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the two-stream DMA path is CUDA-only")
 @pytest.mark.parametrize("shuffled,forward", [(False, False), (True, False), (False, True), (True, True)],
                          ids=["slot-runs", "fragmented", "slot-and-row-runs", "fragmented-forward"])
-@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy-forward"])
-def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward, busy, monkeypatch):
+@pytest.mark.parametrize("busy,defer", [(False, False), (True, False), (True, True)],
+                         ids=["idle", "busy-forward", "busy-forward-deferred"])
+def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward, busy, defer, monkeypatch):
     """More layers than staging buffers, each plane big enough for the DMA path: DMAs of one layer
     overlap the previous layer's kernel on the other stream; every byte must still land, both ways,
     through reserve/write and open/read as vLLM's connector calls them. Rows read back in order onto
     fresh slots take the direct path (one DMA per run, no staging); reversed or shuffled ones the
     staging ring. ``busy``: the caller's stream still runs a kernel (a forward) when the dumps are
-    submitted, so they go through the submitter thread and must wait for it. (Its calls are small:
+    submitted, so they must wait for it: queued behind it on the caller's thread (the default), or
+    (``defer``, ``UCM_DEFER_DUMPS=1``) through the submitter thread. (Its calls are small:
     SMALL_CALL_BYTES 0 keeps them off the small calls' direct path.)"""
     from ucm.tiers import planes as planes_mod
     monkeypatch.setattr(planes_mod, "SMALL_CALL_BYTES", 0)
+    monkeypatch.setattr(planes_mod, "DEFER_DUMPS", defer)
     layers, n = 12, 700  # 700 rows x 1 KiB a plane
     block = 2 * layers * ROW
     with create_store("UcmDramStore", {"kv_block_size": block, "max_cache_size": (n + 8) * block,
@@ -330,8 +333,8 @@ def test_many_layers_through_the_staging_ring_on_cuda(shuffled, forward, busy, m
         expect = [t.index_select(0, rows_dev) for t in src]  # queued on the caller's stream too
         for layer in range(layers):
             store.write_planes(bw, [src[layer]], offset=layer * 2 * ROW)
-        if busy and planes_mod.DEFER_DUMPS:
-            assert store._cuda_dump._submitter is not None  # deferred: the forward was still running
+        # deferred only where asked: the forward was still running
+        assert (store._cuda_dump._submitter is not None) == (busy and defer)
         assert store.wait(bw.task) == OK
         store.commit(ids)
         dst = [torch.zeros_like(t) for t in src]
