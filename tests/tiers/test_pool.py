@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ucm.tiers import OK, REFUSED, create_store
+from ucm.tiers.disk import DiskTier
 from tests.tiers.conftest import BLOCK, SLOTS, get, put, rand_block
 
 
@@ -219,3 +220,28 @@ def test_a_dump_of_the_same_id_during_a_fill_settles_it_at_its_commit(dram_tier)
     assert dram_tier.wait(fill.task) == OK
     dram_tier.commit(["d"])
     assert dram_tier.holds(b"d") and torch.equal(get(dram_tier, "d")[1], data)
+
+
+@pytest.mark.parametrize("tier", ["dram", "disk", "chain"])
+def test_a_lookup_without_record_is_no_sighting_for_admission(tier, tmp_path):
+    """vLLM asks again about a request it could not schedule yet: the scheduler's repeated lookups pass
+    ``record=False``, so reuse admission (a block enters on its second sighting) still counts one sighting
+    a request, however often it was asked."""
+    reuse = {"name": "reuse", "params": {}}
+    if tier == "dram":
+        store = create_store("UcmDramStore", {"kv_block_size": BLOCK, "max_cache_size": 4 * BLOCK,
+                                               "admission": reuse})
+    elif tier == "disk":
+        store = DiskTier({"kv_block_size": BLOCK, "admission": reuse,
+                          "disk": {"path": str(tmp_path / "d"), "max_size": 4 * BLOCK}})
+    else:  # every tier of the chain admits by reuse
+        store = create_store("dram_disk", {"kv_block_size": BLOCK, "max_cache_size": 4 * BLOCK, "admission": reuse,
+                                           "disk": {"path": str(tmp_path / "d"), "max_size": 4 * BLOCK}})
+    with store:
+        assert store.lookup(["asked", "seen"]) == [False, False]  # one sighting each
+        for _ in range(3):
+            assert store.lookup(["asked"], record=False) == [False]
+        assert store.lookup(["seen"]) == [False]  # its second sighting
+        store.wait(store.dump(["asked", "seen"], [0, 0], [rand_block(), rand_block()]))
+        store.commit(["asked", "seen"])  # DRAM refuses at the dump, the disk at the commit
+        assert store.lookup(["asked", "seen"], record=False) == [False, True]

@@ -12,7 +12,8 @@ class _Store:
         self.held = set(held)
         self.pins: dict[str, list[bytes]] = {}
 
-    def lookup(self, keys):
+    def lookup(self, keys, record=True):
+        self.recorded = getattr(self, "recorded", []) + [record]
         return [k in self.held for k in keys]
 
     def pin(self, keys, owner):
@@ -84,7 +85,7 @@ def test_scheduler_warns_when_a_requests_hit_shrinks_between_steps(caplog):
     class Lookup:
         held = 4
 
-        def lookup(self, per_rank):
+        def lookup(self, per_rank, record=True):
             return [i < self.held for i in range(len(per_rank[0]))]
 
         def pin(self, keys, owner):
@@ -126,3 +127,50 @@ def test_the_in_process_worker_is_found_at_tp1_only_and_held_weakly():
         assert lookup_rpc.RankedLookup("eng-w", 1).local_worker() is None
     finally:
         stores.register_worker(lookup_rpc.store_key("eng-w", 0), None)
+
+
+def test_a_lookup_that_records_no_sighting_travels_over_ipc():
+    eid = uuid.uuid4().hex
+    store = _Store({b"a/tp0"})
+    server = lookup_rpc.LookupServer(store, lookup_rpc.socket_path(eid, 0))
+    try:
+        look = lookup_rpc.RankedLookup(eid, 1)
+        assert look.lookup([[b"a/tp0", b"b/tp0"]]) == [True, False]
+        assert look.lookup([[b"a/tp0", b"b/tp0"]], record=False) == [True, False]
+        assert store.recorded == [True, False]
+        look.close()
+    finally:
+        server.close()
+
+
+def test_the_scheduler_records_one_sighting_a_request_however_often_vllm_asks():
+    """vLLM asks about a waiting request in every step until it schedules it (the step's token budget or KV
+    cache full, a deferred hit): a CPU replay near capacity asked about one request 12 times. Only the first
+    lookup is a sighting for the stores' admission and eviction policies; a new request of the same id is a new one."""
+    import types
+
+    from ucm.integration.vllm.keys import KeyMaker
+    from ucm.integration.vllm.scheduler import UcmScheduler
+
+    class Lookup:
+        def __init__(self):
+            self.records = []
+
+        def lookup(self, per_rank, record=True):
+            self.records.append(record)
+            return [False] * len(per_rank[0])
+
+    def request(rid):
+        return types.SimpleNamespace(request_id=rid, all_token_ids=list(range(100, 180)), num_tokens=80,
+                                     block_hashes=[], mm_features=[], lora_request=None, cache_salt=None,
+                                     prompt_embeds=None)
+
+    look = Lookup()
+    sched = UcmScheduler(look, KeyMaker(b"root", 16, 1), 16, layerwise=True)
+    a = request("a")
+    for _ in range(3):
+        assert sched.get_num_new_matched_tokens(a, 0) == (0, False)
+    assert sched.get_num_new_matched_tokens(request("b"), 0) == (0, False)
+    sched.request_finished(a, [])
+    assert sched.get_num_new_matched_tokens(request("a"), 0) == (0, False)  # the id again, a new request
+    assert look.records == [True, False, False, True, True]

@@ -80,7 +80,7 @@ def _request(rid, n_tokens, params=None):
 
 
 class _Miss:
-    def lookup(self, per_rank):
+    def lookup(self, per_rank, record=True):
         return [False] * len(per_rank[0])
 
 
@@ -109,7 +109,7 @@ class _Hold:
     def __init__(self, worker=None):
         self.worker = worker
 
-    def lookup(self, per_rank):
+    def lookup(self, per_rank, record=True):
         return [True] * len(per_rank[0])
 
     def pin(self, keys, owner):

@@ -290,7 +290,10 @@ class Store(ABC):
     timeout_s: float = 60.0
 
     @abstractmethod
-    def lookup(self, block_ids: Sequence[BlockId]) -> list[bool]: ...
+    def lookup(self, block_ids: Sequence[BlockId], record: bool = True) -> list[bool]:
+        """Whether each block is held (dumped, committed, resident). ``record``: the lookup is a sighting of
+        the blocks for the admission and prefix-aware eviction policies; False asks again without counting
+        (vLLM asks about a waiting request in every step until it is scheduled)."""
 
     @abstractmethod
     def dump(self, block_ids: Sequence[BlockId], offset: Sequence[int], src_tensor: Sequence[torch.Tensor]) -> Task: ...
@@ -421,7 +424,9 @@ class Tier(Store):
         if begin is not None:
             begin()
 
-    def lookup(self, block_ids: Sequence[BlockId]) -> list[bool]:
+    def lookup(self, block_ids: Sequence[BlockId], record: bool = True) -> list[bool]:
         keys = to_keys(block_ids)
+        if not record:
+            return [self.holds(k) for k in keys]
         self.begin_lookup()
         return [self.has(k) for k in keys]

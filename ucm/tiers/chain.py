@@ -64,8 +64,10 @@ class TierChain(Store):
     def tier(self, name: str) -> Tier:
         return next(t for t in self.tiers if t.name == name)
 
-    def lookup(self, block_ids: Sequence[BlockId]) -> list[bool]:
+    def lookup(self, block_ids: Sequence[BlockId], record: bool = True) -> list[bool]:
         keys = to_keys(block_ids)
+        if not record:
+            return [any(t.holds(k) for t in self.tiers) for k in keys]
         for t in self.tiers:
             t.begin_lookup()
         return [any(t.has(k) for t in self.tiers) for k in keys]

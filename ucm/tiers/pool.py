@@ -127,15 +127,18 @@ class SlotPoolTier(Tier):
         with self._lock:
             return super().has(key)
 
-    def lookup(self, block_ids: Sequence[BlockId]) -> list[bool]:
-        """``has`` for every id under one lock (a 16k-token prompt asks for 1,000 blocks)."""
+    def lookup(self, block_ids: Sequence[BlockId], record: bool = True) -> list[bool]:
+        """``has`` (``holds`` without ``record``) for every id under one lock (a 16k-token prompt asks for
+        1,000 blocks)."""
         keys = to_keys(block_ids)
         with self._lock:
-            self.begin_lookup()
-            record, blocks = self.admission.record, self._blocks
+            if record:
+                self.begin_lookup()
+            sighted, blocks = self.admission.record if record else None, self._blocks
             out = []
             for key in keys:
-                record(key)
+                if sighted is not None:
+                    sighted(key)
                 blk = blocks.get(key)
                 out.append(blk is not None and blk.committed)
         return out

@@ -4,7 +4,7 @@ The store lives with the worker that fills it (one per TP rank). When the schedu
 process (offline ``LLM``, GPU ``vllm serve`` with TP=1) it calls the store directly; otherwise
 (vLLM CPU's serving executor, TP > 1) each worker answers lookups on a ZeroMQ IPC socket named
 after the engine id and its rank, and the scheduler asks every rank. Frames: the request is an op
-(``L`` lookup, ``P<owner>`` pin, ``U<owner>`` unpin) then the keys; the reply is one byte per key
+(``L`` lookup, ``Q`` lookup that records no sighting, ``P<owner>`` pin, ``U<owner>`` unpin) then the keys; the reply is one byte per key
 (1 = held / pinned). An unreachable worker answers "miss" (and pins nothing).
 """
 from __future__ import annotations
@@ -68,8 +68,8 @@ class LookupServer:
 
 def _answer(store: Any, op: bytes, keys: list[bytes]) -> list[bool]:
     kind, owner = op[:1], op[1:].decode()
-    if kind == b"L":
-        return list(store.lookup(keys)) if keys else []
+    if kind in (b"L", b"Q"):
+        return list(store.lookup(keys, record=kind == b"L")) if keys else []
     if kind == b"P":
         return list(store.pin(keys, owner)) if keys else []
     if kind == b"U":
@@ -96,8 +96,8 @@ class LookupClient:
             self._sock = sock
         return self._sock
 
-    def lookup(self, keys: list[bytes]) -> list[bool]:
-        return self.ask(b"L", keys) if keys else []
+    def lookup(self, keys: list[bytes], record: bool = True) -> list[bool]:
+        return self.ask(b"L" if record else b"Q", keys) if keys else []
 
     def pin(self, keys: list[bytes], owner: str) -> list[bool]:
         return self.ask(b"P" + owner.encode(), keys) if keys else []
@@ -148,11 +148,12 @@ class RankedLookup:
             client = self._clients[rank] = LookupClient(socket_path(self.engine_id, rank))
         return client
 
-    def lookup(self, per_rank_keys: list[list[bytes]]) -> list[bool]:
-        """``per_rank_keys[r]`` are rank r's keys of the same blocks; True where all ranks hold it."""
+    def lookup(self, per_rank_keys: list[list[bytes]], record: bool = True) -> list[bool]:
+        """``per_rank_keys[r]`` are rank r's keys of the same blocks; True where all ranks hold it.
+        ``record``: a sighting for the stores' policies (``Store.lookup``)."""
         result: Optional[list[bool]] = None
         for rank, keys in enumerate(per_rank_keys):
-            found = list(self._rank(rank).lookup(keys))
+            found = list(self._rank(rank).lookup(keys, record=record))
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("ucm: rank %d holds %d of %d blocks, prefix %d", rank, sum(found), len(found),
                           found.index(False) if False in found else len(found))

@@ -129,7 +129,8 @@ class UcmScheduler:
     # ---- hooks ------------------------------------------------------------------------------
     def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[Optional[int], bool]:
         st = self.reqs.get(request.request_id)
-        if st is None or st.keys.request is not request:
+        first_ask = st is None or st.keys.request is not request
+        if first_ask:
             st = self.reqs[request.request_id] = _ReqState(RequestKeys(request), store=stores_request(request))
         bs = self.block_size
         first = num_computed_tokens // bs
@@ -142,7 +143,10 @@ class UcmScheduler:
         hit = 0
         # the same decision for every rank: a block counts only if all ranks hold it
         per_rank = [self.keys.rank_keys(hashes, r) for r in range(self.keys.tp_size)]
-        present = self.lookup.lookup(per_rank)
+        # one sighting a request for the stores' policies: vLLM asks again about a request it could not
+        # schedule (a step's token budget or KV cache full, a deferred hit), up to 12 times a request in a
+        # CPU replay near capacity, which counted its blocks as seen again (reuse, TinyLFU admission)
+        present = self.lookup.lookup(per_rank, record=first_ask)
         for p in present:
             if not p:
                 break
