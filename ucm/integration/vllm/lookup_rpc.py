@@ -4,8 +4,8 @@ The store lives with the worker that fills it (one per TP rank). When the schedu
 process (offline ``LLM``, GPU ``vllm serve`` with TP=1) it calls the store directly; otherwise
 (vLLM CPU's serving executor, TP > 1) each worker answers lookups on a ZeroMQ IPC socket named
 after the engine id and its rank, and the scheduler asks every rank. Frames: the request is an op
-(``L`` lookup, ``Q`` lookup that records no sighting, ``P<owner>`` pin, ``U<owner>`` unpin) then the keys; the reply is one byte per key
-(1 = held / pinned). An unreachable worker answers "miss" (and pins nothing).
+(``L`` lookup, ``Q`` lookup that records no sighting, ``P<owner>`` pin, ``U<owner>`` unpin) then the
+keys; the reply is one byte per key (1 = held / pinned). An unreachable worker answers "miss" (and pins nothing).
 """
 from __future__ import annotations
 
