@@ -5,9 +5,10 @@ the functions most often on top of the stack, ucm's own frames apart.
 
 Made for the trace replay on the GPU (``bench/gpu_session.sh replayspy``): recorded with ``--gil`` a sample
 is a moment a thread held the GIL, so the threads' shares say who kept vLLM's engine thread waiting (ucm's dump
-submitter, its copy threads) and the engine thread's top frames say where its own time went. Recorded with
-``--subprocesses`` each stack starts with its process ("process 123:..."), so the modes the replay runs in
-subprocesses of their own stay apart.
+submitter, its copy threads) and the engine thread's top frames say where its own time went. The replay
+writes one profile per mode (``spy_<mode>.txt``: each mode's process attaches py-spy to itself,
+``trace_replay.SpyOnSelf``); a profile recorded with ``--subprocesses`` (stacks starting "process 123:...")
+is split by process.
 """
 from __future__ import annotations
 

@@ -134,14 +134,11 @@ class SlotPoolTier(Tier):
         with self._lock:
             if record:
                 self.begin_lookup()
-            sighted, blocks = self.admission.record if record else None, self._blocks
-            out = []
-            for key in keys:
-                if sighted is not None:
+                sighted = self.admission.record
+                for key in keys:
                     sighted(key)
-                blk = blocks.get(key)
-                out.append(blk is not None and blk.committed)
-        return out
+            blocks = self._blocks
+            return [blk is not None and blk.committed for blk in map(blocks.get, keys)]
 
     def holds(self, key: bytes) -> bool:
         blk = self._blocks.get(key)

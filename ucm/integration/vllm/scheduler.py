@@ -61,14 +61,15 @@ log = logging.getLogger("ucm")
 # 4 per token computed (layer by layer: the copies hide behind the compute), a 100 % hit ~1,000.
 UPFRONT_RATIO = 16
 
+# in_turn_tokens: the longest a hit waits for the tokens of the step that filled the budget (a report lost
+# must not hold requests back for good; a step takes well under a second)
+IN_TURN_TIMEOUT_S = 2.0
+
 
 def load_bound(loaded_tokens: int, computed_tokens: int) -> bool:
     """Whether a step (``meta.upfront``) or one hit (``prefetch``) loads at least UPFRONT_RATIO tokens
     per token it computes."""
     return loaded_tokens > 0 and loaded_tokens >= UPFRONT_RATIO * max(1, computed_tokens)
-# in_turn_tokens: the longest a hit waits for the tokens of the step that filled the budget (a report lost
-# must not hold requests back for good; a step takes well under a second)
-IN_TURN_TIMEOUT_S = 2.0
 
 
 @dataclass
