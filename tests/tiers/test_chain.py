@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ucm.tiers import OK, create_store
-from tests.tiers.conftest import BLOCK, get, put, writer_held
+from tests.tiers.conftest import BLOCK, get, put, rand_block, writer_held
 
 
 def test_evicted_blocks_are_demoted_and_still_hit(chain):
@@ -326,3 +326,71 @@ def test_concurrent_disk_hits_and_dumps_never_return_wrong_bytes(tmp_path):
         d.join()
         assert not errors, errors[:5]
         assert len(ok) > 300 and store.head.counters["filled"] > 0, (len(ok), store.head.counters)
+
+
+def _backlog_chain(tmp_path, backlog_blocks, ahead=0.0, slots=8):
+    cfg = {"kv_block_size": BLOCK, "planes": 2, "max_cache_size": slots * BLOCK, "demote_ahead": ahead,
+           "disk": {"path": str(tmp_path / "d"), "max_write_backlog": backlog_blocks * BLOCK}}
+    return create_store("dram_disk", cfg)
+
+
+def test_a_disk_behind_its_backlog_drops_victims_and_the_dump_never_waits(tmp_path):
+    """The disk writes slower than victims arrive (its writer is held): a dump into the full DRAM
+    queues victims up to ``disk.max_write_backlog`` and drops the rest (later misses) instead of
+    copying them out or waiting; the DRAM never exceeds its slots, and every block still stored
+    reads back exactly."""
+    with _backlog_chain(tmp_path, backlog_blocks=2) as store:
+        dram, disk = store.head, store.tier("disk")
+        layers = _layers(12)
+        data = _dump_rows(store, "a", range(8), layers)  # fills the DRAM
+        with writer_held(disk):
+            data.update(_dump_rows(store, "b", range(8, 12), layers))  # would deadlock if it waited
+            assert dram.counters["evictions"] == 4
+            assert dram.counters["demoted"] == 2 and dram.counters["dropped"] == 2
+            assert len(disk._writing) == 2 and disk.demotion_room() == 0
+            assert len(dram._blocks) <= dram.num_slots
+        store.flush()
+        assert disk.demotion_room() == 2
+        hit = store.lookup(list(data), record=False)
+        assert sum(hit) == 10 and all(hit[8:]), "the 2 dropped victims are misses, everything else hits"
+        for bid, want in data.items():
+            if store.lookup([bid], record=False)[0]:
+                code, out = get(store, bid)
+                assert code == OK and torch.equal(out, want), bid
+
+
+def test_demote_ahead_hands_down_no_more_than_the_backlog_takes(tmp_path):
+    with _backlog_chain(tmp_path, backlog_blocks=2, ahead=0.5) as store:
+        dram, disk = store.head, store.tier("disk")
+        layers = _layers(8)
+        _dump_rows(store, "a", range(4), layers)
+        with writer_held(disk):
+            _dump_rows(store, "b", range(4, 8), layers)  # full: would evict 4 ahead, the backlog takes 2
+            assert dram._draining == 2 and dram.counters["demoted_ahead"] == 2 and len(disk._writing) == 2
+        store.flush()
+        assert dram._draining == 0 and len(dram._free) == 2
+
+
+def test_a_backlog_of_zero_demotes_nothing(tmp_path):
+    with _backlog_chain(tmp_path, backlog_blocks=0, ahead=0.25) as store:
+        layers = _layers(12)
+        data = _dump_rows(store, "a", range(8), layers)
+        data.update(_dump_rows(store, "b", range(8, 12), layers))
+        store.flush()
+        dram, disk = store.head, store.tier("disk")
+        assert dram.counters["demoted"] == 0 and dram.counters["dropped"] == dram.counters["evictions"] > 0
+        assert disk.stats()["blocks"] == 0 and not os.listdir(disk.path)
+
+
+def test_the_disk_refuses_a_demotion_past_its_backlog_and_releases_the_buffer(tmp_path):
+    cfg = {"kv_block_size": BLOCK, "max_cache_size": 8 * BLOCK,
+           "disk": {"path": str(tmp_path / "d"), "max_write_backlog": BLOCK}}
+    with create_store("dram_disk", cfg) as store:
+        disk = store.tier("disk")
+        released = []
+        with writer_held(disk):
+            assert disk.write_block(b"x", rand_block(seed=1), release=released.append)
+            assert not disk.write_block(b"y", rand_block(seed=2), release=released.append)
+            assert len(released) == 1 and disk.counters["backlog_refused"] == 1
+        store.flush()
+        assert len(released) == 2 and disk.holds(b"x") and not disk.holds(b"y")

@@ -61,3 +61,10 @@ def test_hydra_config_builds_the_chain(tmp_path):
     with build_store(cfg) as store:
         assert [t.name for t in store.tiers] == ["hbm", "dram", "disk"]
         assert store.tiers[1].num_slots == 4 and store.tiers[0].num_slots == 2
+
+
+def test_disk_write_backlog_is_zero_or_at_least_one_block(tmp_path):
+    with pytest.raises(ValueError, match="'disk.max_write_backlog' = 100 is below one block"):
+        create_store("dram_disk", {**OK_CFG, "disk": {"path": str(tmp_path), "max_write_backlog": 100}})
+    for ok in (0, OK_CFG["kv_block_size"]):
+        create_store("dram_disk", {**OK_CFG, "disk": {"path": str(tmp_path), "max_write_backlog": ok}}).close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -417,6 +418,12 @@ class Tier(Store):
 
     @abstractmethod
     def stats(self) -> dict: ...
+
+    def demotion_room(self) -> int:
+        """Blocks a ``write_block`` from the tier above would take now without waiting. A tier that
+        writes in the background bounds its queue; while it is full the tier above drops its victims
+        (a later miss) rather than copy them out on the model's thread."""
+        return sys.maxsize
 
     def begin_lookup(self) -> None:
         """A request's lookup starts: prefix-aware policies (``begin_sequence``) order by request."""

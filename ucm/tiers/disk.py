@@ -38,6 +38,7 @@ class DiskTier(Tier):
         self.path = os.path.abspath(s.disk.path)
         self.max_size = s.disk.max_size
         self.fsync = s.disk.fsync
+        self.max_backlog = s.disk.max_write_backlog  # bytes of demoted blocks not yet in their files
         self.eviction, self.admission = build_policies(s, max(1, self.max_size // self.block_size))
         self._files: dict[bytes, int] = {}  # committed key -> file bytes
         self._used = 0
@@ -49,7 +50,8 @@ class DiskTier(Tier):
         self._lock = threading.RLock()
         self._copies = CopyEngine("disk-copy")
         self._io = CopyEngine("disk-io")
-        self.counters = dict(dumped_blocks=0, loaded_blocks=0, evictions=0, refused=0, corrupt=0, written=0)
+        self.counters = dict(dumped_blocks=0, loaded_blocks=0, evictions=0, refused=0, corrupt=0, written=0,
+                             backlog_refused=0)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         os.chmod(self.path, 0o700)
         self._scan()
@@ -174,6 +176,9 @@ class DiskTier(Tier):
             if key in self._files:
                 self.eviction.touch(key)
                 code = 0
+            elif background and self.demotion_room() < 1:
+                self.counters["backlog_refused"] += 1
+                code = REFUSED
             elif not self.admission.admit(key) or not self._make_room(self._file_bytes(key), key):
                 self.counters["refused"] += 1
                 code = REFUSED
@@ -304,6 +309,10 @@ class DiskTier(Tier):
         ``data`` must not change until ``release(data)``, called once the file is written (or
         at once when nothing is written)."""
         return self._store(key, data, background=True, release=release) == 0
+
+    def demotion_room(self) -> int:
+        """Demoted blocks the write queue takes before ``disk.max_write_backlog`` bytes wait."""
+        return max(0, self.max_backlog // self.block_size - len(self._writing))
 
     def _write_pending(self, key: bytes, data: torch.Tensor, release=None) -> None:
         try:

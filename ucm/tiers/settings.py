@@ -14,6 +14,7 @@ from typing import Any, Optional
 from ucm.policies import make_admission, make_eviction
 
 GiB = 1 << 30
+MiB = 1 << 20
 TIER_NAMES = ("hbm", "dram", "disk")
 
 
@@ -28,6 +29,10 @@ class DiskSettings:
     path: str = ""  # required when the chain has a disk tier
     max_size: int = 20 * GiB
     fsync: bool = False  # checksums + rename already make torn writes a miss, never wrong bytes
+    # bytes of demoted blocks waiting for their files at most: past it a victim of the tier above is
+    # dropped (a later miss) instead of copied and queued, so a disk slower than the misses arrive
+    # never makes a dump (the model's thread) wait or memory grow; 0: nothing is demoted
+    max_write_backlog: int = 256 * MiB
 
 
 @dataclass
@@ -121,6 +126,10 @@ def validate(s: StoreSettings) -> StoreSettings:
         if s.disk.max_size < s.kv_block_size:
             raise ValueError(f"config key 'disk.max_size' = {s.disk.max_size} is below one block "
                              f"(kv_block_size = {s.kv_block_size}): give at least {s.kv_block_size} bytes")
+        if s.disk.max_write_backlog != 0 and s.disk.max_write_backlog < s.kv_block_size:
+            raise ValueError(f"config key 'disk.max_write_backlog' = {s.disk.max_write_backlog} is below one block "
+                             f"(kv_block_size = {s.kv_block_size}): give at least {s.kv_block_size} bytes, or 0 to "
+                             f"demote nothing (default {DiskSettings.max_write_backlog})")
     if s.planes < 1 or s.kv_block_size % s.planes:
         raise ValueError(f"config key 'planes' = {s.planes} must be >= 1 and divide kv_block_size = {s.kv_block_size}")
     if s.timeout_s <= 0:
