@@ -177,6 +177,9 @@ def parse_args(argv=None):
     ap.add_argument("--disk-path", default=os.environ.get("UCM_BENCH_DISK", "/tmp/ucm_bench_disk"),
                     help="ucm_disk spills into a fresh subfolder of this, removed at the end")
     ap.add_argument("--disk-gib", type=float, default=20.0, help="ucm_disk: byte cap of the disk tier")
+    ap.add_argument("--disk-hits", default="always", choices=["always", "auto", "never"],
+                    help="ucm_disk: the disk tier's 'hits' key; always (the default here: the column times hits "
+                         "from disk), auto (ucm's default: disk hits only while reading beats recomputing)")
     ap.add_argument("--disk-dram-gib", type=float, default=None,
                     help="ucm_disk: DRAM cap; default 1.25 x the largest batch's 80%% hit")
     ap.add_argument("--disk-cold", action=argparse.BooleanOptionalAction, default=True,
@@ -306,7 +309,8 @@ def kv_transfer_config(a, mode: str, bpt: int, disk_dir: str):
     else:  # ucm_disk: the seed's form naming the dram_disk chain (ucm/integration/vllm/settings.py)
         extra = {"ucm_connector_name": "dram_disk",
                  "ucm_connector_config": {"max_cache_size": disk_dram_bytes(a, bpt),
-                                          "disk": {"path": disk_dir, "max_size": int(a.disk_gib * GiB)}}}
+                                          "disk": {"path": disk_dir, "max_size": int(a.disk_gib * GiB),
+                                                   "hits": a.disk_hits}}}
     if a.ucm_load_mode and mode != "ucm_async":
         extra["ucm_load_mode"] = a.ucm_load_mode
     if a.ucm_cross_layer:

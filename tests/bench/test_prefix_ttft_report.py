@@ -224,6 +224,22 @@ def test_the_benchmarks_ucm_flags_reach_the_connector_config():
     assert "ucm_layerwise_in_turn_tokens" not in plain["kv_connector_extra_config"]
 
 
+def test_ucm_disk_times_hits_from_disk_unless_told_to_gate_them(tmp_path):
+    """The ucm_disk column forces disk hits (disk.hits = always); --disk-hits auto gives ucm's default,
+    and the store the connector would build accepts either."""
+    from prefix_ttft import kv_transfer_config, parse_args
+
+    from ucm.tiers import create_store
+
+    for argv, want in (([], "always"), (["--disk-hits", "auto"], "auto")):
+        a = parse_args(["--model", "m", "--out", "o", "--lengths", "4000", "--concurrency", "1"] + argv)
+        cfg = kv_transfer_config(a, "ucm_disk", 57344, str(tmp_path / "d"))["kv_connector_extra_config"]
+        assert cfg["ucm_connector_name"] == "dram_disk" and cfg["ucm_connector_config"]["disk"]["hits"] == want
+        store = create_store("dram_disk", {**cfg["ucm_connector_config"], "kv_block_size": 57344 * 16})
+        assert store.slow_hits.mode == want
+        store.close()
+
+
 def test_reps_at_parses_lengths_and_the_report_names_them():
     import prefix_ttft
 

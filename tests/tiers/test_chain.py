@@ -394,3 +394,43 @@ def test_the_disk_refuses_a_demotion_past_its_backlog_and_releases_the_buffer(tm
             assert len(released) == 1 and disk.counters["backlog_refused"] == 1
         store.flush()
         assert len(released) == 2 and disk.holds(b"x") and not disk.holds(b"y")
+
+
+def _disk_only(store, ids, tag="fill"):
+    """Push ``ids`` (stored) out of the DRAM onto the disk tier with fresh blocks named ``tag``."""
+    for n in range(3):
+        put(store, [f"{tag}{n}-{i}" for i in range(2)], seed=100 + n)
+    store.flush()
+    assert not any(store.head.holds(k.encode()) for k in ids) and all(store.tier("disk").holds(k.encode()) for k in ids)
+
+
+@pytest.mark.parametrize("mode, want", [("always", [True] * 4), ("never", [True, True, False, False])])
+def test_disk_hits_follow_the_configured_mode(tmp_path, mode, want):
+    cfg = {"kv_block_size": BLOCK, "max_cache_size": 2 * BLOCK, "demote_ahead": 0.0,
+           "disk": {"path": str(tmp_path / "d"), "hits": mode}}
+    with create_store("dram_disk", cfg) as store:
+        data = put(store, ["p0", "p1"], seed=1)
+        _disk_only(store, ["p0", "p1"])
+        put(store, ["h0", "h1"], seed=7)  # now in DRAM
+        assert store.lookup(["h0", "h1", "p0", "p1"]) == want
+        assert store.lookup(["h0", "h1", "p0", "p1"], record=False) == want
+        code, out = get(store, "p0")  # an explicit load still reads it: the gate only shapes lookups
+        assert code == OK and torch.equal(out, data["p0"])
+
+
+def test_auto_measures_disk_reads_and_refuses_disk_hits_slower_than_recomputing(tmp_path):
+    cfg = {"kv_block_size": BLOCK, "max_cache_size": 2 * BLOCK, "demote_ahead": 0.0,
+           "disk": {"path": str(tmp_path / "d")}}
+    with create_store("dram_disk", cfg) as store:
+        gate = store.slow_hits
+        assert gate.mode == "auto"
+        data = put(store, ["p0", "p1"], seed=1)
+        _disk_only(store, ["p0", "p1"])
+        assert store.lookup(["p0", "p1"]) == [True, True], "unknown rates: hits go through"
+        planes = [torch.zeros(4, BLOCK, dtype=torch.uint8)]
+        assert store.wait(store.load_blocks(["p0", "p1"], planes, [0, 1])) == OK
+        assert torch.equal(planes[0][0], data["p0"]) and gate.read_bps and gate.read_bps > 0
+        store.note_compute(int(gate.read_bps * 1000), 1.0)  # a model 1000 x faster than this disk
+        _disk_only(store, ["p0", "p1"], tag="again")
+        assert store.lookup(["p0", "p1"]) == [False, False]
+        assert store.stats()["slow_hits"]["refused"] == 1

@@ -47,3 +47,11 @@ def test_blocks_come_back_from_disk_in_a_new_process(tiny_model, baseline, tmp_p
     chain = second["store"]
     assert chain["lower_hits"] == 18, chain  # each block read from disk once (first layer), then from DRAM
     engine.assert_same_outputs(second["outputs"], baseline["distinct"])
+
+    # the same disk with disk hits turned off (disk.hits=never): no hit at all, the same outputs
+    third = _run(tmp_path, "third", tiny_model, engine.ktc_hydra(
+        "dram_disk", [f"store.max_cache_size={32 * block_bytes}", f"store.disk.path={disk}",
+                      f"store.disk.max_size={disk_cap}", "store.disk.hits=never"]))
+    assert [o["cached"] for o in third["outputs"]] == [0, 0, 0] and third["totals"]["hit_tokens"] == 0
+    assert third["store"]["lower_hits"] == 0 and third["store"]["slow_hits"]["refused"] >= 2, third["store"]
+    engine.assert_same_outputs(third["outputs"], baseline["distinct"])

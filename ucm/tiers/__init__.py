@@ -14,6 +14,7 @@ from ucm.tiers.chain import TierChain
 from ucm.tiers.disk import DiskTier
 from ucm.tiers.dram import UcmDramStore
 from ucm.tiers.hbm import HbmTier
+from ucm.tiers.hit_gate import SlowHitGate
 from ucm.tiers.settings import StoreSettings, parse, validate
 
 TIER_CLASSES = {"hbm": HbmTier, "dram": UcmDramStore, "disk": DiskTier}
@@ -38,7 +39,9 @@ def build_store(settings: StoreSettings) -> Store:
     """One tier alone, or a chain of the listed tiers (fastest first)."""
     settings = validate(settings)
     tiers = [TIER_CLASSES[name](settings=settings) for name in settings.tiers]
-    return tiers[0] if len(tiers) == 1 else TierChain(tiers)
+    if len(tiers) == 1:
+        return tiers[0]
+    return TierChain(tiers, slow_hits=SlowHitGate(settings.disk.hits) if "disk" in settings.tiers else None)
 
 
 def create_store(name: str, config: Optional[dict[str, Any]] = None) -> Store:

@@ -364,6 +364,10 @@ class Store(ABC):
     def unpin(self, owner: str) -> None:
         """Release every pin of ``owner`` (no-op if it holds none)."""
 
+    def note_compute(self, nbytes: int, seconds: float) -> None:
+        """The model computed ``nbytes`` of new KV (this rank's) in ``seconds``: a store with a slow
+        tier weighs its hits against recomputing them (``hit_gate``); others ignore it."""
+
     def create(self, block_ids: Sequence[BlockId]) -> list[int]:
         """Optional in the seed API: nothing to reserve here (dump allocates). Returns 0 per id."""
         return [OK for _ in to_keys(block_ids)]

@@ -1,6 +1,7 @@
 """An ordered chain of tiers, fastest first (e.g. HBM -> DRAM -> disk).
 
-- lookup: a block is present if any tier holds it.
+- lookup: a block is present if any tier holds it (from the disk tier down: while reading it is
+  measured faster than recomputing it, ``hit_gate``).
 - dump/commit: into the head tier; a block committed in any tier already is skipped (ids are
   content hashes), and a block the head refuses (full of blocks in flight, or its admission says
   no) falls through to the next tier. All pieces of one block go to the tier that took its first
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ import torch
 from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, BlockWrite, Store, Task, Tier, as_bytes,
                             check_pieces, log, pieces_of_blocks, to_keys)
 from ucm.tiers.copy import CopyEngine
+from ucm.tiers.hit_gate import SlowHitGate
 
 
 @dataclass
@@ -38,7 +41,7 @@ class _ChainWrite(BlockWrite):
 
 
 class TierChain(Store):
-    def __init__(self, tiers: list[Tier]):
+    def __init__(self, tiers: list[Tier], slow_hits: Optional[SlowHitGate] = None):
         if not tiers:
             raise ValueError("a chain needs at least one tier")
         sizes = {t.block_size for t in tiers}
@@ -56,6 +59,9 @@ class TierChain(Store):
         self._writing: dict[bytes, Tier] = {}  # dumped, uncommitted block -> the tier holding its pieces
         self._lock = threading.Lock()
         self.counters = dict(promoted=0, lower_hits=0)
+        # hits held only by the disk tier load only while reading beats recomputing (hit_gate.py)
+        self.slow_hits = slow_hits or SlowHitGate("always")
+        self._slow = next((i for i, t in enumerate(tiers) if t.name == "disk"), len(tiers))
 
     @property
     def head(self) -> Tier:
@@ -65,12 +71,25 @@ class TierChain(Store):
         return next(t for t in self.tiers if t.name == name)
 
     def lookup(self, block_ids: Sequence[BlockId], record: bool = True) -> list[bool]:
+        """Held by any tier; a block held only from the disk tier down counts while ``slow_hits``
+        allows (asked once a lookup, at its first such block)."""
         keys = to_keys(block_ids)
-        if not record:
-            return [any(t.holds(k) for t in self.tiers) for k in keys]
-        for t in self.tiers:
-            t.begin_lookup()
-        return [any(t.has(k) for t in self.tiers) for k in keys]
+        if record:
+            for t in self.tiers:
+                t.begin_lookup()
+        fast, slow = self.tiers[:self._slow], self.tiers[self._slow:]
+        has = (lambda t, k: t.has(k)) if record else (lambda t, k: t.holds(k))
+        out, slow_ok = [], None
+        for k in keys:
+            if any(has(t, k) for t in fast):
+                out.append(True)
+            elif any(has(t, k) for t in slow):
+                if slow_ok is None:
+                    slow_ok = self.slow_hits.allow(count=record)
+                out.append(slow_ok)
+            else:
+                out.append(False)
+        return out
 
     def dump(self, block_ids, offset, src_tensor) -> Task:
         keys = check_pieces(block_ids, offset, src_tensor, self.block_size, "src_tensor")
@@ -192,7 +211,12 @@ class TierChain(Store):
         in one batched load; a block the head would not take (admission, or evicted again by a
         later promotion) is copied from its bytes."""
         unique = list(dict.fromkeys(keys))
+        fast = self.tiers[:self._slow]
+        slow = sum(1 for k in unique if not any(t.holds(k) for t in fast))
+        t0 = time.perf_counter()
         got = dict(zip(unique, self._readers.map(self._promote, unique)))
+        if slow:  # how fast the disk delivers, for the hit gate
+            self.slow_hits.note_read(slow * self.block_size, time.perf_counter() - t0)
         up, direct = [], []
         for key, row in zip(keys, rows):
             r = got[key]
@@ -289,8 +313,11 @@ class TierChain(Store):
         for t in self.tiers:
             getattr(t, "flush", lambda: None)()
 
+    def note_compute(self, nbytes: int, seconds: float) -> None:
+        self.slow_hits.note_compute(nbytes, seconds)
+
     def stats(self) -> dict:
-        return dict(self.counters, tiers=[t.stats() for t in self.tiers])
+        return dict(self.counters, tiers=[t.stats() for t in self.tiers], slow_hits=self.slow_hits.stats())
 
     def close(self) -> None:
         self._promoter.close()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ucm.policies import make_admission, make_eviction
+from ucm.tiers.hit_gate import MODES as HIT_MODES
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -33,6 +34,9 @@ class DiskSettings:
     # dropped (a later miss) instead of copied and queued, so a disk slower than the misses arrive
     # never makes a dump (the model's thread) wait or memory grow; 0: nothing is demoted
     max_write_backlog: int = 256 * MiB
+    # load hits found only on disk: auto (while reading them is measured faster than recomputing
+    # them, ucm/tiers/hit_gate.py), always, never
+    hits: str = "auto"
 
 
 @dataclass
@@ -126,6 +130,8 @@ def validate(s: StoreSettings) -> StoreSettings:
         if s.disk.max_size < s.kv_block_size:
             raise ValueError(f"config key 'disk.max_size' = {s.disk.max_size} is below one block "
                              f"(kv_block_size = {s.kv_block_size}): give at least {s.kv_block_size} bytes")
+        if s.disk.hits not in HIT_MODES:
+            raise ValueError(f"config key 'disk.hits' must be one of {list(HIT_MODES)}, got {s.disk.hits!r}")
         if s.disk.max_write_backlog != 0 and s.disk.max_write_backlog < s.kv_block_size:
             raise ValueError(f"config key 'disk.max_write_backlog' = {s.disk.max_write_backlog} is below one block "
                              f"(kv_block_size = {s.kv_block_size}): give at least {s.kv_block_size} bytes, or 0 to "

@@ -90,6 +90,53 @@ def store_counters(stats: Any) -> tuple[int, int, int]:
     return out[0], out[1], out[2]
 
 
+class _ForwardTimer:
+    """How fast the model computes KV, for a store that weighs slow-tier hits against recomputing
+    them (``ucm.tiers.hit_gate``): a step's new blocks over its forward's time, CUDA events on the GPU
+    (read a step later, never waited for), wall time on the CPU. Only steps that load nothing (a
+    load would stretch the forward) and write at least MIN_BLOCKS new blocks (a prefill) count."""
+
+    MIN_BLOCKS = 16
+
+    def __init__(self, store: Any):
+        gate = getattr(store, "slow_hits", None)
+        self.on = gate is not None and gate.mode == "auto"
+        self.store = store
+        self.cuda = torch.cuda.is_available()
+        self._start: Any = None
+        self._pending: list[tuple[Any, Any, int]] = []
+
+    def _mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def begin(self, loads: bool) -> None:
+        """A forward starts; ``loads``: it waits for loads of its own (then it is not timed)."""
+        if not self.on:
+            return
+        self._report()
+        self._start = None if loads else self._mark()
+
+    def end(self, new_blocks: int, block_bytes: int) -> None:
+        if self._start is not None and new_blocks >= self.MIN_BLOCKS:
+            self._pending.append((self._start, self._mark(), new_blocks * block_bytes))
+        self._start = None
+        if not self.cuda:
+            self._report()
+
+    def _report(self) -> None:
+        while self._pending:
+            start, end, nbytes = self._pending[0]
+            if self.cuda and not end.query():
+                return
+            self._pending.pop(0)
+            seconds = start.elapsed_time(end) / 1e3 if self.cuda else end - start
+            self.store.note_compute(nbytes, seconds)
+
+
 class _Dump:
     """One step's dump: its store task(s), the blocks it writes and the requests it reads from."""
     __slots__ = ("seq", "keys", "rows", "req_ids", "tasks", "layers", "final", "t0")
@@ -201,6 +248,7 @@ class UcmWorker:
         self._seen_meta: Any = None
         self._seq = 0  # the step being run (meta.seq)
         self._store_counters = store_counters(self._store_stats())
+        self._timer = _ForwardTimer(store)
 
     # ---- registration -----------------------------------------------------------------------
     @torch.inference_mode(False)  # vLLM may register under it: views made there are inference tensors
@@ -261,6 +309,7 @@ class UcmWorker:
     @torch.inference_mode(False)  # views handed to copy threads must not be inference tensors
     def start_load_kv(self, meta: Optional[UcmConnectorMetadata]) -> None:
         self.finish_layer_loads()  # a step that never reached its end (none in practice)
+        self._timer.begin(bool(meta is not None and meta.loads) or bool(self._prefetched))
         if self._prefetched:  # launched at their allocation (prefetch): this step's layers wait for them
             self._layer_loads.extend(self._prefetched.values())
         adopted, self._prefetched = self._prefetched, {}
@@ -514,6 +563,7 @@ class UcmWorker:
                 d.tasks.append(self.store.dump_blocks(d.keys, self._planes, d.rows))
             d.layers = 1
         if self._step is not None:
+            self._timer.end(len(self._step.keys), self.block_bytes)
             self._end_step()
         self.poll_dumps()
         ev, rf, dumped = store_counters(self._store_stats())

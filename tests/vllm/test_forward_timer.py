@@ -1,0 +1,46 @@
+"""The worker times prefill forwards for a store's disk-hit gate (CPU: wall time)."""
+from __future__ import annotations
+
+import time
+
+from ucm.integration.vllm.worker import _ForwardTimer
+from ucm.tiers.hit_gate import SlowHitGate
+
+
+class _Store:
+    def __init__(self, mode: str = "auto"):
+        self.slow_hits = SlowHitGate(mode)
+        self.noted: list[tuple[int, float]] = []
+
+    def note_compute(self, nbytes: int, seconds: float) -> None:
+        self.noted.append((nbytes, seconds))
+
+
+def test_a_prefill_step_without_loads_is_noted_as_bytes_over_seconds():
+    store = _Store()
+    timer = _ForwardTimer(store)
+    timer.cuda = False
+    timer.begin(loads=False)
+    time.sleep(0.01)
+    timer.end(new_blocks=20, block_bytes=100)
+    assert len(store.noted) == 1 and store.noted[0][0] == 2000 and store.noted[0][1] >= 0.01
+
+
+def test_steps_with_loads_or_few_new_blocks_are_not_timed():
+    store = _Store()
+    timer = _ForwardTimer(store)
+    timer.cuda = False
+    timer.begin(loads=True)
+    timer.end(new_blocks=100, block_bytes=100)
+    timer.begin(loads=False)
+    timer.end(new_blocks=_ForwardTimer.MIN_BLOCKS - 1, block_bytes=100)  # a decode step
+    assert store.noted == []
+
+
+def test_no_timing_unless_the_store_gates_its_disk_hits_automatically():
+    for store in (_Store("always"), _Store("never"), object()):
+        timer = _ForwardTimer(store)
+        timer.cuda = False
+        timer.begin(loads=False)
+        timer.end(new_blocks=100, block_bytes=100)
+        assert not timer.on and getattr(store, "noted", []) == []
