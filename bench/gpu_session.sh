@@ -9,6 +9,7 @@
 #   bash bench/gpu_session.sh cells    # 4k / 8k cells with async scheduling on / off, replay with a small HBM
 # On one GPU (nvidia-h200; bench/README.md "The next device session"), each a call of its own:
 #   bash bench/gpu_session.sh check      # after the first stash: tier tests; bandwidth: defaults, dumps not deferred, no stages
+#   bash bench/gpu_session.sh disk       # ucm_disk with disk hits forced, then gated (auto): 8k / 16k, c = 1, 4
 #   bash bench/gpu_session.sh lategrid   # after the second stash: full, ucm over the whole grid (3 reps, decode)
 #   bash bench/gpu_session.sh overflow   # ucm_layerwise_step_load_blocks 1000 on 16k / 4k c = 2, 4; then the profile
 #   bash bench/gpu_session.sh native     # native_best, native over the grid (the comparison, same machine)
@@ -28,7 +29,7 @@
 # Each step leaves $OUT/<step>.tgz (everything it wrote) and $OUT/<step>.log: the device returns <= 8 files.
 # STEP_S (default 570) is the step's whole budget: jobs get deadlines that end inside it.
 set -o pipefail
-step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof|check|lategrid|overflow|native|v1full|v1ucm|v2full|v2ucm|prof4k|stagger|decode|replay1|replayspy}
+step=${1:?usage: gpu_session.sh probe|grid|replay|tp2|cells|pair|tp2c4|tp2prof|check|lategrid|overflow|native|v1full|v1ucm|v2full|v2ucm|prof4k|stagger|decode|disk|replay1|replayspy}
 OUT=${OUT:-/tmp/gpu_session_out}
 W=/tmp/session/$step
 mkdir -p "$W" "$OUT"
@@ -285,6 +286,17 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # repetitions' median step times
     OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 4000 --concurrency 1 --reps 1 --decode-reps 24 \
       --decode-tokens 64 --deadline-s "$(left 30)" 2>&1 | grep -A16 "Decode speed"
+    ;;
+  disk)  # the disk tier after its bounded write backlog and the disk-hit gate (2026-11-29, CPU-tested only): ucm_disk
+    # with disk hits forced (--disk-hits always: the issue's ucm_disk80 column), then with ucm's default (auto:
+    # recompute while the disk reads slower than the model computes); full_connector_on shows what misses pay
+    setup || exit 1
+    half=$(( $(left 20) / 2 ))
+    for hits in always auto; do
+      budget=$([ "$hits" = always ] && echo "$half" || left 20)
+      OUT=$W/$hits bash bench/gpu_prefix_ttft.sh --modes ucm_disk --model-runner v2 --lengths "${DISK_LENGTHS:-8000,16000}" \
+        --concurrency 1,4 --reps 3 --decode-batch 0 --disk-hits "$hits" --deadline-s "$budget" 2>&1 | grep -E "ucm_disk L="
+    done
     ;;
   *) echo "unknown step $step"; exit 2 ;;
   esac
