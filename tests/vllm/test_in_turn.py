@@ -108,3 +108,32 @@ def test_the_setting_must_be_a_non_negative_integer(value):
     assert settings.parse_extra_config({"ucm_layerwise_in_turn_tokens": 0}).layerwise_in_turn_tokens == 0
     with pytest.raises(ValueError, match="ucm_layerwise_in_turn_tokens must be an integer >= 0"):
         settings.parse_extra_config({"ucm_layerwise_in_turn_tokens": value})
+
+
+
+class _Scripted(_Hold):
+    """The first lookup (request a's) finds every block; later ones find every block or none (``b_held``).
+    Records each lookup's length."""
+
+    def __init__(self, b_held: bool):
+        super().__init__()
+        self.b_held, self.sizes = b_held, []
+
+    def lookup(self, per_rank, record=True):
+        self.sizes.append(len(per_rank[0]))
+        return [len(self.sizes) == 1 or self.b_held] * len(per_rank[0])
+
+
+@pytest.mark.parametrize("b_held, want", [(True, (None, False)), (False, (0, False))])
+def test_a_repeated_ask_the_step_must_defer_looks_up_one_block(b_held, want):
+    """vLLM asks again about a waiting request every step; while the step's hits are full the answer
+    depends only on whether the request has a hit at all (deferred, or computed now without one), so
+    only its first block is looked up, and the answer is the one a whole lookup gave."""
+    lookup = _Scripted(b_held)
+    sched = UcmScheduler(lookup, KeyMaker(b"root", 16, 1), 16, layerwise=True, step_tokens=16, in_turn_tokens=0)
+    a, b = _request("a", 1600), _request("b", 1600)
+    assert sched.get_num_new_matched_tokens(a, 0) == (99 * 16, False)  # fills the step's token budget
+    first = sched.get_num_new_matched_tokens(b, 0)  # b's first ask: a whole lookup
+    again = sched.get_num_new_matched_tokens(b, 0)  # the same request asked again in this step
+    assert lookup.sizes == [99, 99, 1]
+    assert first == again == want

@@ -141,6 +141,17 @@ class UcmScheduler:
         if last <= first:
             return 0, False
         hashes = self.keys.hashes(st.keys, last)[first:]
+        st.layerwise = False
+        wait = self._deferral() if self.layerwise and not first_ask else None
+        if wait is not None and hashes:
+            # vLLM asks again about a request this step cannot take with a hit (the step's hits are
+            # full): whether its first block is held decides it (deferred, or computed now without a
+            # hit), so one block is looked up, not the ~1,000 of a 16k prompt
+            probe = [self.keys.rank_keys(hashes[:1], r) for r in range(self.keys.tp_size)]
+            if self.lookup.lookup(probe, record=False)[0]:
+                self.stats.add(**{wait: 1})
+                return None, False
+            return 0, False
         hit = 0
         # the same decision for every rank: a block counts only if all ranks hold it
         per_rank = [self.keys.rank_keys(hashes, r) for r in range(self.keys.tp_size)]
@@ -153,7 +164,6 @@ class UcmScheduler:
                 break
             hit += 1
         st.lookup = (first, hit)
-        st.layerwise = False
         if first + hit < st.seen_hit and self.shrunk_warnings < 5:  # diagnosis: blocks gone between steps
             self.shrunk_warnings += 1
             log.warning("ucm: request %s: its prefix hit now ends at block %d, an earlier lookup's at block %d "
