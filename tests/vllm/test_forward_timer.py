@@ -34,6 +34,8 @@ def test_steps_with_loads_or_few_new_blocks_are_not_timed():
     timer.end(new_blocks=100, block_bytes=100)
     timer.begin(loads=False)
     timer.end(new_blocks=_ForwardTimer.MIN_BLOCKS - 1, block_bytes=100)  # a decode step
+    timer.begin(loads=False)
+    timer.end(new_blocks=100, block_bytes=100)  # implausibly fast (< MIN_SECONDS): not a forward's time
     assert store.noted == []
 
 

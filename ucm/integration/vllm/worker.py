@@ -97,6 +97,7 @@ class _ForwardTimer:
     load would stretch the forward) and write at least MIN_BLOCKS new blocks (a prefill) count."""
 
     MIN_BLOCKS = 16
+    MIN_SECONDS = 1e-3  # shorter: the events did not bracket the forward's kernels (another stream)
 
     def __init__(self, store: Any):
         gate = getattr(store, "slow_hits", None)
@@ -134,7 +135,8 @@ class _ForwardTimer:
                 return
             self._pending.pop(0)
             seconds = start.elapsed_time(end) / 1e3 if self.cuda else end - start
-            self.store.note_compute(nbytes, seconds)
+            if seconds >= self.MIN_SECONDS:
+                self.store.note_compute(nbytes, seconds)
 
 
 class _Dump:
