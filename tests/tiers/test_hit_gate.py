@@ -22,13 +22,14 @@ def test_auto_lets_hits_through_until_both_rates_are_known():
     assert not g.allow(), "reading 1 kB/s loses to computing 2 kB/s"
 
 
-def test_auto_follows_the_faster_of_reading_and_computing():
-    g = SlowHitGate("auto", weight=1.0)  # the last measurement only
+def test_auto_reads_only_while_reading_beats_recomputing_by_the_margin():
+    g = SlowHitGate("auto", weight=1.0, margin=1.5)  # the last measurement only
     g.note_compute(2e9, 1.0)
     g.note_read(3e9, 1.0)
     assert g.allow()
-    g.note_read(1e9, 1.0)
-    assert not g.allow()
+    g.note_read(2.9e9, 1.0)
+    assert not g.allow(), "faster than recomputing, but not by the margin"
+    assert SlowHitGate("auto").margin == 1.0
     g.note_compute(0.5e9, 1.0)
     assert g.allow()
 

@@ -20,7 +20,7 @@ def test_a_prefill_step_without_loads_is_noted_as_bytes_over_seconds():
     store = _Store()
     timer = _ForwardTimer(store)
     timer.cuda = False
-    timer.begin(loads=False)
+    timer.first_layer()
     time.sleep(0.01)
     timer.end(new_blocks=20, block_bytes=100)
     assert len(store.noted) == 1 and store.noted[0][0] == 2000 and store.noted[0][1] >= 0.01
@@ -30,12 +30,17 @@ def test_steps_with_loads_or_few_new_blocks_are_not_timed():
     store = _Store()
     timer = _ForwardTimer(store)
     timer.cuda = False
-    timer.begin(loads=True)
+    timer.loads = True  # start_load_kv saw loads (vLLM 0.32 calls it after the forward: any time in the step)
+    timer.first_layer()
+    time.sleep(0.002)
     timer.end(new_blocks=100, block_bytes=100)
-    timer.begin(loads=False)
+    assert not timer.loads, "the flag ends with its step"
+    timer.first_layer()
+    time.sleep(0.002)
     timer.end(new_blocks=_ForwardTimer.MIN_BLOCKS - 1, block_bytes=100)  # a decode step
-    timer.begin(loads=False)
+    timer.first_layer()
     timer.end(new_blocks=100, block_bytes=100)  # implausibly fast (< MIN_SECONDS): not a forward's time
+    timer.end(new_blocks=100, block_bytes=100)  # a step without layer hooks (nothing dumped)
     assert store.noted == []
 
 
@@ -43,6 +48,7 @@ def test_no_timing_unless_the_store_gates_its_disk_hits_automatically():
     for store in (_Store("always"), _Store("never"), object()):
         timer = _ForwardTimer(store)
         timer.cuda = False
-        timer.begin(loads=False)
+        timer.first_layer()
+        time.sleep(0.002)
         timer.end(new_blocks=100, block_bytes=100)
         assert not timer.on and getattr(store, "noted", []) == []

@@ -7,7 +7,11 @@ happen, in KV bytes a second of this rank: the chain notes each promotion batch 
 (``note_read``), the connector's worker notes prefill steps (``note_compute``).
 
 Modes (``disk.hits``): ``always`` and ``never`` do what they say; ``auto`` lets hits through until
-both rates are known, then only while the read rate is at least the compute rate. A refused lookup
+both rates are known, then only while the read rate is at least ``margin`` (1.0) times the compute
+rate. Near the break-even the choice matters little (CPU, real vLLM, 2026-11-29, ``bench/disk_gate.py``:
+at read / compute rates of 0.06-0.10 / 0.05-0.08 GB/s disk hits took 43-54 ms against 31-37 ms
+recomputed, at 0.08 / 0.08 they took 36 against 44 ms, at 0.14 / 0.06 24 against 44 ms); far from it
+(the H200's 0.55 against 2.1 GB/s) it decides between a hit 3 x slower than no hit and none. A refused lookup
 still lets every ``probe_every``-th one through, so the read rate is measured again (a warm page
 cache, a quieter disk) and the gate opens once reading wins.
 """
@@ -20,12 +24,13 @@ MODES = ("auto", "always", "never")
 
 
 class SlowHitGate:
-    def __init__(self, mode: str = "auto", probe_every: int = 16, weight: float = 0.3):
+    def __init__(self, mode: str = "auto", probe_every: int = 16, weight: float = 0.3, margin: float = 1.0):
         if mode not in MODES:
             raise ValueError(f"config key 'disk.hits' must be one of {list(MODES)}, got {mode!r}")
         self.mode = mode
         self.probe_every = probe_every
         self.weight = weight  # of a new measurement in the moving averages
+        self.margin = margin  # how much faster than recomputing reading must be
         self.read_bps: Optional[float] = None
         self.compute_bps: Optional[float] = None
         self.counters = dict(allowed=0, refused=0, probes=0)
@@ -53,7 +58,7 @@ class SlowHitGate:
         if self.mode != "auto":
             return self.mode == "always"
         r, c = self.read_bps, self.compute_bps
-        return r is None or c is None or r >= c
+        return r is None or c is None or r >= self.margin * c
 
     def allow(self, count: bool = True) -> bool:
         """May a lookup's hit run into blocks held only by the slow tier? ``count``: a request's

@@ -92,9 +92,12 @@ def store_counters(stats: Any) -> tuple[int, int, int]:
 
 class _ForwardTimer:
     """How fast the model computes KV, for a store that weighs slow-tier hits against recomputing
-    them (``ucm.tiers.hit_gate``): a step's new blocks over its forward's time, CUDA events on the GPU
-    (read a step later, never waited for), wall time on the CPU. Only steps that load nothing (a
-    load would stretch the forward) and write at least MIN_BLOCKS new blocks (a prefill) count."""
+    them (``ucm.tiers.hit_gate``): a step's new blocks over the time from its first layer's save
+    hook to its end (``wait_for_save``), by CUDA events on the GPU (read a step later, never waited
+    for), wall time on the CPU. The layer hooks bracket the forward in every vLLM version, where
+    ``start_load_kv`` does not (0.32 calls it after the forward when no load must precede it). Only
+    steps that load nothing (a load would stretch the forward) and write at least MIN_BLOCKS new
+    blocks (a prefill) count."""
 
     MIN_BLOCKS = 16
     MIN_SECONDS = 1e-3  # shorter: the events did not bracket the forward's kernels (another stream)
@@ -104,6 +107,7 @@ class _ForwardTimer:
         self.on = gate is not None and gate.mode == "auto"
         self.store = store
         self.cuda = torch.cuda.is_available()
+        self.loads = False  # the step loads something (its start_load_kv said so)
         self._start: Any = None
         self._pending: list[tuple[Any, Any, int]] = []
 
@@ -114,17 +118,17 @@ class _ForwardTimer:
         ev.record()
         return ev
 
-    def begin(self, loads: bool) -> None:
-        """A forward starts; ``loads``: it waits for loads of its own (then it is not timed)."""
-        if not self.on:
-            return
-        self._report()
-        self._start = None if loads else self._mark()
+    def first_layer(self) -> None:
+        """The step's first layer hook: the forward is under way."""
+        if self.on:
+            self._report()
+            self._start = self._mark()
 
     def end(self, new_blocks: int, block_bytes: int) -> None:
-        if self._start is not None and new_blocks >= self.MIN_BLOCKS:
+        """The step's end (every step, so its ``loads`` flag is reset)."""
+        if self._start is not None and not self.loads and new_blocks >= self.MIN_BLOCKS:
             self._pending.append((self._start, self._mark(), new_blocks * block_bytes))
-        self._start = None
+        self._start, self.loads = None, False
         if not self.cuda:
             self._report()
 
@@ -311,7 +315,7 @@ class UcmWorker:
     @torch.inference_mode(False)  # views handed to copy threads must not be inference tensors
     def start_load_kv(self, meta: Optional[UcmConnectorMetadata]) -> None:
         self.finish_layer_loads()  # a step that never reached its end (none in practice)
-        self._timer.begin(bool(meta is not None and meta.loads) or bool(self._prefetched))
+        self._timer.loads |= bool(meta is not None and meta.loads) or bool(self._prefetched)
         if self._prefetched:  # launched at their allocation (prefetch): this step's layers wait for them
             self._layer_loads.extend(self._prefetched.values())
         adopted, self._prefetched = self._prefetched, {}
@@ -540,6 +544,7 @@ class UcmWorker:
         d = self._step
         if d is None:  # first layer of the step: decide once which blocks are written
             d = self._step = self._begin_step(meta)
+            self._timer.first_layer()
         d.layers += 1
         if d.keys and self._planes is None:
             self._save_pieces(d, layer)
@@ -564,8 +569,8 @@ class UcmWorker:
             if d.keys:
                 d.tasks.append(self.store.dump_blocks(d.keys, self._planes, d.rows))
             d.layers = 1
+        self._timer.end(len(self._step.keys) if self._step is not None else 0, self.block_bytes)
         if self._step is not None:
-            self._timer.end(len(self._step.keys), self.block_bytes)
             self._end_step()
         self.poll_dumps()
         ev, rf, dumped = store_counters(self._store_stats())
