@@ -119,8 +119,9 @@ class _ForwardTimer:
         return ev
 
     def first_layer(self) -> None:
-        """The step's first layer hook: the forward is under way."""
-        if self.on:
+        """The step's first layer hook: the forward is under way (not timed while a CUDA graph is
+        captured: an event may not be recorded then)."""
+        if self.on and not (self.cuda and torch.cuda.is_current_stream_capturing()):
             self._report()
             self._start = self._mark()
 
