@@ -343,6 +343,7 @@ class Bench:
         self.bpt = kv_bytes_per_token(a.model, dtype_bytes(self.dtype, a.model))
         self.dram_cap = disk_dram_bytes(a, self.bpt)
         self.disk_dir = os.path.join(a.disk_path, f"prefix_ttft_{os.getpid()}") if mode == "ucm_disk" else ""
+        self.gate_rates: dict = {}  # ucm_disk: the disk-hit gate's measured rates (GB/s) after the last pass
         ktc = ktc if ktc is not None else kv_transfer_config(a, mode, self.bpt, self.disk_dir)
         kw = dict(model=a.model, dtype=self.dtype, max_model_len=a.max_model_len, enable_prefix_caching=True,
                   enforce_eager=True, seed=0)
@@ -514,6 +515,8 @@ class Bench:
         c1 = self._counters()
         if c1:
             r["ucm"] = {k: c1[k] - c0.get(k, 0) for k in c1}
+        if self.gate_rates:  # rates, not counters: as they stand after the pass
+            r["gate"] = dict(self.gate_rates)
         if self.mode.startswith("native"):
             r["native"] = {k: self.native_xfer[k] - x0[k] for k in x0}
         return r
@@ -530,6 +533,11 @@ class Bench:
             st = s.stats()
             if isinstance(st, dict) and "lower_hits" in st:
                 out["chain_lower_hits"] = out.get("chain_lower_hits", 0) + st["lower_hits"]
+            gate = st.get("slow_hits") if isinstance(st, dict) else None
+            if gate:  # the disk-hit gate's decisions (counters; its rates go to the pass as they stand)
+                for k in ("allowed", "refused", "probes"):
+                    out[f"gate_{k}"] = out.get(f"gate_{k}", 0) + gate[k]
+                self.gate_rates = {k: gate[k] for k in ("read_gbps", "compute_gbps")}
         return out
 
     # ---- the cells ----

@@ -69,6 +69,8 @@ def cell_passes(cell: dict) -> dict:
         for src in ("ucm", "native"):
             if src in reps[0]:
                 s[src] = {k: med([r[src].get(k) for r in reps]) for k in reps[0][src]}
+        if reps[-1].get("gate"):  # the disk-hit gate's rates after the last repetition
+            s["gate"] = reps[-1]["gate"]
         out[key] = s
     return out
 
@@ -349,6 +351,12 @@ def hits_table(res: dict) -> list:
                     if "chain_lower_hits" in u:
                         s += f"; {u['chain_lower_hits']:.0f}/{u['loaded_blocks']:.0f}"
                     s += "]"
+                if u and (u.get("gate_allowed") or u.get("gate_refused")):  # ucm_disk: the disk-hit gate
+                    g = p.get("gate") or {}
+                    s += f" (disk hits allowed {u.get('gate_allowed', 0):.0f}, refused {u.get('gate_refused', 0):.0f}"
+                    if g.get("read_gbps") or g.get("compute_gbps"):
+                        s += f"; read {g.get('read_gbps') or 0:.2f} / compute {g.get('compute_gbps') or 0:.2f} GB/s"
+                    s += ")"
                 if n and n.get("load_bytes"):
                     s += f" [{n['load_bytes'] / 1e6:.1f} MB]"
                 parts.append(s)

@@ -250,3 +250,15 @@ def test_reps_at_parses_lengths_and_the_report_names_them():
     from prefix_ttft_report import reps_at_note
     assert reps_at_note({"modes": {"full": {"reps_at": {"4000": 5}}, "ucm": {"reps_at": {}}}}) == " (5 at 4000 tokens)"
     assert reps_at_note({"modes": {"full": {}}}) == ""
+
+
+def test_the_hits_table_shows_the_disk_hit_gate(tmp_path):
+    """A ucm_disk pass whose disk hits the gate refused: no load, the decisions and the measured rates."""
+    gated = [dict(hit80=dict(_pass(0.4, 0, ucm=dict(loaded_bytes=0.0, gate_allowed=0.0, gate_refused=1.0)),
+                             gate=dict(read_gbps=0.55, compute_gbps=2.1)))] * 3
+    _part(tmp_path, "ucm_disk", [dict(L=8000, c=1, reps=gated)])
+    out = tmp_path / "out"
+    out.mkdir()
+    report(str(out), [str(tmp_path)])
+    md = next(out.glob("*.md")).read_text()
+    assert "ucm_disk:hit80=0 (disk hits allowed 0, refused 1; read 0.55 / compute 2.10 GB/s)" in md
