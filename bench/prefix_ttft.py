@@ -302,7 +302,7 @@ def kv_transfer_config(a, mode: str, bpt: int, disk_dir: str):
             extra["ucm_layerwise_step_load_blocks"] = a.ucm_step_load_blocks
         if a.ucm_in_turn_tokens is not None:
             extra["ucm_layerwise_in_turn_tokens"] = a.ucm_in_turn_tokens
-        if getattr(a, "ucm_prefetch", False):
+        if a.ucm_prefetch:
             extra["ucm_layerwise_prefetch"] = True
         if mode == "ucm_batched":
             extra["ucm_layerwise_step_tokens"] = 0
@@ -395,7 +395,7 @@ class Bench:
             env_VLLM_USE_V2_MODEL_RUNNER=os.environ.get("VLLM_USE_V2_MODEL_RUNNER"),
             cross_layer_kv_cache=self._cross_layer_shape(), engine_in_process=self.core is not None,
             kv_transfer_config=ktc, native_stats_recorded=hooked, enforce_eager=True, tp=a.tp, load_format=a.load_format,
-            lengths=a.lengths, concurrency=a.concurrency, reps=a.reps, reps_at=getattr(a, "reps_at", {}), hit=a.hit,
+            lengths=a.lengths, concurrency=a.concurrency, reps=a.reps, reps_at=a.reps_at, hit=a.hit,
         )
         if mode == "ucm_disk":
             self.info.update(disk_dram_bytes=self.dram_cap, disk_cold=a.disk_cold,
@@ -674,7 +674,7 @@ class Bench:
         for L in self.a.lengths:
             for c in self.a.concurrency:
                 cell = self.full_cell if self.mode == "full" else self.connector_cell
-                reps = [cell(L, c) for _ in range(getattr(self.a, "reps_at", {}).get(L, self.a.reps))]
+                reps = [cell(L, c) for _ in range(self.a.reps_at.get(L, self.a.reps))]
                 res["cells"].append(dict(L=L, c=c, reps=reps))
                 print(f"{self.mode} L={L} c={c}: " + "  ".join(
                     f"{k}={statistics.median(x[k]['mean_s'] for x in reps):.4f}s"
