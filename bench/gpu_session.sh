@@ -291,6 +291,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # with disk hits forced (--disk-hits always: the ucm_disk80 column), then with ucm's default (auto:
     # recompute while the disk reads slower than the model computes); full_connector_on shows what misses pay
     setup || exit 1
+    python3 -m pytest -q -p no:cacheprovider tests/vllm/test_forward_timer.py 2>&1 | tail -2  # incl. its CUDA case
     half=$(( $(left 20) / 2 ))
     for hits in always auto; do
       budget=$([ "$hits" = always ] && echo "$half" || left 20)

@@ -52,3 +52,23 @@ def test_no_timing_unless_the_store_gates_its_disk_hits_automatically():
         time.sleep(0.002)
         timer.end(new_blocks=100, block_bytes=100)
         assert not timer.on and getattr(store, "noted", []) == []
+
+
+def test_on_cuda_the_forward_is_timed_by_events_read_a_step_later():
+    import pytest
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA events")
+    store = _Store()
+    timer = _ForwardTimer(store)
+    x = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.synchronize()
+    timer.first_layer()
+    for _ in range(50):  # the forward's kernels, tens of ms on any GPU
+        x = x @ x / 64
+    timer.end(new_blocks=20, block_bytes=100)
+    assert store.noted == [], "never waits for the GPU"
+    torch.cuda.synchronize()
+    timer.first_layer()  # the next step reads the finished events
+    assert len(store.noted) == 1 and store.noted[0][0] == 2000 and store.noted[0][1] >= 1e-3
