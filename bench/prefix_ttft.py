@@ -535,8 +535,8 @@ class Bench:
                 out["chain_lower_hits"] = out.get("chain_lower_hits", 0) + st["lower_hits"]
             gate = st.get("slow_hits") if isinstance(st, dict) else None
             if gate:  # the disk-hit gate's decisions (counters; its rates go to the pass as they stand)
-                for k in ("allowed", "refused", "probes"):
-                    out[f"gate_{k}"] = out.get(f"gate_{k}", 0) + gate[k]
+                for k in ("allowed", "refused"):
+                    out[f"gate_{k}"] = out.get(f"gate_{k}", 0) + gate[f"{k}_lookups"]
                 self.gate_rates = {k: gate[k] for k in ("read_gbps", "compute_gbps")}
         return out
 

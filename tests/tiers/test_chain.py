@@ -433,4 +433,4 @@ def test_auto_measures_disk_reads_and_refuses_disk_hits_slower_than_recomputing(
         store.note_compute(int(gate.read_bps * 1000), 1.0)  # a model 1000 x faster than this disk
         _disk_only(store, ["p0", "p1"], tag="again")
         assert store.lookup(["p0", "p1"]) == [False, False]
-        assert store.stats()["slow_hits"]["refused"] == 1
+        assert store.stats()["slow_hits"]["refused_lookups"] == 1

@@ -40,9 +40,9 @@ def test_a_refusing_gate_probes_every_nth_first_lookup_only():
     g.note_read(1e9, 1.0)
     decisions = [g.allow() for _ in range(8)]
     assert decisions == [False, False, False, True] * 2
-    assert g.counters == {"allowed": 2, "refused": 6, "probes": 2}
+    assert g.counters == {"allowed_lookups": 2, "refused_lookups": 6, "probes": 2}
     assert not any(g.allow(count=False) for _ in range(20)), "repeated asks get the plain decision"
-    assert g.counters["refused"] == 6, "and do not count"
+    assert g.counters["refused_lookups"] == 6, "and do not count"
 
 
 def test_the_averages_move_by_their_weight_and_ignore_empty_measurements():

@@ -53,5 +53,6 @@ def test_blocks_come_back_from_disk_in_a_new_process(tiny_model, baseline, tmp_p
         "dram_disk", [f"store.max_cache_size={32 * block_bytes}", f"store.disk.path={disk}",
                       f"store.disk.max_size={disk_cap}", "store.disk.hits=never"]))
     assert [o["cached"] for o in third["outputs"]] == [0, 0, 0] and third["totals"]["hit_tokens"] == 0
-    assert third["store"]["lower_hits"] == 0 and third["store"]["slow_hits"]["refused"] >= 2, third["store"]
+    assert third["store"]["lower_hits"] == 0 and third["store"]["slow_hits"]["refused_lookups"] >= 2, third["store"]
+    assert third["totals"]["disk_hits_refused"] >= 2 and third["totals"]["refusals"] == 0, third["totals"]
     engine.assert_same_outputs(third["outputs"], baseline["distinct"])

@@ -72,3 +72,12 @@ def test_on_cuda_the_forward_is_timed_by_events_read_a_step_later():
     torch.cuda.synchronize()
     timer.first_layer()  # the next step reads the finished events
     assert len(store.noted) == 1 and store.noted[0][0] == 2000 and store.noted[0][1] >= 1e-3
+
+
+def test_store_counters_keep_the_gates_refusals_apart_from_refusals_to_store():
+    from ucm.integration.vllm.worker import STORE_COUNTERS, store_counters
+
+    stats = {"promoted": 3, "tiers": [{"evictions": 2, "refused": 1, "dumped_blocks": 5}, {"refused": 4}],
+             "slow_hits": {"allowed_lookups": 1, "refused_lookups": 7, "probes": 0, "mode": "auto"}}
+    assert dict(zip(STORE_COUNTERS, store_counters(stats))) == dict(
+        evictions=2, refused=5, dumped_blocks=5, refused_lookups=7)

@@ -33,7 +33,7 @@ class SlowHitGate:
         self.margin = margin  # how much faster than recomputing reading must be
         self.read_bps: Optional[float] = None
         self.compute_bps: Optional[float] = None
-        self.counters = dict(allowed=0, refused=0, probes=0)
+        self.counters = dict(allowed_lookups=0, refused_lookups=0, probes=0)
         self._refused_run = 0
         self._lock = threading.Lock()
 
@@ -72,7 +72,7 @@ class SlowHitGate:
                     self.counters["probes"] += 1
                     ok = True
             if count:
-                self.counters["allowed" if ok else "refused"] += 1
+                self.counters["allowed_lookups" if ok else "refused_lookups"] += 1
             return ok
 
     def stats(self) -> dict:

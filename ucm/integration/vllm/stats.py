@@ -14,7 +14,7 @@ from ucm.integration.vllm.compat import KVConnectorPromMetrics, KVConnectorStats
 COUNTERS = ("lookup_tokens", "hit_tokens", "loaded_blocks", "layerwise_blocks", "loaded_bytes", "load_seconds",
             "load_failed_blocks", "dumped_blocks", "dumped_bytes", "dump_seconds", "dump_failed_blocks",
             "evictions", "refusals", "deferred", "load_overflow", "delayed_frees", "delayed_free_block_steps",
-            "prefetched")
+            "prefetched", "disk_hits_refused")
 
 _totals_lock = threading.Lock()
 _totals: dict[str, float] = dict.fromkeys(COUNTERS, 0)
@@ -93,6 +93,8 @@ _PROM = {  # counter -> (metric name, help)
                       "were done"),
     "prefetched": ("vllm:ucm_prefetched", "DRAM hits whose copies started at their allocation "
                    "(ucm_layerwise_prefetch)"),
+    "disk_hits_refused": ("vllm:ucm_disk_hits_refused", "Requests whose hit on disk ucm recomputed instead: "
+                          "the disk read slower than the model computes (disk.hits: auto)"),
     "delayed_free_block_steps": ("vllm:ucm_delayed_free_block_steps", "Blocks of finished requests kept for "
                                  "their dumps, times the steps they were kept (HBM taken from new requests)"),
 }

@@ -72,11 +72,16 @@ LOOKAHEAD = 8
 REFILL = 4
 
 
-def store_counters(stats: Any) -> tuple[int, int, int]:
-    """(evictions, refusals, newly dumped blocks) summed over a store's tiers."""
-    out = [0, 0, 0]
+#: a store's counters the worker reports each step (summed over tiers): evictions, refusals to store,
+#: newly dumped blocks, and lookups whose disk-only blocks the hit gate turned down (recomputed)
+STORE_COUNTERS = ("evictions", "refused", "dumped_blocks", "refused_lookups")
+
+
+def store_counters(stats: Any) -> tuple[int, ...]:
+    """``STORE_COUNTERS`` summed over a store's tiers (nested stats dicts and lists)."""
+    out = [0] * len(STORE_COUNTERS)
     if isinstance(stats, dict):
-        for i, k in enumerate(("evictions", "refused", "dumped_blocks")):
+        for i, k in enumerate(STORE_COUNTERS):
             v = stats.get(k, 0)
             out[i] += int(v) if isinstance(v, (int, float)) else 0
         children = [v for v in stats.values() if isinstance(v, (dict, list))]
@@ -85,9 +90,8 @@ def store_counters(stats: Any) -> tuple[int, int, int]:
     else:
         children = []
     for c in children:
-        sub = store_counters(c)
-        out = [a + b for a, b in zip(out, sub)]
-    return out[0], out[1], out[2]
+        out = [a + b for a, b in zip(out, store_counters(c))]
+    return tuple(out)
 
 
 class _ForwardTimer:
@@ -574,13 +578,12 @@ class UcmWorker:
         if self._step is not None:
             self._end_step()
         self.poll_dumps()
-        ev, rf, dumped = store_counters(self._store_stats())
-        ev0, rf0, dumped0 = self._store_counters
-        self._store_counters = (ev, rf, dumped)
-        new = max(0, dumped - dumped0)  # blocks the store did not hold yet (it skips the others)
-        if new or ev != ev0 or rf != rf0:
-            self.stats.add(dumped_blocks=new, dumped_bytes=new * self.block_bytes,
-                           evictions=max(0, ev - ev0), refusals=max(0, rf - rf0))
+        now = store_counters(self._store_stats())
+        ev, rf, dumped, gated = (max(0, b - a) for a, b in zip(self._store_counters, now))
+        self._store_counters = now
+        if ev or rf or dumped or gated:  # dumped: blocks the store did not hold yet (it skips the others)
+            self.stats.add(dumped_blocks=dumped, dumped_bytes=dumped * self.block_bytes, evictions=ev,
+                           refusals=rf, disk_hits_refused=gated)
 
     def finished_dumps(self) -> set[str]:
         """Commit the dumps that are done; return the delayed requests (finished, so in vLLM's
