@@ -9,7 +9,7 @@
 #   bash bench/gpu_session.sh cells    # 4k / 8k cells with async scheduling on / off, replay with a small HBM
 # On one GPU (nvidia-h200; bench/README.md "The next device session"), each a call of its own:
 #   bash bench/gpu_session.sh check      # after the first stash: tier tests; bandwidth: defaults, dumps not deferred, no stages
-#   bash bench/gpu_session.sh disk       # ucm_disk with disk hits forced, then gated (auto): 8k / 16k, c = 1, 4
+#   bash bench/gpu_session.sh disk       # ucm_disk with disk hits forced, then gated (auto): 8k / 16k, c = 1 (DISK_LENGTHS, DISK_CONC)
 #   bash bench/gpu_session.sh lategrid   # after the second stash: full, ucm over the whole grid (3 reps, decode)
 #   bash bench/gpu_session.sh overflow   # ucm_layerwise_step_load_blocks 1000 on 16k / 4k c = 2, 4; then the profile
 #   bash bench/gpu_session.sh native     # native_best, native over the grid (the comparison, same machine)
@@ -296,7 +296,7 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     for hits in always auto; do
       budget=$([ "$hits" = always ] && echo "$half" || left 20)
       OUT=$W/$hits bash bench/gpu_prefix_ttft.sh --modes ucm_disk --model-runner v2 --lengths "${DISK_LENGTHS:-8000,16000}" \
-        --concurrency 1,4 --reps 3 --decode-batch 0 --disk-hits "$hits" --deadline-s "$budget" 2>&1 | grep -E "ucm_disk L="
+        --concurrency "${DISK_CONC:-1}" --reps 3 --decode-batch 0 --disk-hits "$hits" --deadline-s "$budget" 2>&1 | grep -E "ucm_disk L="
     done
     ;;
   *) echo "unknown step $step"; exit 2 ;;
