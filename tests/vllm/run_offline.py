@@ -1,5 +1,6 @@
 """Run one offline vLLM engine in a fresh process (for tests that need a new process):
-``python -m tests.vllm.run_offline '<json args>'`` with keys model, ktc, prompt_set, out."""
+``python -m tests.vllm.run_offline '<json args>'`` with keys model, ktc (null: no connector), prompt_set,
+out, and optionally engine_kw (more LLM arguments)."""
 from __future__ import annotations
 
 import json
@@ -15,11 +16,11 @@ def main() -> None:
     from tests.vllm import engine
     from ucm.integration.vllm import stats
 
-    with engine.llm(args["model"], args["ktc"]) as llm:
+    with engine.llm(args["model"], args["ktc"], **args.get("engine_kw", {})) as llm:
         stats.reset_totals()
         outs = engine.generate(llm, engine.prompts(args["prompt_set"]))
-        store = engine.live_store()
-        result = dict(outputs=outs, totals=stats.totals(), store=store.stats())
+        store = engine.live_store() if args["ktc"] else None
+        result = dict(outputs=outs, totals=stats.totals(), store=store.stats() if store else None)
     with open(args["out"], "w") as f:
         json.dump(result, f, default=str)
 
