@@ -77,13 +77,13 @@ class TierChain(Store):
         if record:
             for t in self.tiers:
                 t.begin_lookup()
-        fast, slow = self.tiers[:self._slow], self.tiers[self._slow:]
-        has = (lambda t, k: t.has(k)) if record else (lambda t, k: t.holds(k))
+        held = [t.has if record else t.holds for t in self.tiers]
+        fast, slow = held[:self._slow], held[self._slow:]
         out, slow_ok = [], None
         for k in keys:
-            if any(has(t, k) for t in fast):
+            if any(h(k) for h in fast):
                 out.append(True)
-            elif any(has(t, k) for t in slow):
+            elif any(h(k) for h in slow):
                 if slow_ok is None:
                     slow_ok = self.slow_hits.allow(count=record)
                 out.append(slow_ok)
@@ -211,11 +211,12 @@ class TierChain(Store):
         in one batched load; a block the head would not take (admission, or evicted again by a
         later promotion) is copied from its bytes."""
         unique = list(dict.fromkeys(keys))
-        fast = self.tiers[:self._slow]
-        slow = sum(1 for k in unique if not any(t.holds(k) for t in fast))
+        # how fast the disk delivers, for the hit gate (only one that decides by it)
+        fast = self.tiers[:self._slow] if self.slow_hits.mode == "auto" else None
+        slow = sum(1 for k in unique if not any(t.holds(k) for t in fast)) if fast else 0
         t0 = time.perf_counter()
         got = dict(zip(unique, self._readers.map(self._promote, unique)))
-        if slow:  # how fast the disk delivers, for the hit gate
+        if slow:
             self.slow_hits.note_read(slow * self.block_size, time.perf_counter() - t0)
         up, direct = [], []
         for key, row in zip(keys, rows):

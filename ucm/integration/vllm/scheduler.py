@@ -142,8 +142,8 @@ class UcmScheduler:
             return 0, False
         hashes = self.keys.hashes(st.keys, last)[first:]
         st.layerwise = False
-        wait = self._deferral() if self.layerwise and not first_ask else None
-        if wait is not None and hashes:
+        wait = self._deferral() if self.layerwise else None  # a hit now must wait for a later step
+        if wait is not None and not first_ask:
             # vLLM asks again about a request this step cannot take with a hit (the step's hits are
             # full): whether its first block is held decides it (deferred, or computed now without a
             # hit), so one block is looked up, not the ~1,000 of a 16k prompt
@@ -174,7 +174,6 @@ class UcmScheduler:
             log.debug("ucm: lookup %s (step %d): blocks %d..%d, hit %d", request.request_id, self.seq + 1,
                       first, last, hit)
         if hit and self.layerwise:
-            wait = self._deferral()
             if wait is not None:
                 st.lookup = (first, 0)
                 self.stats.add(**{wait: 1})
