@@ -353,10 +353,34 @@ def test_a_disk_behind_its_backlog_drops_victims_and_the_dump_never_waits(tmp_pa
         assert disk.demotion_room() == 2
         hit = store.lookup(list(data), record=False)
         assert sum(hit) == 10 and all(hit[8:]), "the 2 dropped victims are misses, everything else hits"
+        # the call's first victims (a's last blocks, chain order) are the dropped ones: a's blocks
+        # next to its head went to disk, so a's cached prefix is 6 blocks long, not 4
+        assert hit[:8] == [True] * 6 + [False] * 2, hit[:8]
         for bid, want in data.items():
             if store.lookup([bid], record=False)[0]:
                 code, out = get(store, bid)
                 assert code == OK and torch.equal(out, want), bid
+
+
+def test_a_burst_past_the_backlog_keeps_the_prefix_it_evicts_last(tmp_path):
+    """Two prompts fill the DRAM; a third prompt's dump evicts both whole while the disk is held:
+    the backlog takes 3 of the 8 victims. They are the last ones evicted (the most recently used
+    prompt's head: chain order evicts tails first), so that prompt keeps a 3-block prefix on disk,
+    where keeping the first victims would have kept the other prompt's tail, which no lookup reaches."""
+    with _backlog_chain(tmp_path, backlog_blocks=3, slots=8) as store:
+        layers = _layers(16)
+        older = _dump_rows(store, "a", range(4), layers)
+        newer = _dump_rows(store, "b", range(4, 8), layers)
+        disk = store.tier("disk")
+        with writer_held(disk):
+            _dump_rows(store, "c", range(8, 16), layers)  # 8 new blocks: every stored block is a victim
+            assert store.head.counters["dropped"] == 5 and len(disk._writing) == 3
+        store.flush()
+        assert store.lookup(list(newer), record=False) == [True, True, True, False]
+        assert store.lookup(list(older), record=False) == [False] * 4
+        for bid in list(newer)[:3]:
+            code, out = get(store, bid)
+            assert code == OK and torch.equal(out, newer[bid]), bid
 
 
 def test_demote_ahead_hands_down_no_more_than_the_backlog_takes(tmp_path):

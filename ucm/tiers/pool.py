@@ -26,10 +26,15 @@ slot itself to the tier below, which writes it out in the background and gives t
 (``_drained``); the next dump finds free slots and copies nothing. The tier below bounds its queue
 (``demotion_room``, the disk's ``max_write_backlog``): past it a victim is dropped, neither copied
 nor waited for, since misses arriving faster than the disk writes would otherwise stall the model
-(2026-11-29, H200: full compute with a disk tier 1.05-2.9 x slower than without).
+(2026-11-29, H200: full compute with a disk tier 1.05-2.9 x slower than without). A write call that
+must evict more victims than that room drops its *first* victims and demotes its last ones: with
+chain order a request's tail is evicted before its head, so keeping the first victims kept tails whose
+heads were then dropped (useless on disk: a lookup stops at the first miss; H200, 2026-11-29: a 16k
+prompt's dump pushing an 8k prompt out left none of its prefix on disk).
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 import threading
 from collections import deque
@@ -40,6 +45,7 @@ from typing import Optional
 import torch
 
 from ucm.policies import AdmissionPolicy, EvictionPolicy
+from ucm.policies.always import AlwaysAdmit
 from ucm.tiers.base import (IO_ERROR, NOT_FOUND, REFUSED, BlockId, BlockRead, BlockWrite, SpareBuffers, Task, Tier, as_bytes, check_pieces,
                             log, stages, to_keys)
 from ucm.tiers.copy import CopyEngine
@@ -124,6 +130,7 @@ class SlotPoolTier(Tier):
         self._ahead_max = int(self.num_slots * demote_ahead)  # slots kept free at most (module docstring)
         self._ahead = 0  # slots to keep free now: what the last dump took, capped
         self._draining = 0  # victims' slots the tier below still writes out
+        self._drop_first: dict[Task, int] = {}  # write call -> victims it drops before demoting (module docstring)
 
     # ---- contract -------------------------------------------------------------------------
     def has(self, key: bytes) -> bool:
@@ -150,10 +157,11 @@ class SlotPoolTier(Tier):
     def dump(self, block_ids: Sequence[BlockId], offset: Sequence[int], src_tensor: Sequence[torch.Tensor]) -> Task:
         keys = check_pieces(block_ids, offset, src_tensor, self.block_size, "src_tensor")
         task = Task("dump")
-        for idx, demoted in self._chunks(len(keys), self._chunk(src_tensor)):
-            pieces = [(blk.slot, offset[i], src_tensor[i]) for i in idx
-                      if (blk := self._writable(keys[i], task, demoted)) is not None]
-            self._submit_pieces(task, pieces, to_pool=True, keys=keys)
+        with self._victims_kept_last(keys, task):
+            for idx, demoted in self._chunks(len(keys), self._chunk(src_tensor)):
+                pieces = [(blk.slot, offset[i], src_tensor[i]) for i in idx
+                          if (blk := self._writable(keys[i], task, demoted)) is not None]
+                self._submit_pieces(task, pieces, to_pool=True, keys=keys)
         return task
 
     def load(self, block_ids: Sequence[BlockId], offset: Sequence[int], dst_tensor: Sequence[torch.Tensor]) -> Task:
@@ -219,7 +227,8 @@ class SlotPoolTier(Tier):
         """
         keys, views, k = self._check_blocks(block_ids, planes, rows, offset)
         task = Task("dump")
-        self._submit_staged(keys, list(rows), k, views, task, to_pool=True)
+        with self._victims_kept_last(keys, task):
+            self._submit_staged(keys, list(rows), k, views, task, to_pool=True)
         return task
 
     def load_blocks(self, block_ids: Sequence[BlockId], planes: Sequence[torch.Tensor], rows: Sequence,
@@ -259,7 +268,8 @@ class SlotPoolTier(Tier):
         and prepare the row plan; ``write_planes`` then only launches each layer's copies."""
         keys, k, max_row = self._check_rows(block_ids, rows)
         bw = BlockWrite(self, keys, list(rows), Task("dump"), k=k, max_row=max_row)
-        bw.plans.append(self._plan(keys, rows, k, bw.task, write=True))
+        with self._victims_kept_last(keys, bw.task):
+            bw.plans.append(self._plan(keys, rows, k, bw.task, write=True))
         return bw
 
     def write_planes(self, bw: BlockWrite, planes: Sequence[torch.Tensor], offset: int = 0) -> None:
@@ -446,7 +456,7 @@ class SlotPoolTier(Tier):
             self.counters["skipped"] += 1
             return None  # already stored: ids are content hashes
         if blk is None:
-            blk = self._new_block(key, demoted)
+            blk = self._new_block(key, demoted, task)
             if blk is None:
                 task.fail(key, REFUSED)
                 self.counters["refused"] += 1
@@ -501,8 +511,27 @@ class SlotPoolTier(Tier):
         with self._lock:
             self._inflight.append(task)
 
-    def _new_block(self, key: bytes, demoted: list) -> Optional[_Block]:
-        """Admit ``key`` and give it a slot, evicting if full. Caller holds the lock."""
+    @contextlib.contextmanager
+    def _victims_kept_last(self, keys: list[bytes], task: Task):
+        """Within the block: when the write ``task`` of ``keys`` must evict more victims than the tier
+        below takes now, its first victims (a request's tail, chain order) are dropped and its last
+        ones demoted (module docstring). Counted once at the start; admission other than ``always``
+        may take fewer blocks, so there the victims keep their order."""
+        with self._lock:
+            if self.demote_to is not None and isinstance(self.admission, AlwaysAdmit):
+                blocks = self._blocks
+                new = len({k for k in keys if k not in blocks})
+                over = new - len(self._free) - self.demote_to.demotion_room()
+                if over > 0:
+                    self._drop_first[task] = over
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._drop_first.pop(task, None)
+
+    def _new_block(self, key: bytes, demoted: list, task: Optional[Task] = None) -> Optional[_Block]:
+        """Admit ``key`` and give it a slot, evicting if full (for the write ``task``). Caller holds the lock."""
         peek = getattr(self.eviction, "peek_victim", None) if not self._free else None
         victim = peek(self._reading) if peek is not None else None  # TinyLFU weighs the key against it
         if not self.admission.admit(key, victim):
@@ -520,7 +549,10 @@ class SlotPoolTier(Tier):
             vblk = self._blocks.pop(victim)
             self.counters["evictions"] += 1
             if self.demote_to is not None:
-                if self.demote_to.demotion_room() > len(demoted):  # copy out before the slot is reused
+                if self._drop_first.get(task, 0) > 0:  # a later victim of this call takes the room
+                    self._drop_first[task] -= 1
+                    self.counters["dropped"] += 1
+                elif self.demote_to.demotion_room() > len(demoted):  # copy out before the slot is reused
                     buf = self._spares.take()
                     buf.view(self.planes, self.plane_bytes).copy_(self.pool[:, vblk.slot])
                     demoted.append((victim, buf))
