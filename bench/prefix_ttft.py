@@ -25,6 +25,9 @@ writes --out/prefix_ttft_part_<mode>.json after every cell (a mode cut off keeps
   ucm_disk     UnifiedCacheConnectorV1 with the dram_disk chain; its DRAM holds one batch's hit but
                not the stored prefixes: after the store pass, fresh prompts fill DRAM so the stored
                blocks are demoted to disk (and their page cache dropped) before the timed 80 % pass.
+               During that untimed push the disk's write backlog is lifted (a burst of victims past
+               ``disk.max_write_backlog`` is dropped, and with tail-first eviction the stored prompts'
+               heads came last: 0 hits from disk, H200 2026-11-29), then every write is waited for.
   ucm_async    ucm with "ucm_load_mode": "async" (every hit loads between steps), columns
                ucm_async80_s / ucm_async100_s beside the default layer-wise ucm.
   ucm_batched  ucm with "ucm_layerwise_step_tokens": 0 (every hit of a step in that step, as vLLM
@@ -533,6 +536,10 @@ class Bench:
             st = s.stats()
             if isinstance(st, dict) and "lower_hits" in st:
                 out["chain_lower_hits"] = out.get("chain_lower_hits", 0) + st["lower_hits"]
+                for t in st.get("tiers", []):  # what went down to disk and what the backlog dropped
+                    for k in ("dropped", "written"):
+                        if k in t:
+                            out[f"{t['tier']}_{k}"] = out.get(f"{t['tier']}_{k}", 0) + t[k]
             gate = st.get("slow_hits") if isinstance(st, dict) else None
             if gate:  # the disk-hit gate's decisions (counters; its rates go to the pass as they stand)
                 for k in ("allowed", "refused"):
@@ -587,9 +594,22 @@ class Bench:
         need = self.dram_cap // self.bpt + 4 * self.info["block_size"]
         Lf = min(max(self.a.lengths), self.a.max_model_len - 8)
         n = -(-need // Lf)
-        for i in range(0, n, 8):  # 8 prompts per batch keeps the GPU KV cache from filling up
-            self.timed(self.fresh(min(8, n - i), Lf))
-            self.drain()
+        from ucm.integration.vllm import stores
+
+        chains = [s for s in stores.live_stores() if hasattr(s, "tiers")]
+        disks = [t for s in chains for t in s.tiers if t.name == "disk"]
+        saved = [d.max_backlog for d in disks]
+        for d in disks:  # every victim of the push goes down (untimed; the timed passes keep the config's)
+            d.max_backlog = max(d.max_backlog, 4 * self.dram_cap)
+        try:
+            for i in range(0, n, 8):  # 8 prompts per batch keeps the GPU KV cache from filling up
+                self.timed(self.fresh(min(8, n - i), Lf))
+                self.drain()
+            for s in chains:
+                s.flush()  # the files are written before their page cache is dropped
+        finally:
+            for d, b in zip(disks, saved):
+                d.max_backlog = b
         if self.a.disk_cold:
             drop_page_cache(self.disk_dir)
 
