@@ -30,7 +30,6 @@ import os
 import pstats
 import statistics
 import sys
-import threading
 import time
 import types
 
@@ -95,13 +94,8 @@ COUNTS = {"dma_commands": 0, "events": 0}
 def fake_copier():
     from ucm.tiers import planes
 
-    c = object.__new__(planes.CudaPlaneCopier)
-    c.device = torch.device("cpu")
-    c.copy_stream = c.kernel_stream = _Stream()
-    c._rings = {True: planes._Ring(c.device), False: planes._Ring(c.device)}
-    c._lock = threading.Lock()
-    c._submitter = None
-    return c
+    stream = _Stream()
+    return planes.CudaPlaneCopier(torch.device("cpu"), streams=(stream, stream))
 
 
 def _request(rid: str, seed: int, blocks: int):

@@ -63,6 +63,36 @@ def test_runs_of_rows_land_where_the_descriptors_say_in_every_plane():
     assert [c[0] for c in calls] == [3, 3, 3]
 
 
+def test_kept_plane_bases_give_the_same_descriptors_and_are_made_once_per_list_of_planes():
+    """The copier keeps ``plane_bases`` per list of plane views the pool caches (``_plane_views``): the
+    descriptors equal those made from scratch, a second call with that list checks no plane again, and
+    another list (other tensors) or the other direction gets bases of its own."""
+    from types import SimpleNamespace
+
+    from ucm.tiers.planes import CudaPlaneCopier
+
+    users, pools = _planes(40, 24, 3, seed=2), [torch.zeros(30, 24, dtype=torch.uint8) for _ in range(3)]
+    runs = [(2, 10, 4), (20, 0, 1)]
+    slots, rows, counts = zip(*runs)
+    copier, views = SimpleNamespace(_dma_bases={}), [object()]  # views: stands for the pool's cached list
+    kept = CudaPlaneCopier._bases(copier, (views, True), pools, users)
+    want = batch_dma.descriptors(pools, users, slots, rows, counts)
+    got = batch_dma.descriptors(pools, users, slots, rows, counts, bases=kept)
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    checked = []
+    real = batch_dma.plane_bases
+    try:
+        batch_dma.plane_bases = lambda d, s: checked.append(1) or real(d, s)
+        assert CudaPlaneCopier._bases(copier, (views, True), pools, users) is kept and not checked
+        back = CudaPlaneCopier._bases(copier, (views, False), users, pools)
+        assert checked == [1] and back[1].tolist() == [[u.data_ptr()] for u in users]
+        other = _planes(40, 24, 3, seed=3)
+        assert CudaPlaneCopier._bases(copier, ([object()], True), pools, other)[2].tolist() == \
+            [[o.data_ptr()] for o in other] and checked == [1, 1]
+    finally:
+        batch_dma.plane_bases = real
+
+
 def test_views_a_batch_cannot_take_are_refused():
     a, b = torch.zeros(8, 16, dtype=torch.uint8), torch.zeros(8, 32, dtype=torch.uint8)
     with pytest.raises(ValueError, match="same width"):
@@ -126,9 +156,8 @@ def _stand_in_copier(monkeypatch, batched: bool):
     monkeypatch.setattr(batch_dma, "_entry", _memmove_entry(calls))
     monkeypatch.setattr(P.torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(P, "_record", lambda stream: "event")
-    copier = object.__new__(P.CudaPlaneCopier)
-    copier.copy_stream = SimpleNamespace(cuda_stream=7, wait_event=lambda e: None)
-    copier.kernel_stream = SimpleNamespace(wait_event=lambda e: None)
+    copier = P.CudaPlaneCopier(torch.device("cpu"), streams=(SimpleNamespace(cuda_stream=7, wait_event=lambda e: None),
+                                                             SimpleNamespace(wait_event=lambda e: None)))
     return copier, calls
 
 

@@ -330,13 +330,15 @@ class CudaPlaneCopier:
     pinned pool, whose blocks are protected, and staging); every kernel that touches the caller's
     tensors runs after the work queued on the caller's stream when the copy was submitted."""
 
-    def __init__(self, device: torch.device, priority: int = 0):
+    def __init__(self, device: torch.device, priority: int = 0, streams: Optional[tuple] = None):
+        """``streams``: (copy, kernel) streams to use instead of two new ones (stand-ins in CPU tests)."""
         self.device = device
-        self.copy_stream = torch.cuda.Stream(device, priority=priority)
-        self.kernel_stream = torch.cuda.Stream(device, priority=priority)
+        self.copy_stream, self.kernel_stream = streams or (torch.cuda.Stream(device, priority=priority),
+                                                           torch.cuda.Stream(device, priority=priority))
         self._rings = {True: _Ring(device), False: _Ring(device)}  # per direction (to_pool)
         self._lock = threading.Lock()  # the rings' turns (a chain also loads from its promoter thread)
         self._submitter: Optional[ThreadPoolExecutor] = None  # dumps (module docstring), made on first use
+        self._dma_bases: dict[tuple, tuple] = {}  # (id of a pool's plane views, to_pool) -> see _bases
 
     def submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool,
                on_error: Optional[Callable[[Exception], None]] = None, whole: bool = False) -> list:
@@ -417,9 +419,9 @@ class CudaPlaneCopier:
         slots, rows, counts = (list(x) for x in zip(*plan.pairs))
         pools, users = [pc.pool for pc in planes], [pc.user for pc in planes]
         if to_pool:  # a dump's planes land together
-            return self._copy_runs(pools, users, slots, rows, counts)
+            return self._copy_runs(pools, users, slots, rows, counts, same=(planes, True))
         group = WHOLE_LOAD_PLANES_PER_EVENT if whole else LOAD_PLANES_PER_EVENT
-        return self._copy_runs(users, pools, rows, slots, counts, group=group)
+        return self._copy_runs(users, pools, rows, slots, counts, group=group, same=(planes, False))
 
     def _dma_in(self, ring: _Ring, rows: int, width: int, src: torch.Tensor, slot_runs) -> tuple[int, torch.Tensor]:
         """Slot runs of ``src`` (pool rows; ``slot_runs`` is ``RowPlan.run_cols``) into a staging
@@ -438,16 +440,18 @@ class CudaPlaneCopier:
         return landed
 
     def _copy_runs(self, dsts: list[torch.Tensor], srcs: list[torch.Tensor], dst_rows: list[int],
-                   src_rows: list[int], counts: list[int], group: int = 0) -> list[_Events]:
+                   src_rows: list[int], counts: list[int], group: int = 0, same: Optional[tuple] = None) -> list[_Events]:
         """Rows ``srcs[j][src_rows[i]:+counts[i]]`` to ``dsts[j][dst_rows[i]:+counts[i]]`` for every plane
         j and run i, on the copy stream: one batched driver command per completion where the driver
         has it (``batch_dma``), else a DMA per run. Returns one completion per plane, in plane order:
         with ``group`` k > 0 each k consecutive planes share one (a load's planes land a group at a
-        time), else all share one."""
+        time), else all share one. ``same`` = (a list of PlaneCopy the planes come from, the direction):
+        the pool's cached views of a caller's planes (``_plane_views``), so their DMA bases are kept."""
         n, planes = len(counts), len(dsts)
         batched = n > 0 and batch_dma.available()
         if batched:  # every plane's descriptors at once, one range of them per completion
-            d, s, size = batch_dma.descriptors(dsts, srcs, dst_rows, src_rows, counts)
+            d, s, size = batch_dma.descriptors(dsts, srcs, dst_rows, src_rows, counts,
+                                               bases=self._bases(same, dsts, srcs) if same else None)
         step = group if group > 0 else max(1, planes)
         done: list[_Events] = []
         with torch.cuda.stream(self.copy_stream):
@@ -461,6 +465,17 @@ class CudaPlaneCopier:
                             dst[i:i + c].copy_(src[j:j + c], non_blocking=True)
                 done += [_Events([_record(self.copy_stream)])] * (hi - lo)
         return done
+
+    def _bases(self, same: tuple, dsts, srcs) -> tuple:
+        """``batch_dma.plane_bases`` of the planes ``same[0]`` (a list the pool keeps while their tensors
+        live) in direction ``same[1]``, made once: the entry holds that list, so its id is not reused."""
+        views, to_pool = same
+        hit = self._dma_bases.get((id(views), to_pool))
+        if hit is None or hit[0] is not views:
+            if len(self._dma_bases) >= 512:
+                self._dma_bases.clear()
+            hit = self._dma_bases[(id(views), to_pool)] = (views, batch_dma.plane_bases(dsts, srcs))
+        return hit[1]
 
     def _load_rows(self, group: list[PlaneCopy], r, slot_runs, ring: _Ring) -> _Events:
         """Whole pool rows (e.g. a layer's K and V) DMA'd by slot run into staging, then one
