@@ -154,7 +154,8 @@ def _stand_in_copier(monkeypatch, batched: bool):
     monkeypatch.setattr(batch_dma, "ENABLED", batched)
     monkeypatch.setattr(batch_dma, "_missing", None)
     monkeypatch.setattr(batch_dma, "_entry", _memmove_entry(calls))
-    monkeypatch.setattr(P.torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    # a stream context is logged: the batched call names its stream and needs none
+    monkeypatch.setattr(P.torch.cuda, "stream", lambda s: calls.append(("stream context", s)) or contextlib.nullcontext())
     monkeypatch.setattr(P, "_record", lambda stream: "event")
     copier = P.CudaPlaneCopier(torch.device("cpu"), streams=(SimpleNamespace(cuda_stream=7, wait_event=lambda e: None),
                                                              SimpleNamespace(wait_event=lambda e: None)))
@@ -179,7 +180,8 @@ def test_the_copiers_direct_path_moves_every_run_of_every_plane(monkeypatch, bat
     assert waited == [copier.copy_stream] and len(done) == 3 and len({id(d) for d in done}) == 1
     for u, p in zip(users, pools):
         assert torch.equal(p[[3, 4, 5, 20, 21, 30]], u[[10, 11, 12, 0, 1, 39]])
-    assert calls == ([(3 * 3, batch_dma.SRC_IN_STREAM_ORDER, 7, 0, 1)] if batched else [])  # 3 runs x 3 planes
+    assert calls == ([(3 * 3, batch_dma.SRC_IN_STREAM_ORDER, 7, 0, 1)] if batched  # 3 runs x 3 planes
+                     else [("stream context", copier.copy_stream)])
     monkeypatch.setattr(P, "LOAD_PLANES_PER_EVENT", 2)
     back = [torch.zeros_like(u) for u in users]
     calls.clear()
@@ -188,7 +190,7 @@ def test_the_copiers_direct_path_moves_every_run_of_every_plane(monkeypatch, bat
     assert len(done) == 3 and done[0] is done[1] and done[2] is not done[0]
     for b, u in zip(back, users):
         assert torch.equal(b[[10, 11, 12, 0, 1, 39]], u[[10, 11, 12, 0, 1, 39]])
-    assert [c[0] for c in calls] == ([2 * 3, 3] if batched else [])  # one command per group: its planes' runs
+    assert [c[0] for c in calls] == ([2 * 3, 3] if batched else ["stream context"])  # one command per group
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "run-by-run"])
@@ -209,11 +211,11 @@ def test_the_copiers_staging_dmas_move_every_slot_run(monkeypatch, batched):
                                                                                               dtype=torch.uint8)))
     landed = copier._dma_out(ring, 1, staging, pool, plan.run_cols)
     assert torch.equal(pool[plan.slots], staging) and ring.free[1] == landed.events[0]
-    assert [c[0] for c in calls] == ([3] if batched else [])  # one command for the 3 slot runs
+    assert [c[0] for c in calls] == ([3] if batched else ["stream context"])  # one command for the 3 slot runs
     calls.clear()
     b, back = copier._dma_in(ring, 6, 16, pool, plan.run_cols)
     assert torch.equal(back, staging)
-    assert [c[0] for c in calls] == ([3] if batched else [])
+    assert [c[0] for c in calls] == ([3] if batched else ["stream context"])
 
 
 def test_a_small_call_goes_direct_in_one_command_where_the_driver_batches(monkeypatch):
