@@ -296,10 +296,10 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     setup || exit 1
     python3 -m pytest -q -p no:cacheprovider tests/vllm/test_forward_timer.py 2>&1 | tail -2  # incl. its CUDA case
     half=$(( $(left 20) / 2 ))
-    for hits in always auto; do
-      budget=$([ "$hits" = always ] && echo "$half" || left 20)
+    for hits in ${DISK_HITS:-always auto}; do  # DISK_ARGS: more prefix_ttft.py flags (e.g. --no-disk-push-lift)
+      budget=$([ "$hits" = always ] && [ "${DISK_HITS:-always auto}" != always ] && echo "$half" || left 20)
       OUT=$W/$hits bash bench/gpu_prefix_ttft.sh --modes ucm_disk --model-runner v2 --lengths "${DISK_LENGTHS:-8000,16000}" \
-        --concurrency "${DISK_CONC:-1}" --reps 3 --decode-batch 0 --disk-hits "$hits" --deadline-s "$budget" 2>&1 | grep -E "ucm_disk L="
+        --concurrency "${DISK_CONC:-1}" --reps 3 --decode-batch 0 --disk-hits "$hits" --deadline-s "$budget" $DISK_ARGS 2>&1 | grep -E "ucm_disk L="
     done
     ;;
   *) echo "unknown step $step"; exit 2 ;;

@@ -185,6 +185,9 @@ def parse_args(argv=None):
                          "from disk), auto (ucm's default: disk hits only while reading beats recomputing)")
     ap.add_argument("--disk-dram-gib", type=float, default=None,
                     help="ucm_disk: DRAM cap; default 1.25 x the largest batch's 80%% hit")
+    ap.add_argument("--disk-push-lift", action=argparse.BooleanOptionalAction, default=True,
+                    help="ucm_disk: lift the disk's write backlog during the untimed push, so every pushed block "
+                         "reaches the disk (--no-disk-push-lift: ucm's configured backlog drops what it cannot queue)")
     ap.add_argument("--disk-cold", action=argparse.BooleanOptionalAction, default=True,
                     help="ucm_disk: sync and drop the spill files from the page cache before each timed pass")
     ap.add_argument("--deadline-s", type=float, default=None,
@@ -599,8 +602,8 @@ class Bench:
         chains = [s for s in stores.live_stores() if hasattr(s, "tiers")]
         disks = [t for s in chains for t in s.tiers if t.name == "disk"]
         saved = [d.max_backlog for d in disks]
-        for d in disks:  # every victim of the push goes down (untimed; the timed passes keep the config's)
-            d.max_backlog = max(d.max_backlog, 4 * self.dram_cap)
+        for d in disks if self.a.disk_push_lift else []:  # every victim of the push goes down (untimed;
+            d.max_backlog = max(d.max_backlog, 4 * self.dram_cap)  # the timed passes keep the config's)
         try:
             for i in range(0, n, 8):  # 8 prompts per batch keeps the GPU KV cache from filling up
                 self.timed(self.fresh(min(8, n - i), Lf))
