@@ -154,10 +154,11 @@ def _stand_in_copier(monkeypatch, batched: bool):
     monkeypatch.setattr(batch_dma, "ENABLED", batched)
     monkeypatch.setattr(batch_dma, "_missing", None)
     monkeypatch.setattr(batch_dma, "_entry", _memmove_entry(calls))
-    # a stream context is logged: the batched call names its stream and needs none
+    # stream and device contexts are logged: the batched call names its stream, so it only sets the device
     monkeypatch.setattr(P.torch.cuda, "stream", lambda s: calls.append(("stream context", s)) or contextlib.nullcontext())
+    monkeypatch.setattr(P.torch.cuda, "device", lambda i: calls.append(("device", i)) or contextlib.nullcontext())
     monkeypatch.setattr(P, "_record", lambda stream: "event")
-    copier = P.CudaPlaneCopier(torch.device("cpu"), streams=(SimpleNamespace(cuda_stream=7, wait_event=lambda e: None),
+    copier = P.CudaPlaneCopier(torch.device("cuda", 3), streams=(SimpleNamespace(cuda_stream=7, wait_event=lambda e: None),
                                                              SimpleNamespace(wait_event=lambda e: None)))
     return copier, calls
 
@@ -180,7 +181,7 @@ def test_the_copiers_direct_path_moves_every_run_of_every_plane(monkeypatch, bat
     assert waited == [copier.copy_stream] and len(done) == 3 and len({id(d) for d in done}) == 1
     for u, p in zip(users, pools):
         assert torch.equal(p[[3, 4, 5, 20, 21, 30]], u[[10, 11, 12, 0, 1, 39]])
-    assert calls == ([(3 * 3, batch_dma.SRC_IN_STREAM_ORDER, 7, 0, 1)] if batched  # 3 runs x 3 planes
+    assert calls == ([("device", 3), (3 * 3, batch_dma.SRC_IN_STREAM_ORDER, 7, 0, 1)] if batched  # 3 runs x 3 planes
                      else [("stream context", copier.copy_stream)])
     monkeypatch.setattr(P, "LOAD_PLANES_PER_EVENT", 2)
     back = [torch.zeros_like(u) for u in users]
@@ -190,7 +191,7 @@ def test_the_copiers_direct_path_moves_every_run_of_every_plane(monkeypatch, bat
     assert len(done) == 3 and done[0] is done[1] and done[2] is not done[0]
     for b, u in zip(back, users):
         assert torch.equal(b[[10, 11, 12, 0, 1, 39]], u[[10, 11, 12, 0, 1, 39]])
-    assert [c[0] for c in calls] == ([2 * 3, 3] if batched else ["stream context"])  # one command per group
+    assert [c[0] for c in calls] == (["device", 2 * 3, 3] if batched else ["stream context"])  # a command a group
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "run-by-run"])
@@ -211,11 +212,11 @@ def test_the_copiers_staging_dmas_move_every_slot_run(monkeypatch, batched):
                                                                                               dtype=torch.uint8)))
     landed = copier._dma_out(ring, 1, staging, pool, plan.run_cols)
     assert torch.equal(pool[plan.slots], staging) and ring.free[1] == landed.events[0]
-    assert [c[0] for c in calls] == ([3] if batched else ["stream context"])  # one command for the 3 slot runs
+    assert [c[0] for c in calls] == (["device", 3] if batched else ["stream context"])  # one command, 3 slot runs
     calls.clear()
     b, back = copier._dma_in(ring, 6, 16, pool, plan.run_cols)
     assert torch.equal(back, staging)
-    assert [c[0] for c in calls] == ([3] if batched else ["stream context"])
+    assert [c[0] for c in calls] == (["device", 3] if batched else ["stream context"])
 
 
 def test_a_small_call_goes_direct_in_one_command_where_the_driver_batches(monkeypatch):
@@ -232,7 +233,7 @@ def test_a_small_call_goes_direct_in_one_command_where_the_driver_batches(monkey
     plan = P.RowPlan([7, 31, 2], [30, 4, 17])  # three blocks, neither slots nor rows consecutive
     assert P.copier_path(plan, 64) == "uva-kernel" and P.copier_path(plan, 64, batched=True) == "direct"
     done = copier._submit(planes, plan, True, lambda stream: None)
-    assert len(done) == 4 and calls == [(3 * 4, batch_dma.SRC_IN_STREAM_ORDER, 7, 0, 1)]
+    assert len(done) == 4 and calls == [("device", 3), (3 * 4, batch_dma.SRC_IN_STREAM_ORDER, 7, 0, 1)]
     for u, p in zip(users, pools):
         assert torch.equal(p[[7, 31, 2]], u[[30, 4, 17]])
     monkeypatch.setattr(P, "SMALL_CALL_BYTES", 3 * 64 * 4 - 1)  # one byte short: not small any more
@@ -251,14 +252,14 @@ def test_a_whole_load_shares_one_completion_per_stage(monkeypatch):
     users = _planes(40, 16, 6, seed=4)
     pools = [torch.zeros(50, 16, dtype=torch.uint8) for _ in range(6)]
     plan = P.RowPlan([3, 4, 5, 20], [10, 11, 12, 0])
-    for whole, commands in ((True, [6 * 2]), (False, [4 * 2, 2 * 2])):
+    for whole, commands in ((True, ["device", 6 * 2]), (False, ["device", 4 * 2, 2 * 2])):
         monkeypatch.setattr(P, "LOAD_PLANES_PER_EVENT", 4)
         back = [torch.zeros_like(u) for u in users]
         calls.clear()
         done = copier._direct([P.PlaneCopy(b, p, None) for b, p in zip(back, pools)], plan, False, lambda s: None,
                               whole)
         assert [c[0] for c in calls] == commands  # descriptors a command: planes x 2 pairs
-        assert len({id(d) for d in done}) == len(commands)
+        assert len({id(d) for d in done}) == len(commands) - 1  # a completion a command
         for b, p in zip(back, pools):
             assert torch.equal(b[[10, 11, 12, 0]], p[[3, 4, 5, 20]])
 

@@ -33,7 +33,6 @@ Every DMA loop (a plane's runs; a dump's planes) is one driver command where the
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -340,6 +339,7 @@ class CudaPlaneCopier:
         self._lock = threading.Lock()  # the rings' turns (a chain also loads from its promoter thread)
         self._submitter: Optional[ThreadPoolExecutor] = None  # dumps (module docstring), made on first use
         self._dma_bases: dict[tuple, tuple] = {}  # (id of a pool's plane views, to_pool) -> see _bases
+        self._device_index = device.index if device.type == "cuda" else -1  # -1: stand-ins on the CPU
 
     def submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool,
                on_error: Optional[Callable[[Exception], None]] = None, whole: bool = False) -> list:
@@ -455,9 +455,10 @@ class CudaPlaneCopier:
                                                bases=self._bases(same, dsts, srcs) if same else None)
         step = group if group > 0 else max(1, planes)
         done: list[_Events] = []
-        # the batched call names its stream: no stream context (entering one made stream objects and
-        # set the device's stream twice, ~a fifth of the dumps' Python in the replay's profile)
-        with contextlib.nullcontext() if batched else torch.cuda.stream(self.copy_stream):
+        # the batched call names its stream, so only the device is set (the driver call runs in the
+        # current context: a chain's promoter thread starts on device 0); a stream context made stream
+        # objects and set the stream twice, ~a fifth of the dumps' Python in the replay's profile
+        with torch.cuda.device(self._device_index) if batched else torch.cuda.stream(self.copy_stream):
             for lo in range(0, planes, step):
                 hi = min(lo + step, planes)
                 if batched:
