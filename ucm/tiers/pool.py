@@ -519,11 +519,12 @@ class SlotPoolTier(Tier):
         may take fewer blocks, so there the victims keep their order."""
         with self._lock:
             if self.demote_to is not None and isinstance(self.admission, AlwaysAdmit):
-                blocks = self._blocks
-                new = len({k for k in keys if k not in blocks})
-                over = new - len(self._free) - self.demote_to.demotion_room()
-                if over > 0:
-                    self._drop_first[task] = over
+                room = len(self._free) + self.demote_to.demotion_room()
+                if len(keys) > room:  # else no victim can be dropped: skip counting the new keys
+                    blocks = self._blocks
+                    over = len({k for k in keys if k not in blocks}) - room
+                    if over > 0:
+                        self._drop_first[task] = over
         try:
             yield
         finally:
