@@ -32,6 +32,9 @@ def test_runs_of_rows_land_where_the_descriptors_say_in_every_plane():
     slots, rows, counts = zip(*runs)
     dsts, srcs, sizes = batch_dma.descriptors(pools, users, slots, rows, counts)
     assert len(dsts) == len(srcs) == len(sizes) == 9  # planes x runs, plane by plane
+    for j in range(3):  # one plane (built from lists, not NumPy): that plane's part of the three
+        one = batch_dma.descriptors([pools[j]], [users[j]], slots, rows, counts)
+        assert [t.tolist() for t in one] == [t[3 * j:3 * j + 3].tolist() for t in (dsts, srcs, sizes)]
     assert sizes.tolist() == [96, 24, 72] * 3
     calls = []
     batch_dma.copy(dsts, srcs, sizes, stream_handle=1234, entry=_memmove_entry(calls))

@@ -14,6 +14,7 @@ without the entry point falls back to run by run, with one warning.
 """
 from __future__ import annotations
 
+import array
 import ctypes
 from typing import Callable, Optional, Sequence
 
@@ -76,20 +77,25 @@ def available() -> bool:
     return True
 
 
+def _pair(d: torch.Tensor, s: torch.Tensor) -> tuple[int, int, int]:
+    """(row width in bytes, d's address, s's address) of a plane pair batched DMAs can take: (rows,
+    width) views of the same width whose rows are contiguous."""
+    if d.dim() != 2 or s.dim() != 2 or d.shape[1] != s.shape[1]:
+        raise ValueError("batched DMAs need (rows, width) views of the same width on both sides")
+    if d.stride() != (d.shape[1], 1) or s.stride() != (s.shape[1], 1):
+        raise ValueError(f"batched DMAs need contiguous rows on both sides (width "
+                         f"{d.shape[1] * d.element_size()} bytes)")
+    return d.shape[1] * d.element_size(), d.data_ptr(), s.data_ptr()
+
+
 def plane_bases(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row widths in bytes, dst addresses, src addresses), each a (planes, 1) int64 array, after checking
-    that each plane pair suits batched DMAs: (rows, width) views of the same width whose rows are
-    contiguous. A caller passing the same planes every step keeps this (``CudaPlaneCopier``): the checks
-    cost ~3 us a plane (torch attribute calls), ~160 us for a 7B model's 56 planes, on the model's thread."""
-    planes = len(dst)
-    width, dbase, sbase = (np.empty((planes, 1), dtype=np.int64) for _ in range(3))
+    every plane pair (``_pair``). A caller passing the same planes every step keeps this
+    (``CudaPlaneCopier``): the checks cost ~3 us a plane (torch attribute calls), ~160 us for a 7B
+    model's 56 planes, on the model's thread."""
+    width, dbase, sbase = (np.empty((len(dst), 1), dtype=np.int64) for _ in range(3))
     for k, (d, s) in enumerate(zip(dst, src)):
-        if d.dim() != 2 or s.dim() != 2 or d.shape[1] != s.shape[1]:
-            raise ValueError("batched DMAs need (rows, width) views of the same width on both sides")
-        if d.stride() != (d.shape[1], 1) or s.stride() != (s.shape[1], 1):
-            raise ValueError(f"batched DMAs need contiguous rows on both sides (width "
-                             f"{d.shape[1] * d.element_size()} bytes)")
-        width[k, 0], dbase[k, 0], sbase[k, 0] = d.shape[1] * d.element_size(), d.data_ptr(), s.data_ptr()
+        width[k, 0], dbase[k, 0], sbase[k, 0] = _pair(d, s)
     return width, dbase, sbase
 
 
@@ -100,8 +106,12 @@ def descriptors(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor], dst_ro
     and run i, ``counts[i]`` rows from row ``src_rows[i]`` of ``src[j]`` to row ``dst_rows[i]`` of
     ``dst[j]``. Each tensor is a (rows, width) view whose rows are contiguous and whose runs of rows
     are too (row stride = width); ``dst[j]`` and ``src[j]`` have the same width. ``bases``: what
-    ``plane_bases(dst, src)`` returned for these planes, kept by the caller. NumPy, not torch:
-    it runs on the model's thread once per layer, and a handful of tiny torch ops cost ~40 us."""
+    ``plane_bases(dst, src)`` returned for these planes, kept by the caller. NumPy for many planes,
+    plain lists for one (a staged copy's DMA, once per plane: NumPy's fixed cost was 3 x that)."""
+    if len(dst) == 1 and bases is None and len(counts):
+        w, d0, s0 = _pair(dst[0], src[0])
+        return tuple(torch.frombuffer(array.array("q", x), dtype=torch.int64)  # the tensor keeps the array
+                     for x in ([d0 + r * w for r in dst_rows], [s0 + r * w for r in src_rows], [c * w for c in counts]))
     width, dbase, sbase = bases if bases is not None else plane_bases(dst, src)
     drow, srow, n = (np.asarray(x, dtype=np.int64)[None, :] for x in (dst_rows, src_rows, counts))
     return tuple(torch.from_numpy(a.reshape(-1)) for a in (dbase + drow * width, sbase + srow * width, n * width))
