@@ -397,19 +397,22 @@ class CudaPlaneCopier:
             s.record_stream(self.kernel_stream)
         ring = self._rings[bool(to_pool)]
         done = []
-        for group in row_groups(planes):
-            if len(group) > 1 and group[0].row_uva is not None \
-                    and dma_worthy(plan, group[0].row.shape[1], len(plan.runs)):
-                ev = (self._dump_rows if to_pool else self._load_rows)(group, r, plan.run_cols, ring)
-                done.extend(ev for _ in group)  # the planes of a group land together
-                continue
-            for pc in group:
-                width = pc.user.shape[1]
-                dma = pc.dma and dma_worthy(plan, width, len(plan.runs))
-                if to_pool:
-                    done.append(self._dump_plane(pc, r, s, plan.run_cols, dma, ring))
-                else:
-                    done.append(self._load_plane(pc, r, s, plan.run_cols, dma, ring))
+        # the gather / scatter kernels below run on the kernel stream: one context for all planes (a
+        # context per plane was ~a fifth of a dump's Python on the model's thread, replay profile)
+        with torch.cuda.stream(self.kernel_stream):
+            for group in row_groups(planes):
+                if len(group) > 1 and group[0].row_uva is not None \
+                        and dma_worthy(plan, group[0].row.shape[1], len(plan.runs)):
+                    ev = (self._dump_rows if to_pool else self._load_rows)(group, r, plan.run_cols, ring)
+                    done.extend(ev for _ in group)  # the planes of a group land together
+                    continue
+                for pc in group:
+                    width = pc.user.shape[1]
+                    dma = pc.dma and dma_worthy(plan, width, len(plan.runs))
+                    if to_pool:
+                        done.append(self._dump_plane(pc, r, s, plan.run_cols, dma, ring))
+                    else:
+                        done.append(self._load_plane(pc, r, s, plan.run_cols, dma, ring))
         return done
 
     def _direct(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool, wait, whole: bool = False) -> list[_Events]:
@@ -481,47 +484,44 @@ class CudaPlaneCopier:
             hit = self._dma_bases[(id(views), to_pool)] = (views, batch_dma.plane_bases(dsts, srcs))
         return hit[1]
 
+    # _load_rows / _dump_rows / _dump_plane / _load_plane run inside _submit's kernel-stream context:
+    # their kernels go to the kernel stream, their DMAs name the copy stream
+
     def _load_rows(self, group: list[PlaneCopy], r, slot_runs, ring: _Ring) -> _Events:
         """Whole pool rows (e.g. a layer's K and V) DMA'd by slot run into staging, then one
         scatter kernel per caller plane."""
         b, staging = self._dma_in(ring, len(r), group[0].row.shape[1], group[0].row, slot_runs)
-        with torch.cuda.stream(self.kernel_stream):
-            for pc in group:
-                user, src = words(pc.user, staging[:, pc.col:pc.col + pc.user.shape[1]])
-                user.index_copy_(0, r, src)
-            ev = ring.free[b] = _record(self.kernel_stream)
+        for pc in group:
+            user, src = words(pc.user, staging[:, pc.col:pc.col + pc.user.shape[1]])
+            user.index_copy_(0, r, src)
+        ev = ring.free[b] = _record(self.kernel_stream)
         return _Events([ev])
 
     def _dump_rows(self, group: list[PlaneCopy], r, slot_runs, ring: _Ring) -> _Events:
         row = group[0].row
         b, staging = ring.take(len(r), row.shape[1], self.kernel_stream)
-        with torch.cuda.stream(self.kernel_stream):
-            for pc in group:
-                dst, user = words(staging[:, pc.col:pc.col + pc.user.shape[1]], pc.user)
-                dst.copy_(user.index_select(0, r))
+        for pc in group:
+            dst, user = words(staging[:, pc.col:pc.col + pc.user.shape[1]], pc.user)
+            dst.copy_(user.index_select(0, r))
         return self._dma_out(ring, b, staging, row, slot_runs)
 
     def _dump_plane(self, pc, r, s, slot_runs, dma, ring: _Ring) -> _Events:
         if dma:
             b, staging = ring.take(len(r), pc.user.shape[1], self.kernel_stream)
-            with torch.cuda.stream(self.kernel_stream):
-                user, dst = words(pc.user, staging)
-                torch.index_select(user, 0, r, out=dst)
+            user, dst = words(pc.user, staging)
+            torch.index_select(user, 0, r, out=dst)
             return self._dma_out(ring, b, staging, pc.pool, slot_runs)
-        with torch.cuda.stream(self.kernel_stream):  # one kernel writes the pool (UVA or HBM)
-            pool, user = words(pc.pool_uva if pc.pool_uva is not None else pc.pool, pc.user)
-            pool.index_copy_(0, s, user.index_select(0, r))
-            return _Events([_record(self.kernel_stream)])
+        pool, user = words(pc.pool_uva if pc.pool_uva is not None else pc.pool, pc.user)  # one kernel writes the pool
+        pool.index_copy_(0, s, user.index_select(0, r))
+        return _Events([_record(self.kernel_stream)])
 
     def _load_plane(self, pc, r, s, slot_runs, dma, ring: _Ring) -> _Events:
         if dma:  # DMA the runs into staging, then one scatter kernel (HBM speed, a few µs)
             b, staging = self._dma_in(ring, len(r), pc.user.shape[1], pc.pool, slot_runs)
-            with torch.cuda.stream(self.kernel_stream):
-                user, src = words(pc.user, staging)
-                user.index_copy_(0, r, src)
-                ev = ring.free[b] = _record(self.kernel_stream)
+            user, src = words(pc.user, staging)
+            user.index_copy_(0, r, src)
+            ev = ring.free[b] = _record(self.kernel_stream)
             return _Events([ev])
-        with torch.cuda.stream(self.kernel_stream):
-            user, src = words(pc.user, pc.pool_uva if pc.pool_uva is not None else pc.pool)
-            user.index_copy_(0, r, src.index_select(0, s))
-            return _Events([_record(self.kernel_stream)])
+        user, src = words(pc.user, pc.pool_uva if pc.pool_uva is not None else pc.pool)
+        user.index_copy_(0, r, src.index_select(0, s))
+        return _Events([_record(self.kernel_stream)])
