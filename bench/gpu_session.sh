@@ -286,8 +286,9 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # H200, eager, batch 8: ~300 tok/s, CPU-bound steps whose median moved 20-42 ms from one ~7 s repetition to
     # the next (2026-11-28: the host's CPU speed drifts), so 8 pairs of 256 tokens spread 0.85-1.59. Shorter
     # repetitions, more pairs: 24 pairs of 64 tokens (~2.5 s a repetition), ~170 s; the report also pairs the
-    # repetitions' median step times
-    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 4000 --concurrency 1 --reps 1 --decode-reps 24 \
+    # repetitions' median step times. 24 pairs were inconclusive (2026-11-29: 0.985, interval 0.867-0.998, the first
+    # 18 pairs swinging 259-540 tok/s in both modes): DECODE_PAIRS (default 32, ~7 s a pair with the A B B A order)
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 4000 --concurrency 1 --reps 1 --decode-reps "${DECODE_PAIRS:-32}" \
       --decode-tokens 64 --deadline-s "$(left 30)" 2>&1 | grep -A16 "Decode speed"
     ;;
   disk)  # the disk tier after its bounded write backlog and the disk-hit gate (2026-11-29, CPU-tested only): ucm_disk
