@@ -2,6 +2,7 @@
 for the driver call that performs each copy; the real driver call on CUDA."""
 import ctypes
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,34 +67,33 @@ def test_runs_of_rows_land_where_the_descriptors_say_in_every_plane():
     assert [c[0] for c in calls] == [3, 3, 3]
 
 
-def test_kept_plane_bases_give_the_same_descriptors_and_are_made_once_per_list_of_planes():
-    """The copier keeps ``plane_bases`` per list of plane views the pool caches (``_plane_views``): the
-    descriptors equal those made from scratch, a second call with that list checks no plane again, and
-    another list (other tensors) or the other direction gets bases of its own."""
-    from types import SimpleNamespace
-
-    from ucm.tiers.planes import CudaPlaneCopier
+def test_plane_views_keep_their_dma_addresses_and_give_the_same_descriptors():
+    """A PlaneCopy keeps (row bytes, pool address, caller address) from when it is made (the pool keeps
+    its views across steps): the descriptors built from them equal those made from scratch, in both
+    directions, with no plane checked again; a plane whose rows are not back to back keeps None."""
+    from ucm.tiers.planes import PlaneCopy
 
     users, pools = _planes(40, 24, 3, seed=2), [torch.zeros(30, 24, dtype=torch.uint8) for _ in range(3)]
     runs = [(2, 10, 4), (20, 0, 1)]
     slots, rows, counts = zip(*runs)
-    copier, views = SimpleNamespace(_dma_bases={}), [object()]  # views: stands for the pool's cached list
-    kept = CudaPlaneCopier._bases(copier, (views, True), pools, users)
-    want = batch_dma.descriptors(pools, users, slots, rows, counts)
-    got = batch_dma.descriptors(pools, users, slots, rows, counts, bases=kept)
-    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    views = [PlaneCopy(u, p, None) for u, p in zip(users, pools)]
+    assert [v.dma_addrs for v in views] == [(24, p.data_ptr(), u.data_ptr()) for u, p in zip(users, pools)]
+    cols = np.array([v.dma_addrs for v in views], dtype=np.int64).T[:, :, None]
     checked = []
     real = batch_dma.plane_bases
     try:
         batch_dma.plane_bases = lambda d, s: checked.append(1) or real(d, s)
-        assert CudaPlaneCopier._bases(copier, (views, True), pools, users) is kept and not checked
-        back = CudaPlaneCopier._bases(copier, (views, False), users, pools)
-        assert checked == [1] and back[1].tolist() == [[u.data_ptr()] for u in users]
-        other = _planes(40, 24, 3, seed=3)
-        assert CudaPlaneCopier._bases(copier, ([object()], True), pools, other)[2].tolist() == \
-            [[o.data_ptr()] for o in other] and checked == [1, 1]
+        got = batch_dma.descriptors(pools, users, slots, rows, counts, bases=(cols[0], cols[1], cols[2]))
+        back = batch_dma.descriptors(users, pools, rows, slots, counts, bases=(cols[0], cols[2], cols[1]))
+        assert not checked
     finally:
         batch_dma.plane_bases = real
+    want = batch_dma.descriptors(pools, users, slots, rows, counts)
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    want_back = batch_dma.descriptors(users, pools, rows, slots, counts)
+    assert all(torch.equal(a, b) for a, b in zip(want_back, back))
+    strided = torch.zeros(30, 48, dtype=torch.uint8)[:, :24]  # rows not back to back
+    assert PlaneCopy(users[0], strided, None).dma_addrs is None
 
 
 def test_views_a_batch_cannot_take_are_refused():

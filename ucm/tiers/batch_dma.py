@@ -77,7 +77,7 @@ def available() -> bool:
     return True
 
 
-def _pair(d: torch.Tensor, s: torch.Tensor) -> tuple[int, int, int]:
+def pair(d: torch.Tensor, s: torch.Tensor) -> tuple[int, int, int]:
     """(row width in bytes, d's address, s's address) of a plane pair batched DMAs can take: (rows,
     width) views of the same width whose rows are contiguous."""
     if d.dim() != 2 or s.dim() != 2 or d.shape[1] != s.shape[1]:
@@ -90,12 +90,11 @@ def _pair(d: torch.Tensor, s: torch.Tensor) -> tuple[int, int, int]:
 
 def plane_bases(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row widths in bytes, dst addresses, src addresses), each a (planes, 1) int64 array, after checking
-    every plane pair (``_pair``). A caller passing the same planes every step keeps this
-    (``CudaPlaneCopier``): the checks cost ~3 us a plane (torch attribute calls), ~160 us for a 7B
-    model's 56 planes, on the model's thread."""
+    every plane pair (``pair``): ~3 us a plane (torch attribute calls), ~160 us for a 7B model's 56
+    planes, so the copier passes what its plane views keep (``PlaneCopy.dma_addrs``) instead."""
     width, dbase, sbase = (np.empty((len(dst), 1), dtype=np.int64) for _ in range(3))
     for k, (d, s) in enumerate(zip(dst, src)):
-        width[k, 0], dbase[k, 0], sbase[k, 0] = _pair(d, s)
+        width[k, 0], dbase[k, 0], sbase[k, 0] = pair(d, s)
     return width, dbase, sbase
 
 
@@ -109,7 +108,7 @@ def descriptors(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor], dst_ro
     ``plane_bases(dst, src)`` returned for these planes, kept by the caller. NumPy for many planes,
     plain lists for one (a staged copy's DMA, once per plane: NumPy's fixed cost was 3 x that)."""
     if len(dst) == 1 and bases is None and len(counts):
-        w, d0, s0 = _pair(dst[0], src[0])
+        w, d0, s0 = pair(dst[0], src[0])
         return tuple(torch.frombuffer(array.array("q", x), dtype=torch.int64)  # the tensor keeps the array
                      for x in ([d0 + r * w for r in dst_rows], [s0 + r * w for r in src_rows], [c * w for c in counts]))
     width, dbase, sbase = bases if bases is not None else plane_bases(dst, src)

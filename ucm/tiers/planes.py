@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from ucm.tiers import batch_dma
@@ -200,6 +201,13 @@ class PlaneCopy:
     def __post_init__(self):
         # the pool side can be one DMA per run of slots (pinned and contiguous): judged once
         self.dma = self.pool_uva is not None and self.pool.is_contiguous()
+        # (row bytes, pool address, caller address) for batched DMAs, or None where a side's rows are not
+        # back to back; made once with the views (the pool keeps them): checking 56 planes a call cost
+        # ~160 us of the model's thread (batch_dma.plane_bases)
+        try:
+            self.dma_addrs: Optional[tuple[int, int, int]] = batch_dma.pair(self.pool, self.user)
+        except ValueError:
+            self.dma_addrs = None
 
 
 def row_groups(planes: list[PlaneCopy]) -> list[list[PlaneCopy]]:
@@ -338,7 +346,6 @@ class CudaPlaneCopier:
         self._rings = {True: _Ring(device), False: _Ring(device)}  # per direction (to_pool)
         self._lock = threading.Lock()  # the rings' turns (a chain also loads from its promoter thread)
         self._submitter: Optional[ThreadPoolExecutor] = None  # dumps (module docstring), made on first use
-        self._dma_bases: dict[tuple, tuple] = {}  # (id of a pool's plane views, to_pool) -> see _bases
         self._device_index = device.index if device.type == "cuda" else -1  # -1: stand-ins on the CPU
 
     def submit(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool,
@@ -422,10 +429,15 @@ class CudaPlaneCopier:
         wait(self.copy_stream)
         slots, rows, counts = (list(x) for x in zip(*plan.pairs))
         pools, users = [pc.pool for pc in planes], [pc.user for pc in planes]
+        addrs = [pc.dma_addrs for pc in planes]
+        # (width, pool, caller) columns, each (planes, 1); None: descriptors checks the planes (and says why)
+        cols = None if None in addrs else np.array(addrs, dtype=np.int64).T[:, :, None]
         if to_pool:  # a dump's planes land together
-            return self._copy_runs(pools, users, slots, rows, counts, same=(planes, True))
+            return self._copy_runs(pools, users, slots, rows, counts,
+                                   bases=None if cols is None else (cols[0], cols[1], cols[2]))
         group = WHOLE_LOAD_PLANES_PER_EVENT if whole else LOAD_PLANES_PER_EVENT
-        return self._copy_runs(users, pools, rows, slots, counts, group=group, same=(planes, False))
+        return self._copy_runs(users, pools, rows, slots, counts, group=group,
+                               bases=None if cols is None else (cols[0], cols[2], cols[1]))
 
     def _dma_in(self, ring: _Ring, rows: int, width: int, src: torch.Tensor, slot_runs) -> tuple[int, torch.Tensor]:
         """Slot runs of ``src`` (pool rows; ``slot_runs`` is ``RowPlan.run_cols``) into a staging
@@ -444,18 +456,16 @@ class CudaPlaneCopier:
         return landed
 
     def _copy_runs(self, dsts: list[torch.Tensor], srcs: list[torch.Tensor], dst_rows: list[int],
-                   src_rows: list[int], counts: list[int], group: int = 0, same: Optional[tuple] = None) -> list[_Events]:
+                   src_rows: list[int], counts: list[int], group: int = 0, bases: Optional[tuple] = None) -> list[_Events]:
         """Rows ``srcs[j][src_rows[i]:+counts[i]]`` to ``dsts[j][dst_rows[i]:+counts[i]]`` for every plane
         j and run i, on the copy stream: one batched driver command per completion where the driver
         has it (``batch_dma``), else a DMA per run. Returns one completion per plane, in plane order:
         with ``group`` k > 0 each k consecutive planes share one (a load's planes land a group at a
-        time), else all share one. ``same`` = (a list of PlaneCopy the planes come from, the direction):
-        the pool's cached views of a caller's planes (``_plane_views``), so their DMA bases are kept."""
+        time), else all share one. ``bases``: ``batch_dma.plane_bases(dsts, srcs)``, known already."""
         n, planes = len(counts), len(dsts)
         batched = n > 0 and batch_dma.available()
         if batched:  # every plane's descriptors at once, one range of them per completion
-            d, s, size = batch_dma.descriptors(dsts, srcs, dst_rows, src_rows, counts,
-                                               bases=self._bases(same, dsts, srcs) if same else None)
+            d, s, size = batch_dma.descriptors(dsts, srcs, dst_rows, src_rows, counts, bases=bases)
         step = group if group > 0 else max(1, planes)
         done: list[_Events] = []
         # the batched call names its stream, so only the device is set (the driver call runs in the
@@ -472,17 +482,6 @@ class CudaPlaneCopier:
                             dst[i:i + c].copy_(src[j:j + c], non_blocking=True)
                 done += [_Events([_record(self.copy_stream)])] * (hi - lo)
         return done
-
-    def _bases(self, same: tuple, dsts, srcs) -> tuple:
-        """``batch_dma.plane_bases`` of the planes ``same[0]`` (a list the pool keeps while their tensors
-        live) in direction ``same[1]``, made once: the entry holds that list, so its id is not reused."""
-        views, to_pool = same
-        hit = self._dma_bases.get((id(views), to_pool))
-        if hit is None or hit[0] is not views:
-            if len(self._dma_bases) >= 512:
-                self._dma_bases.clear()
-            hit = self._dma_bases[(id(views), to_pool)] = (views, batch_dma.plane_bases(dsts, srcs))
-        return hit[1]
 
     # _load_rows / _dump_rows / _dump_plane / _load_plane run inside _submit's kernel-stream context:
     # their kernels go to the kernel stream, their DMAs name the copy stream
