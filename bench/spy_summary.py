@@ -2,6 +2,7 @@
 the functions most often on top of the stack, ucm's own frames apart.
 
     python3 bench/spy_summary.py spy.txt [--top 12] [--json out.json]
+    python3 bench/spy_summary.py spy.txt --under "UcmWorker._end_step" [--depth 2]
 
 Made for the trace replay on the GPU (``bench/gpu_session.sh replayspy``): recorded with ``--gil`` a sample
 is a moment a thread held the GIL, so the threads' shares say who kept vLLM's engine thread waiting (ucm's dump
@@ -95,6 +96,29 @@ def summarise(stacks: list[tuple[list[str], int]], top: int = 12, within: str = 
     return out
 
 
+def under(stacks: list[tuple[list[str], int]], frame: str, depth: int = 1, top: int = 12) -> dict:
+    """Where the samples inside the first frame matching ``frame`` went: their count, the ``depth`` frames
+    just below it (a path "a > b") and the leaf frames, each with its samples (e.g. ``--under
+    "UcmWorker._end_step"``: a step's dumps split into planning, copies, commits)."""
+    inside = re.compile(frame)
+    total, paths, leaves = 0, collections.Counter(), collections.Counter()
+    for frames, n in stacks:
+        i = next((j for j, f in enumerate(frames) if inside.search(f)), None)
+        if i is None:
+            continue
+        total += n
+        below = [short(f) for f in frames[i + 1:]]
+        paths[" > ".join(below[:depth]) or "(itself)"] += n
+        leaves[below[-1] if below else "(itself)"] += n
+    return dict(frame=frame, samples=total, below=paths.most_common(top), leaf=leaves.most_common(top))
+
+
+def under_markdown(u: dict) -> str:
+    return "\n".join([f"## inside `{u['frame']}`: {u['samples']} samples", "", "just below:", ""]
+                     + [f"- {n} {p}" for p, n in u["below"]] + ["", "top of the stack:", ""]
+                     + [f"- {n} {p}" for p, n in u["leaf"]] + [""])
+
+
 def markdown(summary: dict, top: int = 12) -> str:
     lines = []
     for process, p in summary.items():
@@ -117,13 +141,16 @@ def main() -> None:
     ap.add_argument("--json", help="also write the summary here")
     ap.add_argument("--within", default=r"ReplayBench\.replay ",
                     help="regex of a frame: a thread's samples inside it describe that thread (default: the replay loop)")
+    ap.add_argument("--under", help="regex of a frame: instead, where the samples inside it went (see ``under``)")
+    ap.add_argument("--depth", type=int, default=1, help="--under: frames below it per path")
     a = ap.parse_args()
     with open(a.raw) as f:
-        s = summarise(parse(f), a.top, a.within)
+        stacks = parse(f)
+    s = under(stacks, a.under, a.depth, a.top) if a.under else summarise(stacks, a.top, a.within)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(s, f, indent=1)
-    print(markdown(s, a.top))
+    print(under_markdown(s) if a.under else markdown(s, a.top))
 
 
 if __name__ == "__main__":

@@ -44,3 +44,13 @@ def test_a_stack_without_process_or_thread_frames_is_one_process():
     s = ss.summarise(ss.parse(["<module> (a.py:1);f (a.py:2) 3", "Thread._bootstrap (threading.py:1);g (b.py:3) 1"]))
     threads = s["(one process)"]["threads"]
     assert threads["<module> (a.py)"]["samples"] == 3 and threads["Thread._bootstrap (threading.py)"]["samples"] == 1
+
+
+def test_under_a_frame_splits_its_samples_by_callee_and_leaf():
+    """``--under``: only the samples inside the named frame, by the frames just below it and by leaf."""
+    u = ss.under(ss.parse(RAW.splitlines()), r"LLMEngine\.step ", depth=2)
+    assert u["samples"] == 90  # the two stacks through LLMEngine.step; the submit thread and process 8 are not
+    assert u["below"] == [("Qwen2Model.forward (qwen2.py)", 60),
+                          ("UcmWorker.wait_for_save (worker.py) > SlotPoolTier.dump_rows (pool.py)", 30)]
+    assert u["leaf"] == [("Qwen2Model.forward (qwen2.py)", 60), ("SlotPoolTier.dump_rows (pool.py)", 30)]
+    assert "inside `LLMEngine\\.step `: 90 samples" in ss.under_markdown(u)
