@@ -176,10 +176,11 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # and read back with direct I/O, no page cache
     dd if=/dev/zero of=/tmp/ucm_dd bs=16M count=64 oflag=direct 2>&1 | tail -1 | sed 's/^/disk write: /'
     dd if=/tmp/ucm_dd of=/dev/null bs=16M iflag=direct 2>&1 | tail -1 | sed 's/^/disk read: /'; rm -f /tmp/ucm_dd
-    # CHECK_VARIANTS: the runs, each a comma-separated list of UCM_ switches (e.g. "DEFER_DUMPS=0,SMALL_CALL_BYTES=1099511627776")
+    # CHECK_VARIANTS: the runs, each a comma-separated list of UCM_ switches (e.g. "DEFER_DUMPS=0,SMALL_CALL_BYTES=1099511627776");
+    # BW_ARGS: more dram_bandwidth.py options (e.g. --profile-stack: Python calls in the traces)
     for v in ${CHECK_VARIANTS:-DEFER_DUMPS=1 DEFER_DUMPS=0 STAGE_HEAD_MIB=512 STAGE_HEAD_MIB=100000 WHOLE_LOAD_PLANES_PER_EVENT=4}; do
       env $(echo "$v" | tr ',' ' ' | sed 's/\([^ ]*\)/UCM_\1/g') timeout "$(left 30)" python3 bench/dram_bandwidth.py --blocks 1024 --piece-kib 32 --fragmented \
-        --out "$W/bw_$v.json" --profile "$W/prof_$v" 2>&1 | grep -E "plain|^vllm" | sed "s/^/$v: /"
+        --out "$W/bw_$v.json" --profile "$W/prof_$v" ${BW_ARGS:-} 2>&1 | grep -E "plain|^vllm" | sed "s/^/$v: /"
     done
     ;;
   lategrid)
@@ -218,6 +219,9 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
         --out "$W/check_v1" --model-dir /tmp/ucm-tiny-bf16-v1 > "$W/check_v1_failure.log" 2>&1
       grep -H -E '"ok"|Error' "$W"/check_v"$runner"_*.log | head -6
     fi
+    # the grid's warm-up alone takes ~60 s: after a first setup (unpacking, the model: ~80 s) STEP_S=200 left it
+    # 47 s and no cell (2026-11-29, nineteenth session)
+    [ "$(left 30)" -lt 120 ] && echo "WARNING: the grid gets $(left 30) s, less than its warm-up and a cell: raise STEP_S"
     # GRID_ARGS: more prefix_ttft.py flags, e.g. "--ucm-step-tokens 1024"
     # --reps-at 4000:5: the 4k cells were bimodal with the host's speed (fourteenth session, every mode)
     OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes "$mode" --model-runner "v$runner" --lengths 8000,4000,16000 \

@@ -30,7 +30,11 @@ nor waited for, since misses arriving faster than the disk writes would otherwis
 must evict more victims than that room drops its *first* victims and demotes its last ones: with
 chain order a request's tail is evicted before its head, so keeping the first victims kept tails whose
 heads were then dropped (useless on disk: a lookup stops at the first miss; H200, 2026-11-29: a 16k
-prompt's dump pushing an 8k prompt out left none of its prefix on disk).
+prompt's dump pushing an 8k prompt out left none of its prefix on disk). Across calls the queue is first
+come, first served: a call arriving while the disk still writes an earlier call's victims drops all of its
+own, however recent (H200, 2026-11-29: a push right after a store pass left the stored prompt nothing, the
+prompt before it its head). Taking a queued write back for a newer victim would mean a copy per victim on
+the caller's thread again.
 """
 from __future__ import annotations
 
