@@ -19,7 +19,7 @@
 #   bash bench/gpu_session.sh v2ucm      # ucm on the V2 model runner
 #   bash bench/gpu_session.sh prof4k     # the layer-wise profile at 4k / 16k c = 1 on the V2, then the V1 runner
 #   bash bench/gpu_session.sh stagger    # c = 2, 4 cells with step budgets (STAGGER_RUNS, default turn:1024 turn:512; also tokens:N, blocks:N)
-#   bash bench/gpu_session.sh decode     # decode tokens/s storing vs not storing, 24 A B B A pairs of 64 tokens
+#   bash bench/gpu_session.sh decode     # decode storing vs not storing: storing switched every 8 steps (DECODE_SWITCH=0: A B B A reps)
 #   bash bench/gpu_session.sh replay1    # the trace replay, REPLAY_MODES (default full,ucm_lru)
 #   bash bench/gpu_session.sh replayspy  # the same under py-spy (GIL samples per thread; .whl/ holds its wheel)
 # On two GPUs (nvidia-h200-x2), after the two stash calls:
@@ -292,8 +292,17 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # repetitions, more pairs: 24 pairs of 64 tokens (~2.5 s a repetition), ~170 s; the report also pairs the
     # repetitions' median step times. 24 pairs were inconclusive (2026-11-29: 0.985, interval 0.867-0.998, the first
     # 18 pairs swinging 259-540 tok/s in both modes): DECODE_PAIRS (default 32, ~7 s a pair with the A B B A order)
-    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 4000 --concurrency 1 --reps 1 --decode-reps "${DECODE_PAIRS:-32}" \
-      --decode-tokens 64 --deadline-s "$(left 30)" 2>&1 | grep -A16 "Decode speed"
+    # 32 pairs were inconclusive too (nineteenth session: 1.017, interval 0.969-1.064; pairs 0.51-1.65). So by default
+    # storing is switched off and on every DECODE_SWITCH steps inside each repetition and neighbouring blocks of
+    # steps are compared (--decode-switch-steps): DECODE_REPS repetitions of 512 tokens, ~10 s each on the H200.
+    # DECODE_SWITCH=0: the A B B A repetitions as before
+    if [ "${DECODE_SWITCH:-8}" != 0 ]; then
+      decode_args="--decode-switch-steps ${DECODE_SWITCH:-8} --decode-reps ${DECODE_REPS:-8} --decode-tokens 512"
+    else
+      decode_args="--decode-reps ${DECODE_PAIRS:-32} --decode-tokens 64"
+    fi
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes ucm --lengths 4000 --concurrency 1 --reps 1 $decode_args \
+      --deadline-s "$(left 30)" 2>&1 | grep -A16 "Decode speed"
     ;;
   disk)  # the disk tier after its bounded write backlog and the disk-hit gate (2026-11-29, CPU-tested only): ucm_disk
     # with disk hits forced (--disk-hits always: the issue's ucm_disk80 column), then with ucm's default (auto:

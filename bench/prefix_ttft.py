@@ -198,6 +198,9 @@ def parse_args(argv=None):
     ap.add_argument("--decode-len", type=int, default=1024, help="decode cell: prompt tokens")
     ap.add_argument("--decode-tokens", type=int, default=256, help="decode cell: tokens generated per prompt")
     ap.add_argument("--decode-reps", type=int, default=None, help="decode cell: repetitions (default: --reps)")
+    ap.add_argument("--decode-switch-steps", type=int, default=0, metavar="K",
+                    help="decode cell, mode ucm: switch storing off and on every K steps within each repetition "
+                         "and compare neighbouring blocks of steps, instead of whole repetitions A B B A (0)")
     ap.add_argument("--decode-only", action="store_true",
                     help="modes full and ucm: the decode cell only, no TTFT grid (e.g. alone on an idle machine, "
                          "merged into a grid's table with --mode table --from)")
@@ -334,6 +337,29 @@ def disk_dram_bytes(a, bpt: int) -> int:
 
 
 # ---- one mode's engine -------------------------------------------------------------------------------
+SWITCH_SKIP = 2  # steps at the start of each block left out: the switch lands a step late with async
+# scheduling, and the last storing step's copies still run in the first one after it
+
+
+def switch_pairs(phases: list, k: int, skip: int = SWITCH_SKIP) -> list:
+    """Storing / not storing, block by block: for each block of ``k`` storing steps and the block of ``k``
+    steps without storing after it, the ratio of their median step times (not storing over storing:
+    below 1 when storing is slower, as tokens/s would say), the first ``skip`` steps of each block left
+    out. ``phases``: (storing, index within its block, seconds) per step, in order."""
+    blocks, cur = [], None
+    for on, i, sec in phases:
+        if i == 0 or cur is None or cur[0] != on:
+            cur = (on, [])
+            blocks.append(cur)
+        if i >= skip:
+            cur[1].append(sec)
+    out = []
+    for (on, a), (off, b) in zip(blocks, blocks[1:]):
+        if on and not off and a and b:
+            out.append(statistics.median(b) / statistics.median(a))
+    return out
+
+
 class Bench:
     def __init__(self, a, mode: str, cuda: bool, ktc: Optional[dict] = None, engine_kw: Optional[dict] = None):
         """``ktc`` replaces the mode's connector config and ``engine_kw`` adds engine arguments
@@ -628,6 +654,11 @@ class Bench:
         if self.mode != "ucm":
             reps = [self._decode_rep(None) for _ in range(n)]
             r = self._decode_summary(reps)
+        elif a.decode_switch_steps > 0:  # storing switched on and off within each repetition (``_decode_rep``)
+            reps = [self._decode_rep(True, switch=a.decode_switch_steps) for _ in range(n)]
+            r = self._decode_summary(reps)
+            pairs = [x for rep in reps for x in rep["switch_pairs"]]
+            r.update(switch_steps=a.decode_switch_steps, store_vs_no_store_switch_pairs=pairs)
         else:
             order = [i % 4 in (0, 3) for i in range(2 * n)]  # A B B A: drift hits both alike
             runs = [(store, self._decode_rep(store)) for store in order]
@@ -641,12 +672,21 @@ class Bench:
             r.update(no_store_reps=off, no_store_median_tok_s=statistics.median(x["tok_s"] for x in off),
                      store_vs_no_store=statistics.median(pairs), store_vs_no_store_pairs=pairs,
                      store_vs_no_store_step_pairs=step_pairs)
+        sw = r.get("store_vs_no_store_switch_pairs")
         print(f"{self.mode} decode: {r['median_tok_s']:.1f} tok/s (batch {a.decode_batch})"
               + (f", without storing {r['no_store_median_tok_s']:.1f} (ratio {r['store_vs_no_store']:.3f})"
-                 if "store_vs_no_store" in r else ""), flush=True)
+                 if "store_vs_no_store" in r else "")
+              + (f", storing / not storing over {len(sw)} neighbouring blocks of steps: {statistics.median(sw):.3f}"
+                 if sw else ""), flush=True)
         return r
 
-    def _decode_rep(self, store) -> dict:
+    def _decode_rep(self, store, switch: int = 0) -> dict:
+        """One decode repetition. With ``switch`` = K > 0 (mode ucm, ``store`` True) storing goes off and
+        on every K steps after the first token, and each block of K storing steps is compared with the
+        next K not storing (``switch_pairs``): a slow spell of the host slows both alike, unlike whole
+        repetitions a second apart (their A B B A pairs swung 0.5-1.7 on busy hosts). The prompts then
+        differ in length by 2 tokens each, so their blocks fill on different steps (all on one step
+        in 16 otherwise, which a block of steps may miss)."""
         from vllm import SamplingParams
 
         a, eng = self.a, self.llm.llm_engine
@@ -654,20 +694,29 @@ class Bench:
         sp = SamplingParams(max_tokens=a.decode_tokens, temperature=0.0, ignore_eos=True, detokenize=False,
                             extra_args=extra)
         self.reset_gpu()
-        self.llm.enqueue([{"prompt_token_ids": p} for p in self.fresh(a.decode_batch, a.decode_len)], sp,
-                         use_tqdm=False)
+        prompts = self.fresh(a.decode_batch, a.decode_len)
+        if switch:
+            prompts = [p + self.fresh(1, 2 * i)[0] for i, p in enumerate(prompts)]
+        self.llm.enqueue([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
         # the offline API returns outputs only when requests finish: read the scheduler's requests
         reqs, t1, first, steps = self.core.scheduler.requests, None, 0, 0
         before, g0, h0, step_s = self._counters() or {}, self.gc.snapshot(), HostClock.snapshot(), []
+        phases = []  # switch: (storing, step within its block, seconds) of each step after the first token
         while eng.has_unfinished_requests():
+            on = not switch or t1 is None or (steps // switch) % 2 == 0
+            if switch and t1 is not None and steps % switch == 0:
+                self._set_storing(on)
             ts = time.perf_counter()
             eng.step()
             if t1 is None and len(reqs) == a.decode_batch and all(r.num_output_tokens >= 1 for r in reqs.values()):
                 t1, first = time.perf_counter(), sum(r.num_output_tokens for r in reqs.values())
             elif t1 is not None:
-                steps += 1
                 step_s.append(time.perf_counter() - ts)
+                phases.append((on, steps % switch if switch else 0, step_s[-1]))
+                steps += 1
         t2 = time.perf_counter()
+        if switch:
+            self._set_storing(True)
         tokens = a.decode_batch * a.decode_tokens - first
         after = self._counters() or None
         if after and store is not None:  # what this repetition stored (none without storing)
@@ -678,8 +727,22 @@ class Bench:
         steps_summary = dict(median=round(med, 3), p90=round(step_ms[int(0.9 * (len(step_ms) - 1))], 3),
                              max=round(step_ms[-1], 3), over_2x_median=sum(x > 2 * med for x in step_ms),
                              ms_over_median=round(sum(x - med for x in step_ms if x > med), 3))
-        return dict(tokens=tokens, seconds=t2 - t1, tok_s=tokens / (t2 - t1), steps=steps, store=store, ucm=after,
-                    step_ms=steps_summary, gc=self.gc.since(g0), host=HostClock.since(h0))
+        out = dict(tokens=tokens, seconds=t2 - t1, tok_s=tokens / (t2 - t1), steps=steps, store=store, ucm=after,
+                   step_ms=steps_summary, gc=self.gc.since(g0), host=HostClock.since(h0))
+        if switch:
+            out.update(switch_steps=switch, switch_pairs=switch_pairs(phases, switch))
+        return out
+
+    def _set_storing(self, on: bool) -> None:
+        """Storing of every request in the engine on or off (ucm's scheduler-side ``_ReqState.store``,
+        which ``{"ucm_store": false}`` sets). Switched on, blocks that filled while off are skipped, not
+        caught up: a storing step then dumps what it fills, as when storing all along."""
+        sched, bs = self.core.scheduler.connector._scheduler, self.info["block_size"]
+        for rid, st in sched.reqs.items():
+            req = self.core.scheduler.requests.get(rid)
+            if on and not st.store and req is not None:
+                st.dumped_upto = max(st.dumped_upto, min(len(st.block_ids), req.num_computed_tokens // bs))
+            st.store = on
 
     def _decode_summary(self, reps: list) -> dict:
         a = self.a

@@ -329,6 +329,12 @@ def decode_table(res: dict) -> list:
                 sp = d["store_vs_no_store_step_pairs"]
                 ab.append(f"- {mode}: the same pairs by each repetition's median step time (a few long steps do not "
                           f"move it): median ratio **{statistics.median(sp):.3f}** ({decode_verdict(sp)})")
+        if d.get("store_vs_no_store_switch_pairs"):
+            sw = d["store_vs_no_store_switch_pairs"]
+            ab.append(f"- {mode}: storing switched off and on every {d['switch_steps']} steps within each repetition "
+                      f"(`--decode-switch-steps`), each block of storing steps against the next block without: "
+                      f"median ratio of their median step times **{statistics.median(sw):.3f}** over {len(sw)} "
+                      f"pairs (target >= {DECODE_TARGET}: {decode_verdict(sw)})")
         for name, med, reps in rows:
             rel = med / base if base else None
             L.append(f"| {name} | {med:.1f} | {', '.join(f'{x:.1f}' for x in (r['tok_s'] for r in reps))} "

@@ -262,3 +262,40 @@ def test_the_hits_table_shows_the_disk_hit_gate(tmp_path):
     report(str(out), [str(tmp_path)])
     md = next(out.glob("*.md")).read_text()
     assert "ucm_disk:hit80=0 (disk hits allowed 0, refused 1; read 0.55 / compute 2.10 GB/s)" in md
+
+
+def test_switch_pairs_compare_each_storing_block_with_the_block_after_it():
+    """--decode-switch-steps: blocks of k steps alternate storing / not storing; each storing block is paired
+    with the block after it (not storing over storing, median step times), its first steps left out."""
+    from prefix_ttft import switch_pairs
+
+    k, phases = 4, []
+    for b, (on, sec) in enumerate([(True, 0.020), (False, 0.019), (True, 0.022), (False, 0.022), (True, 0.040)]):
+        for i in range(k):
+            # the first steps of a block carry the switch (a step late) and the last block's copies: left out
+            phases.append((on, i, 1.0 if i < 2 else sec))
+    pairs = switch_pairs(phases, k)
+    assert pairs == pytest.approx([0.019 / 0.020, 0.022 / 0.022])  # the last storing block has no partner
+    assert switch_pairs(phases, k, skip=0) == pytest.approx([(1.0 + 0.019) / 2 / ((1.0 + 0.020) / 2), 1.0])
+    # a repetition cut inside a block: an empty block is no pair
+    assert switch_pairs([(True, 0, 0.02), (True, 1, 0.02), (True, 2, 0.02), (False, 0, 0.02)], 4) == []
+
+
+def test_the_decode_table_reports_the_switched_blocks_with_their_verdict(parts, tmp_path):
+    a, b, out = parts
+    d = tmp_path / "decode"
+    d.mkdir()
+    _part(d, "ucm", [])
+    path = part_path(d, "ucm")
+    part = json.loads(open(path).read())
+    pairs = [0.99, 1.0, 0.98, 1.01, 0.975, 1.02, 0.995, 1.0]
+    part["decode"] = dict(batch=8, prompt_tokens=1024, max_tokens=512, reps=[dict(tok_s=400.0)], median_tok_s=400.0,
+                          switch_steps=8, store_vs_no_store_switch_pairs=pairs)
+    with open(path, "w") as f:
+        json.dump(part, f)
+    out.mkdir()
+    report(str(out), [str(a), str(b), str(d)])
+    md = (out / "prefix_ttft_h100_2026-11-28.md").read_text()
+    assert ("storing switched off and on every 8 steps within each repetition (`--decode-switch-steps`), each block "
+            "of storing steps against the next block without: median ratio of their median step times **0.998** "
+            "over 8 pairs (target >= 0.97: met (93% interval") in md
