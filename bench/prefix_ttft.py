@@ -213,6 +213,9 @@ def parse_args(argv=None):
     a.lengths = [int(x) for x in a.lengths.split(",")]
     a.concurrency = [int(x) for x in a.concurrency.split(",")]
     a.reps_at = reps_at(ap, a.reps_at)
+    if a.decode_switch_steps and a.decode_switch_steps <= SWITCH_SKIP:
+        ap.error(f"--decode-switch-steps {a.decode_switch_steps}: 0 (off) or more than the {SWITCH_SKIP} steps each "
+                 f"block leaves out, e.g. 8")
     check_modes(ap, a, MODES)
     return a
 

@@ -299,3 +299,13 @@ def test_the_decode_table_reports_the_switched_blocks_with_their_verdict(parts, 
     assert ("storing switched off and on every 8 steps within each repetition (`--decode-switch-steps`), each block "
             "of storing steps against the next block without: median ratio of their median step times **0.998** "
             "over 8 pairs (target >= 0.97: met (93% interval") in md
+
+
+@pytest.mark.parametrize("k", ["1", "2", "-4"])
+def test_decode_switch_steps_that_leave_no_step_measured_stop_at_start(k, capsys):
+    from prefix_ttft import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m", "--decode-switch-steps", k])
+    assert "--decode-switch-steps" in capsys.readouterr().err
+    assert parse_args(["--model", "m", "--decode-switch-steps", "8"]).decode_switch_steps == 8
