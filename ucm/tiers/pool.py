@@ -43,7 +43,7 @@ import operator
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -81,11 +81,14 @@ class _Flag:
         return self._event.wait(timeout)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Block:
+    # one per stored block, so one object a block for Python's collector: slots, and the writers a tuple,
+    # the shared empty one once committed (with a list each, a 1,000-block dump alone filled the young
+    # generation ~3 times; a young collection at 16k took 3-7.6 ms on the H200 hosts, 2026-11-29)
     slot: int
     committed: bool = False
-    writers: list[Task] = field(default_factory=list)  # dump tasks copying into it
+    writers: tuple = ()  # dump tasks copying into it
 
 
 class SlotPoolTier(Tier):
@@ -193,7 +196,7 @@ class SlotPoolTier(Tier):
                     continue
                 bad = any(key in t.failed or not t.done() for t in blk.writers)
                 if is_success and not bad:
-                    blk.committed, blk.writers = True, []
+                    blk.committed, blk.writers = True, ()
                     self.eviction.insert(key)
                 else:
                     self._drop(key)
@@ -321,7 +324,7 @@ class SlotPoolTier(Tier):
                 flag = _Flag()
                 task = Task("fill")
                 task.add(flag)
-                blk.writers.append(task)
+                blk.writers = (task,)
         self._demote(demoted)
         if blk is None:
             return False
@@ -334,12 +337,12 @@ class SlotPoolTier(Tier):
             if not ok:
                 task.fail(key, IO_ERROR)
             flag.set()
-            if self._blocks.get(key) is not blk or blk.committed or blk.writers != [task]:
+            if self._blocks.get(key) is not blk or blk.committed or blk.writers != (task,):
                 return False  # a dump writes it too: its commit settles the block
             if not ok:
                 self._drop(key)
                 return False
-            blk.committed, blk.writers = True, []
+            blk.committed, blk.writers = True, ()
             self.eviction.insert(key)
             self.counters["filled"] += 1
         return True
@@ -467,7 +470,7 @@ class SlotPoolTier(Tier):
                 return None
             self.counters["dumped_blocks"] += 1
         if not blk.writers or blk.writers[-1] is not task:
-            blk.writers.append(task)
+            blk.writers += (task,)
         return blk
 
     def _readable(self, keys: list[bytes], order: list[int], task: Task,
