@@ -301,3 +301,114 @@ def test_the_small_call_limit_comes_from_the_environment():
     assert small_call_bytes("1099511627776").stdout.strip() == "1099511627776"
     bad = small_call_bytes("4MiB")
     assert bad.returncode != 0 and "UCM_SMALL_CALL_BYTES must be a positive whole number" in bad.stderr
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "run-by-run"])
+@pytest.mark.parametrize("stage_planes", [1, 3])
+def test_the_staged_path_moves_scattered_rows_of_every_plane_exactly(monkeypatch, batched, stage_planes):
+    """CudaPlaneCopier._submit on scattered caller rows (the staged path: DMAs by slot run through a
+    staging buffer, a gather or scatter kernel a plane), on the CPU with stand-ins for the streams,
+    events and driver: a dump then a load move every row exactly, with STAGE_PLANES planes through
+    one staging buffer in one DMA command (1: a command a plane)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from ucm.tiers import planes as P
+
+    calls = []
+    monkeypatch.setattr(batch_dma, "ENABLED", batched)
+    monkeypatch.setattr(batch_dma, "_missing", None)
+    monkeypatch.setattr(batch_dma, "_entry", _memmove_entry(calls))
+    monkeypatch.setattr(P.torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(P.torch.cuda, "device", lambda i: contextlib.nullcontext())
+    monkeypatch.setattr(P, "_record", lambda stream: "event")
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None)
+    monkeypatch.setattr(P, "SMALL_CALL_BYTES", 0)
+    monkeypatch.setattr(P, "MIN_RUN_BYTES", 1)  # small rows, still DMA'd (not the UVA kernel)
+    monkeypatch.setattr(P, "MAX_DIRECT_RUNS", 0)  # staged, not a DMA per row
+    monkeypatch.setattr(P, "STAGE_PLANES", stage_planes)
+    stream = SimpleNamespace(cuda_stream=7, wait_event=lambda e: None, wait_stream=lambda s: None)
+    copier = P.CudaPlaneCopier(torch.device("cpu"), streams=(stream, stream))
+    n_planes, width = 7, 64
+    users = _planes(60, width, n_planes, seed=8)
+    pools = [torch.zeros(80, width, dtype=torch.uint8) for _ in range(n_planes)]
+    planes = [P.PlaneCopy(u, p, p) for u, p in zip(users, pools)]
+    rows = [51, 3, 17, 40, 8, 33, 22, 9, 45, 1, 30, 12]  # scattered on both sides
+    slots = [70, 2, 3, 4, 41, 42, 15, 60, 61, 62, 25, 77]
+    plan = P.RowPlan(slots, rows)
+    assert not P.takes_direct(plan, [width] * n_planes, batch_dma.available())
+    done = copier._submit(planes, plan, True, lambda s: None)
+    assert len(done) == n_planes
+    for u, p in zip(users, pools):
+        assert torch.equal(p[slots], u[rows])
+    commands = [c for c in calls if isinstance(c[0], int)]
+    groups = -(-n_planes // stage_planes)  # 7 planes: 7 commands a plane at a time, 3 (3 + 3 + 1) by three
+    assert len(commands) == (groups if batched else 0)
+    calls.clear()
+    back = [torch.zeros_like(u) for u in users]
+    planes = [P.PlaneCopy(b, p, p) for b, p in zip(back, pools)]
+    done = copier._submit(planes, P.RowPlan(slots, rows), False, lambda s: None)
+    assert len(done) == n_planes
+    for b, u in zip(back, users):
+        assert torch.equal(b[rows], u[rows])
+    assert len([c for c in calls if isinstance(c[0], int)]) == (groups if batched else 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the staged path's streams and kernels are CUDA-only")
+@pytest.mark.parametrize("stage_planes", [1, 4])
+def test_scattered_rows_through_the_staged_path_move_exact_bytes_on_cuda(monkeypatch, stage_planes):
+    """dump_rows / load_blocks of scattered vLLM rows on the GPU take the staged path (DMAs by slot run,
+    a gather or scatter kernel a plane), with STAGE_PLANES planes a staging buffer: every row exact."""
+    from ucm.tiers import planes as P
+
+    monkeypatch.setattr(P, "SMALL_CALL_BYTES", 0)
+    monkeypatch.setattr(P, "MIN_RUN_BYTES", 1)
+    monkeypatch.setattr(P, "MAX_DIRECT_RUNS", 0)
+    monkeypatch.setattr(P, "STAGE_PLANES", stage_planes)
+    layers, n, row = 6, 300, 1024
+    block = layers * row
+    with create_store("UcmDramStore", {"kv_block_size": block, "max_cache_size": (n + 8) * block,
+                                       "planes": layers}) as store:
+        g = torch.Generator().manual_seed(6)
+        src = [torch.randint(-100, 100, (2 * n, row // 2), dtype=torch.int16, generator=g).cuda()
+               for _ in range(layers)]
+        rows = torch.randperm(2 * n, generator=g)[:n].tolist()
+        ids = [f"s{r}" for r in rows]
+        assert store.wait(store.dump_rows(ids, src, rows)) == OK
+        store.commit(ids)
+        dst = [torch.zeros_like(t) for t in src]
+        back = torch.randperm(2 * n, generator=g)[:n].tolist()
+        assert store.wait(store.load_blocks(ids, dst, back)) == OK
+        for s, d in zip(src, dst):
+            assert torch.equal(d[back], s[rows])
+
+
+def test_a_staging_group_stays_within_its_byte_cap(monkeypatch):
+    """STAGE_PLANES planes share a staging buffer only while it stays within STAGE_GROUP_BYTES: a call of
+    many rows moves fewer planes at a time, so the ring's buffers stay bounded."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from ucm.tiers import planes as P
+
+    calls = []
+    monkeypatch.setattr(batch_dma, "ENABLED", True)
+    monkeypatch.setattr(batch_dma, "_missing", None)
+    monkeypatch.setattr(batch_dma, "_entry", _memmove_entry(calls))
+    monkeypatch.setattr(P.torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(P.torch.cuda, "device", lambda i: contextlib.nullcontext())
+    monkeypatch.setattr(P, "_record", lambda stream: "event")
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None)
+    for name, value in (("SMALL_CALL_BYTES", 0), ("MIN_RUN_BYTES", 1), ("MAX_DIRECT_RUNS", 0), ("STAGE_PLANES", 3)):
+        monkeypatch.setattr(P, name, value)
+    stream = SimpleNamespace(cuda_stream=7, wait_event=lambda e: None, wait_stream=lambda s: None)
+    copier = P.CudaPlaneCopier(torch.device("cpu"), streams=(stream, stream))
+    users = _planes(60, 64, 7, seed=9)
+    pools = [torch.zeros(80, 64, dtype=torch.uint8) for _ in range(7)]
+    rows, slots = [51, 3, 17, 40, 8, 33], [2, 3, 4, 40, 41, 42]  # two slot runs, six rows: staged
+    monkeypatch.setattr(P, "STAGE_GROUP_BYTES", 2 * len(rows) * 64)  # two planes' rows
+    copier._submit([P.PlaneCopy(u, p, p) for u, p in zip(users, pools)], P.RowPlan(slots, rows), True, lambda s: None)
+    assert len(calls) == 4  # 2 + 2 + 2 + 1 planes
+    for u, p in zip(users, pools):
+        assert torch.equal(p[slots], u[rows])
+    assert max(b.numel() for b in copier._rings[True].bufs if b is not None) <= 2 * len(rows) * 64
