@@ -10,6 +10,10 @@ step's metadata, then the worker's ``start_load_kv``, every layer's ``wait_for_l
 ``save_kv_layer``, ``wait_for_save`` (the step's dumps) and ``finish_layer_loads``. ``--hit 1.0`` is a
 load-bound step (every layer launched before the forward), below it the layer-wise path.
 
+``--staged ROWS`` times the GPU copier's staged path alone (scattered rows: DMAs into staging, a gather or
+scatter kernel a plane): a dump and a load of ROWS scattered rows of the 28 planes, for 1, 4 and 8 planes
+a staging buffer (``planes.STAGE_PLANES``).
+
 ``--decode BATCH,DUMPS`` times a decode step of a stream instead (``DecodeSetup``): the step's metadata, the
 forward's hooks with the dumps of the blocks DUMPS requests fill (scattered vLLM rows), and the step's end.
 
@@ -264,6 +268,41 @@ class DecodeSetup(Setup):
                     **COUNTS)
 
 
+def staged_call_ms(rows: int, stage_planes: int, reps: int = 21, width: int = 64) -> dict:
+    """Median ms of the copier's ``_submit`` on the staged path (CUDA stood in for: ``stand_in_cuda`` first):
+    a dump and a load of ``rows`` scattered rows of LAYERS planes, ``stage_planes`` planes a staging buffer.
+    Rows of ``width`` bytes: the CPU's index kernels stay cheap, the Python and driver calls are what is timed
+    (the batched DMAs are no-ops here, their count is in ``COUNTS``)."""
+    import random
+
+    from ucm.tiers import planes
+
+    saved = {k: getattr(planes, k) for k in ("STAGE_PLANES", "SMALL_CALL_BYTES", "MIN_RUN_BYTES", "MAX_DIRECT_RUNS")}
+    planes.STAGE_PLANES, planes.SMALL_CALL_BYTES, planes.MIN_RUN_BYTES, planes.MAX_DIRECT_RUNS = stage_planes, 0, 1, 0
+    try:
+        rng = random.Random(3)
+        users = [torch.zeros(2 * rows, width, dtype=torch.uint8) for _ in range(LAYERS)]
+        pools = [torch.zeros(2 * rows, width, dtype=torch.uint8) for _ in range(LAYERS)]
+        views = [planes.PlaneCopy(u, p, p) for u, p in zip(users, pools)]
+        user_rows, slots = rng.sample(range(2 * rows), rows), rng.sample(range(2 * rows), rows)
+        copier = fake_copier()
+        out = {}
+        for name, to_pool in (("dump", True), ("load", False)):
+            times = []
+            for _ in range(reps):
+                plan = planes.RowPlan(slots, user_rows)  # a fresh plan: its index tensors are made per call
+                COUNTS.update(dma_commands=0, events=0)
+                t = time.perf_counter()
+                copier._submit(views, plan, to_pool, lambda stream: None)
+                times.append(time.perf_counter() - t)
+            out[f"{name}_ms"] = round(1e3 * statistics.median(times), 3)
+            out[f"{name}_dma_commands"] = COUNTS["dma_commands"]
+        return out
+    finally:
+        for k, v in saved.items():
+            setattr(planes, k, v)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=4)
@@ -272,6 +311,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--decode", metavar="BATCH,DUMPS", default=None,
                     help="decode steps instead: BATCH running requests, DUMPS of them filling a block each step")
+    ap.add_argument("--staged", type=int, metavar="ROWS", default=0,
+                    help="the copier's staged path alone: ROWS scattered rows of every plane, 1 / 4 / 8 planes a buffer")
     ap.add_argument("--profile", action="store_true", help="also a cProfile of one more step (cumulative)")
     ap.add_argument("--out", default=None, help="write the medians as JSON here")
     a = ap.parse_args()
@@ -279,6 +320,10 @@ def main() -> None:
     stand_in_cuda(monkey)
     s = None
     try:
+        if a.staged:
+            for k in (1, 4, 8, 1, 4, 8):  # twice, alternating: this machine's speed drifts
+                print(json.dumps(dict(rows=a.staged, planes=LAYERS, stage_planes=k, **staged_call_ms(a.staged, k))))
+            return
         if a.decode:
             batch, dumps = (int(x) for x in a.decode.split(","))
             s = DecodeSetup(batch, dumps)

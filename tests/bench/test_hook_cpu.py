@@ -52,3 +52,21 @@ def test_a_decode_step_dumps_its_filled_blocks_in_one_command():
             setattr(obj, name, value)
     for r in got:
         assert r["dumped"] == 3 and (r["dma_commands"], r["events"]) == (1, 1)
+
+
+def test_the_staged_path_timing_moves_planes_a_staging_buffer_at_a_time():
+    """--staged ROWS: the copier's staged path alone; with k planes a staging buffer a call issues
+    ceil(28 / k) DMA commands each way (28 a plane at a time), and the module's switches come back."""
+    from ucm.tiers import planes
+
+    before = (planes.STAGE_PLANES, planes.SMALL_CALL_BYTES, planes.MIN_RUN_BYTES, planes.MAX_DIRECT_RUNS)
+    monkey: list = []
+    hook_cpu.stand_in_cuda(monkey)
+    try:
+        got = {k: hook_cpu.staged_call_ms(32, k, reps=1) for k in (1, 4, 8)}
+    finally:
+        for obj, name, value in reversed(monkey):
+            setattr(obj, name, value)
+    assert [(got[k]["dump_dma_commands"], got[k]["load_dma_commands"]) for k in (1, 4, 8)] == [(28, 28), (7, 7), (4, 4)]
+    assert all(v >= 0 for r in got.values() for v in r.values())
+    assert (planes.STAGE_PLANES, planes.SMALL_CALL_BYTES, planes.MIN_RUN_BYTES, planes.MAX_DIRECT_RUNS) == before
