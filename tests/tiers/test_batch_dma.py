@@ -303,13 +303,10 @@ def test_the_small_call_limit_comes_from_the_environment():
     assert bad.returncode != 0 and "UCM_SMALL_CALL_BYTES must be a positive whole number" in bad.stderr
 
 
-@pytest.mark.parametrize("batched", [True, False], ids=["batched", "run-by-run"])
-@pytest.mark.parametrize("stage_planes", [1, 3])
-def test_the_staged_path_moves_scattered_rows_of_every_plane_exactly(monkeypatch, batched, stage_planes):
-    """CudaPlaneCopier._submit on scattered caller rows (the staged path: DMAs by slot run through a
-    staging buffer, a gather or scatter kernel a plane), on the CPU with stand-ins for the streams,
-    events and driver: a dump then a load move every row exactly, with STAGE_PLANES planes through
-    one staging buffer in one DMA command (1: a command a plane)."""
+def _staged_copier(monkeypatch, batched: bool, stage_planes: int):
+    """A CudaPlaneCopier on the CPU device whose calls take the staged path (scattered rows, DMA'd however
+    short), with stand-ins for the streams, events and the driver's batch call (which copies at once and
+    is logged in ``calls``)."""
     import contextlib
     from types import SimpleNamespace
 
@@ -328,7 +325,19 @@ def test_the_staged_path_moves_scattered_rows_of_every_plane_exactly(monkeypatch
     monkeypatch.setattr(P, "MAX_DIRECT_RUNS", 0)  # staged, not a DMA per row
     monkeypatch.setattr(P, "STAGE_PLANES", stage_planes)
     stream = SimpleNamespace(cuda_stream=7, wait_event=lambda e: None, wait_stream=lambda s: None)
-    copier = P.CudaPlaneCopier(torch.device("cpu"), streams=(stream, stream))
+    return P.CudaPlaneCopier(torch.device("cpu"), streams=(stream, stream)), calls
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "run-by-run"])
+@pytest.mark.parametrize("stage_planes", [1, 3])
+def test_the_staged_path_moves_scattered_rows_of_every_plane_exactly(monkeypatch, batched, stage_planes):
+    """CudaPlaneCopier._submit on scattered caller rows (the staged path: DMAs by slot run through a
+    staging buffer, a gather or scatter kernel a plane), on the CPU with stand-ins for the streams,
+    events and driver: a dump then a load move every row exactly, with STAGE_PLANES planes through
+    one staging buffer in one DMA command (1: a command a plane)."""
+    from ucm.tiers import planes as P
+
+    copier, calls = _staged_copier(monkeypatch, batched, stage_planes)
     n_planes, width = 7, 64
     users = _planes(60, width, n_planes, seed=8)
     pools = [torch.zeros(80, width, dtype=torch.uint8) for _ in range(n_planes)]
@@ -386,23 +395,9 @@ def test_scattered_rows_through_the_staged_path_move_exact_bytes_on_cuda(monkeyp
 def test_a_staging_group_stays_within_its_byte_cap(monkeypatch):
     """STAGE_PLANES planes share a staging buffer only while it stays within STAGE_GROUP_BYTES: a call of
     many rows moves fewer planes at a time, so the ring's buffers stay bounded."""
-    import contextlib
-    from types import SimpleNamespace
-
     from ucm.tiers import planes as P
 
-    calls = []
-    monkeypatch.setattr(batch_dma, "ENABLED", True)
-    monkeypatch.setattr(batch_dma, "_missing", None)
-    monkeypatch.setattr(batch_dma, "_entry", _memmove_entry(calls))
-    monkeypatch.setattr(P.torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(P.torch.cuda, "device", lambda i: contextlib.nullcontext())
-    monkeypatch.setattr(P, "_record", lambda stream: "event")
-    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None)
-    for name, value in (("SMALL_CALL_BYTES", 0), ("MIN_RUN_BYTES", 1), ("MAX_DIRECT_RUNS", 0), ("STAGE_PLANES", 3)):
-        monkeypatch.setattr(P, name, value)
-    stream = SimpleNamespace(cuda_stream=7, wait_event=lambda e: None, wait_stream=lambda s: None)
-    copier = P.CudaPlaneCopier(torch.device("cpu"), streams=(stream, stream))
+    copier, calls = _staged_copier(monkeypatch, True, 3)
     users = _planes(60, 64, 7, seed=9)
     pools = [torch.zeros(80, 64, dtype=torch.uint8) for _ in range(7)]
     rows, slots = [51, 3, 17, 40, 8, 33], [2, 3, 4, 40, 41, 42]  # two slot runs, six rows: staged
