@@ -213,11 +213,11 @@ def test_the_copiers_staging_dmas_move_every_slot_run(monkeypatch, batched):
     pool = torch.zeros(40, 16, dtype=torch.uint8)
     ring = SimpleNamespace(free=[None, None], take=lambda rows, width, producer: (0, torch.zeros(rows, width,
                                                                                               dtype=torch.uint8)))
-    landed = copier._dma_out(ring, 1, staging, pool, plan.run_cols)
+    landed = copier._dma_out(ring, 1, [staging], [pool], plan.run_cols)
     assert torch.equal(pool[plan.slots], staging) and ring.free[1] == landed.events[0]
     assert [c[0] for c in calls] == (["device", 3] if batched else ["stream context"])  # one command, 3 slot runs
     calls.clear()
-    b, back = copier._dma_in(ring, 6, 16, pool, plan.run_cols)
+    b, (back,) = copier._dma_in(ring, 6, 16, [pool], plan.run_cols)
     assert torch.equal(back, staging)
     assert [c[0] for c in calls] == (["device", 3] if batched else ["stream context"])
 
@@ -229,7 +229,8 @@ def test_a_small_call_goes_direct_in_one_command_where_the_driver_batches(monkey
     from ucm.tiers import planes as P
 
     copier, calls = _stand_in_copier(monkeypatch, True)
-    monkeypatch.setattr(copier, "_dump_plane", lambda *a: pytest.fail("small call took the kernel path"))
+    for staged in ("_dump_planes", "_dump_uva"):
+        monkeypatch.setattr(copier, staged, lambda *a: pytest.fail("small call took the kernel path"))
     users = _planes(40, 64, 4, seed=5)
     pools = [torch.zeros(50, 64, dtype=torch.uint8) for _ in range(4)]
     planes = [P.PlaneCopy(u, p, p) for u, p in zip(users, pools)]  # pool_uva set: DMA-able planes

@@ -9,7 +9,8 @@ vLLM block) and ``pool_rows`` is a (slots, width) view of the pool. Instead of o
 - GPU <-> pinned pool, other long slot runs: a gather into a device staging buffer and one DMA per run of
   consecutive slots (the copy engines run at the link rate, no SMs used); loads DMA runs into
   staging and scatter it with one kernel; DMAs and kernels on two streams with two staging buffers
-  in turn, so one plane's DMA overlaps its neighbour's kernel;
+  in turn, so one plane's DMA overlaps its neighbour's kernel; up to ``STAGE_PLANES`` planes share a
+  staging buffer and one DMA command (a kernel each still);
 - GPU <-> pinned pool, fragmented slots: one gather/scatter kernel that reads or writes the pinned
   pool directly through unified virtual addressing; a small call (``SMALL_CALL_BYTES``, e.g. a decode
   step's few new blocks) goes direct instead where the driver batches DMAs: one command, no kernels;
@@ -435,8 +436,7 @@ class CudaPlaneCopier:
                     continue
                 for pc in group:
                     width = pc.user.shape[1]
-                    dma = pc.dma and dma_worthy(plan, width, len(plan.runs))
-                    if dma and STAGE_PLANES > 1:
+                    if pc.dma and dma_worthy(plan, width, len(plan.runs)):
                         if staged and (staged[0].user.shape[1] != width
                                        or (len(staged) + 1) * len(plan) * width > STAGE_GROUP_BYTES):
                             flush()
@@ -444,11 +444,8 @@ class CudaPlaneCopier:
                         if len(staged) >= STAGE_PLANES:
                             flush()
                         continue
-                    flush()
-                    if to_pool:
-                        done.append(self._dump_plane(pc, r, s, plan.run_cols, dma, ring))
-                    else:
-                        done.append(self._load_plane(pc, r, s, plan.run_cols, dma, ring))
+                    flush()  # runs too short for DMAs: one kernel through UVA
+                    done.append((self._dump_uva if to_pool else self._load_uva)(pc, r, s))
             flush()
         return done
 
@@ -469,19 +466,22 @@ class CudaPlaneCopier:
         return self._copy_runs(users, pools, rows, slots, counts, group=group,
                                bases=None if cols is None else (cols[0], cols[2], cols[1]))
 
-    def _dma_in(self, ring: _Ring, rows: int, width: int, src: torch.Tensor, slot_runs) -> tuple[int, torch.Tensor]:
-        """Slot runs of ``src`` (pool rows; ``slot_runs`` is ``RowPlan.run_cols``) into a staging
-        buffer, on the copy stream; the kernel stream then waits for them."""
-        b, staging = ring.take(rows, width, self.copy_stream)
+    def _dma_in(self, ring: _Ring, rows: int, width: int, srcs: list[torch.Tensor],
+                slot_runs) -> tuple[int, list[torch.Tensor]]:
+        """Slot runs of each of ``srcs`` (pool rows of one width; ``slot_runs`` is ``RowPlan.run_cols``)
+        into one staging buffer, ``rows`` rows apiece, in one command on the copy stream; the kernel
+        stream then waits for them. Returns the buffer's number and each source's part of it."""
+        b, staging = ring.take(len(srcs) * rows, width, self.copy_stream)
+        parts = [staging[j * rows:(j + 1) * rows] for j in range(len(srcs))]
         slot0, i0, n = slot_runs
-        self._copy_runs([staging], [src], i0, slot0, n)[0].stream_wait(self.kernel_stream)
-        return b, staging
+        self._copy_runs(parts, srcs, i0, slot0, n)[0].stream_wait(self.kernel_stream)
+        return b, parts
 
-    def _dma_out(self, ring: _Ring, b: int, staging: torch.Tensor, dst: torch.Tensor, slot_runs) -> _Events:
-        """A gathered staging buffer into slot runs of ``dst`` (pool rows), on the copy stream."""
+    def _dma_out(self, ring: _Ring, b: int, parts: list[torch.Tensor], dsts: list[torch.Tensor], slot_runs) -> _Events:
+        """Gathered staging ``parts`` into slot runs of ``dsts`` (pool rows), in one command on the copy stream."""
         self.copy_stream.wait_event(_record(self.kernel_stream))
         slot0, i0, n = slot_runs
-        landed = self._copy_runs([dst], [staging], slot0, i0, n)[0]
+        landed = self._copy_runs(dsts, parts, slot0, i0, n)[0]
         ring.free[b] = landed.events[0]
         return landed
 
@@ -513,13 +513,13 @@ class CudaPlaneCopier:
                 done += [_Events([_record(self.copy_stream)])] * (hi - lo)
         return done
 
-    # _load_rows / _dump_rows / _dump_plane / _load_plane run inside _submit's kernel-stream context:
+    # _load_rows / _dump_rows / _load_planes / _dump_planes / _dump_uva / _load_uva run inside _submit's kernel-stream context:
     # their kernels go to the kernel stream, their DMAs name the copy stream
 
     def _load_rows(self, group: list[PlaneCopy], r, slot_runs, ring: _Ring) -> _Events:
         """Whole pool rows (e.g. a layer's K and V) DMA'd by slot run into staging, then one
         scatter kernel per caller plane."""
-        b, staging = self._dma_in(ring, len(r), group[0].row.shape[1], group[0].row, slot_runs)
+        b, (staging,) = self._dma_in(ring, len(r), group[0].row.shape[1], [group[0].row], slot_runs)
         for pc in group:
             user, src = words(pc.user, staging[:, pc.col:pc.col + pc.user.shape[1]])
             user.index_copy_(0, r, src)
@@ -532,16 +532,12 @@ class CudaPlaneCopier:
         for pc in group:
             dst, user = words(staging[:, pc.col:pc.col + pc.user.shape[1]], pc.user)
             dst.copy_(user.index_select(0, r))
-        return self._dma_out(ring, b, staging, row, slot_runs)
+        return self._dma_out(ring, b, [staging], [row], slot_runs)
 
     def _load_planes(self, group: list[PlaneCopy], r, slot_runs, ring: _Ring) -> _Events:
         """Planes of one width DMA'd by slot run into one staging buffer in one command, then a
-        scatter kernel per plane (``STAGE_PLANES``)."""
-        n = len(r)
-        b, staging = ring.take(len(group) * n, group[0].user.shape[1], self.copy_stream)
-        parts = [staging[g * n:(g + 1) * n] for g in range(len(group))]
-        slot0, i0, counts = slot_runs
-        self._copy_runs(parts, [pc.pool for pc in group], i0, slot0, counts)[0].stream_wait(self.kernel_stream)
+        scatter kernel per plane (HBM speed, a few µs each; ``STAGE_PLANES``)."""
+        b, parts = self._dma_in(ring, len(r), group[0].user.shape[1], [pc.pool for pc in group], slot_runs)
         for pc, part in zip(group, parts):
             user, src = words(pc.user, part)
             user.index_copy_(0, r, src)
@@ -556,29 +552,15 @@ class CudaPlaneCopier:
         for pc, part in zip(group, parts):
             user, dst = words(pc.user, part)
             torch.index_select(user, 0, r, out=dst)
-        self.copy_stream.wait_event(_record(self.kernel_stream))
-        slot0, i0, counts = slot_runs
-        landed = self._copy_runs([pc.pool for pc in group], parts, slot0, i0, counts)[0]
-        ring.free[b] = landed.events[0]
-        return landed
+        return self._dma_out(ring, b, parts, [pc.pool for pc in group], slot_runs)
 
-    def _dump_plane(self, pc, r, s, slot_runs, dma, ring: _Ring) -> _Events:
-        if dma:
-            b, staging = ring.take(len(r), pc.user.shape[1], self.kernel_stream)
-            user, dst = words(pc.user, staging)
-            torch.index_select(user, 0, r, out=dst)
-            return self._dma_out(ring, b, staging, pc.pool, slot_runs)
-        pool, user = words(pc.pool_uva if pc.pool_uva is not None else pc.pool, pc.user)  # one kernel writes the pool
+    def _dump_uva(self, pc, r, s) -> _Events:
+        """One kernel writes the pool's rows through UVA (slot runs too short for DMAs)."""
+        pool, user = words(pc.pool_uva if pc.pool_uva is not None else pc.pool, pc.user)
         pool.index_copy_(0, s, user.index_select(0, r))
         return _Events([_record(self.kernel_stream)])
 
-    def _load_plane(self, pc, r, s, slot_runs, dma, ring: _Ring) -> _Events:
-        if dma:  # DMA the runs into staging, then one scatter kernel (HBM speed, a few µs)
-            b, staging = self._dma_in(ring, len(r), pc.user.shape[1], pc.pool, slot_runs)
-            user, src = words(pc.user, staging)
-            user.index_copy_(0, r, src)
-            ev = ring.free[b] = _record(self.kernel_stream)
-            return _Events([ev])
+    def _load_uva(self, pc, r, s) -> _Events:
         user, src = words(pc.user, pc.pool_uva if pc.pool_uva is not None else pc.pool)
         user.index_copy_(0, r, src.index_select(0, s))
         return _Events([_record(self.kernel_stream)])
