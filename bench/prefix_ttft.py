@@ -25,9 +25,10 @@ writes --out/prefix_ttft_part_<mode>.json after every cell (a mode cut off keeps
   ucm_disk     UnifiedCacheConnectorV1 with the dram_disk chain; its DRAM holds one batch's hit but
                not the stored prefixes: after the store pass, fresh prompts fill DRAM so the stored
                blocks are demoted to disk (and their page cache dropped) before the timed 80 % pass.
-               During that untimed push the disk's write backlog is lifted (a burst of victims past
-               ``disk.max_write_backlog`` is dropped, and with tail-first eviction the stored prompts'
-               heads came last: 0 hits from disk, H200 2026-11-29), then every write is waited for.
+               During that untimed push the disk's write backlog is lifted (victims past
+               ``disk.max_write_backlog`` are dropped: with ucm's own backlog the push left the stored
+               prompt 0 blocks on disk on the H200, 2026-11-29, twice -- first its tail was kept, then
+               the previous prompt's victims still filled the queue), then every write is waited for.
   ucm_async    ucm with "ucm_load_mode": "async" (every hit loads between steps), columns
                ucm_async80_s / ucm_async100_s beside the default layer-wise ucm.
   ucm_batched  ucm with "ucm_layerwise_step_tokens": 0 (every hit of a step in that step, as vLLM

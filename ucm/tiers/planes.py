@@ -336,6 +336,11 @@ class _Ring:
         return b, self.bufs[b][:need].view(rows, width)
 
 
+def _parts(staging: torch.Tensor, n: int, rows: int) -> list[torch.Tensor]:
+    """``n`` consecutive (rows, width) parts of a staging buffer, one per plane of a group."""
+    return [staging[j * rows:(j + 1) * rows] for j in range(n)]
+
+
 def _record(stream) -> torch.cuda.Event:
     ev = torch.cuda.Event()
     ev.record(stream)
@@ -472,7 +477,7 @@ class CudaPlaneCopier:
         into one staging buffer, ``rows`` rows apiece, in one command on the copy stream; the kernel
         stream then waits for them. Returns the buffer's number and each source's part of it."""
         b, staging = ring.take(len(srcs) * rows, width, self.copy_stream)
-        parts = [staging[j * rows:(j + 1) * rows] for j in range(len(srcs))]
+        parts = _parts(staging, len(srcs), rows)
         slot0, i0, n = slot_runs
         self._copy_runs(parts, srcs, i0, slot0, n)[0].stream_wait(self.kernel_stream)
         return b, parts
@@ -546,9 +551,8 @@ class CudaPlaneCopier:
 
     def _dump_planes(self, group: list[PlaneCopy], r, slot_runs, ring: _Ring) -> _Events:
         """A gather kernel per plane into one staging buffer, then one DMA command to their slot runs."""
-        n = len(r)
-        b, staging = ring.take(len(group) * n, group[0].user.shape[1], self.kernel_stream)
-        parts = [staging[g * n:(g + 1) * n] for g in range(len(group))]
+        b, staging = ring.take(len(group) * len(r), group[0].user.shape[1], self.kernel_stream)
+        parts = _parts(staging, len(group), len(r))
         for pc, part in zip(group, parts):
             user, dst = words(pc.user, part)
             torch.index_select(user, 0, r, out=dst)
