@@ -5,7 +5,7 @@ DRAM tier smaller than the trace's working set.
 
 Usage:
   python3 bench/trace_replay.py --model DIR [--trace FILE] [--requests 300] [--time-scale 10]
-        [--modes full,native,ucm_lru,ucm_best] [--best-policy prefixlfu] [--cpu-gib X] [--out DIR] ...
+        [--modes full,native,ucm_lru,ucm_best] [--best-policy auto] [--cpu-gib X] [--out DIR] ...
   python3 bench/trace_replay.py --mode table --out DIR [--from DIR2,DIR3]      (merge parts, table, plot)
 
 Trace: one request per line, {"timestamp": ms, "input_length": tokens, "output_length": tokens,
@@ -22,7 +22,11 @@ every mode, so vLLM's own KV cache is the HBM tier), the engine core in this pro
   native    vLLM's OffloadingConnector, cpu_bytes_to_use = --cpu-gib
   ucm_lru   UnifiedCacheConnectorV1, Hydra form {"ucm_config": "dram", "ucm_overrides":
             ["eviction=lru", "store.max_cache_size=<--cpu-gib>"]}
-  ucm_best  the same with eviction=--best-policy (default prefixlfu, docs/policies.md)
+  ucm_best  the same with eviction=--best-policy; ``auto`` (the default): the eviction policy other than
+            LRU (ucm_lru's) with the highest prefix hit ratio in the simulator (``ucm.sim``, mode=prefix, admission
+            always) on the replayed prompts' blocks at the DRAM tier's size (``best_policy``; the ranking
+            is in the part's settings). On the conversation trace the best policy depends on the DRAM
+            size: ``prefixlfu`` at 5-10 % of the working set, plain LRU at 20 % (docs/policies.md).
 --cpu-gib defaults to 1/4 of the working set (distinct blocks the replayed prompts use x block tokens
 x KV bytes per token). The loop enqueues each request once its arrival time has passed, steps the
 engine and reads first-token times from the in-process scheduler (num_output_tokens >= 1).
@@ -72,7 +76,9 @@ def parse_args(argv=None):
     ap.add_argument("--scale", type=float, default=None,
                     help="divide the trace's lengths by this; default 512 / --block-tokens")
     ap.add_argument("--max-output", type=int, default=32, help="max_tokens = min(output_length, this)")
-    ap.add_argument("--best-policy", default="prefixlfu", help="eviction of ucm_best (a conf/eviction/ name)")
+    ap.add_argument("--best-policy", default="auto",
+                    help="eviction of ucm_best (a conf/eviction/ name); auto: the simulator's best but LRU on the "
+                         "replayed blocks at this DRAM size")
     ap.add_argument("--ucm-admission", default="always",
                     help="admission of both ucm modes (a conf/admission/ name; reuse: a block is stored on its "
                          "second sighting, the simulator's conversation trace stores 4.7 x fewer bytes for 0.76 x the hits)")
@@ -172,6 +178,37 @@ def working_set_blocks(reqs: list[dict], block_tokens: int) -> int:
     for r in reqs:
         s.update(used_blocks(r["hash_ids"], r["prompt_len"], block_tokens))
     return len(s)
+
+
+#: ranked for ``--best-policy auto``: every online eviction policy of conf/eviction/ (LRU for scale: ucm_lru
+#: runs it anyway, so ucm_best takes the best of the others)
+AUTO_CANDIDATES = ("lru", "lfu", "arc", "s3fifo", "sieve", "chainarc", "chainlfu", "prefixlfu")
+
+
+def rank_policies(reqs: list[dict], block_tokens: int, cap_blocks: int,
+                  candidates=AUTO_CANDIDATES) -> list[tuple[str, float]]:
+    """(policy, simulated prefix hit ratio), best first: each request's blocks (as its prompt uses them)
+    replayed in ``ucm.sim``'s prefix mode through one tier of ``cap_blocks`` trace blocks. The sim's
+    tier stands for ucm's DRAM alone (vLLM's own cache in front of it is left out): a ranking, not the
+    replay's hits. Ties keep the order of ``candidates``."""
+    from ucm.sim.core import simulate
+    from ucm.sim.trace import from_requests
+
+    ids = [used_blocks(r["hash_ids"], r["prompt_len"], block_tokens) for r in reqs]
+    trace = from_requests("replay", ids, block_tokens, tokens=[r["prompt_len"] for r in reqs])
+    ratios = [(p, simulate(trace, mode="prefix", eviction=p, capacity_blocks=max(1, cap_blocks),
+                           block_tokens=block_tokens)["prefix_hit_ratio"]) for p in candidates]
+    return sorted(ratios, key=lambda pr: -pr[1])
+
+
+def resolve_best_policy(a, reqs: list[dict], ws: dict) -> None:
+    """``--best-policy auto``: sets ``a.best_policy`` and ``a.best_policy_ranking`` (rank_policies)."""
+    a.best_policy_ranking = None
+    if a.best_policy != "auto":
+        return
+    per_block = a.block_tokens * ws["kv_bytes_per_token"]
+    a.best_policy_ranking = [[p, round(r, 4)] for p, r in rank_policies(reqs, a.block_tokens, ws["cpu_bytes"] // per_block)]
+    a.best_policy = next(p for p, _ in a.best_policy_ranking if p != "lru")
 
 
 def plan(trace: list[dict], a) -> list[dict]:
@@ -493,6 +530,7 @@ def run_worker(a, mode: str) -> None:
         dtype = a.dtype or ("bfloat16" if cuda else "float32")
         bpt = prefix_ttft.kv_bytes_per_token(a.model, prefix_ttft.dtype_bytes(dtype, a.model))
         ws = working_set_settings(reqs, a, bpt)
+        resolve_best_policy(a, reqs, ws)
         b = ReplayBench(a, mode, cuda, ws["cpu_bytes"])
         res["info"] = dict(b.info, run_command=os.environ.get("TRACE_REPLAY_COMMAND"))
         res["settings"] = settings_of(a, reqs, ws)
@@ -530,7 +568,8 @@ def settings_of(a, reqs: list[dict], ws: dict) -> dict:
     total_blocks = sum(len(used_blocks(r["hash_ids"], r["prompt_len"], a.block_tokens)) for r in reqs)
     return dict(trace=a.trace, start=a.start, requests=len(reqs), time_scale=a.time_scale,
                 block_tokens=a.block_tokens, scale=a.scale, max_output=a.max_output, max_model_len=a.max_model_len,
-                best_policy=a.best_policy, ucm_admission=a.ucm_admission, gpu_util=a.gpu_util,
+                best_policy=a.best_policy, best_policy_ranking=getattr(a, "best_policy_ranking", None),
+                ucm_admission=a.ucm_admission, gpu_util=a.gpu_util,
                 num_gpu_blocks=a.num_gpu_blocks, seed=a.seed,
                 arrival_span_s=round(reqs[-1]["arrival"], 3) if reqs else 0,
                 prompt_tokens=sum(r["prompt_len"] for r in reqs),
@@ -613,6 +652,16 @@ def paired(parts: dict, base: str = "full") -> dict:
     return out
 
 
+def best_policy_line(settings: dict) -> str:
+    """ucm_best's policy, and the simulator's ranking where ``--best-policy auto`` chose it."""
+    rank = settings.get("best_policy_ranking")
+    if not settings.get("best_policy"):
+        return ""
+    why = (" (auto: simulated prefix hit ratio at this DRAM size, " + ", ".join(f"{p} {r}" for p, r in rank) + ")"
+           if rank else "")
+    return f" ucm_best's eviction: {settings['best_policy']}{why}."
+
+
 def report(out: str, from_dirs: list[str]) -> dict:
     from prefix_ttft_report import gpu_slug
 
@@ -665,7 +714,8 @@ def markdown(res: dict) -> str:
              f"DRAM tier (native, ucm): {gb(s.get('cpu_bytes'))} ({s.get('cpu_fraction_of_ws')} of it). "
              f"Reuse bound (block references that repeat a block): {s.get('reuse_bound')}. "
              f"HBM (vLLM KV cache): " + ", ".join(f"{k} {v.get('hbm_kv_tokens')} tokens" for k, v in
-                                                   res.get("modes", {}).items() if v.get("hbm_kv_tokens")) + ".", "",
+                                                   res.get("modes", {}).items() if v.get("hbm_kv_tokens")) + "."
+             + best_policy_line(s), "",
              "| mode | done | req/s | prompt tok/s | TTFT p50 s | p90 s | p99 s | cached tok (mean) | cached frac | "
              "ucm hit tok | ucm loaded GB | ucm evictions | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -281,3 +281,47 @@ def test_spy_on_self_is_off_without_ucm_spy_and_survives_a_py_spy_that_cannot_at
     with tr.SpyOnSelf(str(tmp_path / "b.txt"), env={"UCM_SPY": spy}) as s:
         assert s.proc is None  # the replay runs on without a profile
     assert "py-spy did not start (1): Permission denied" in capsys.readouterr().out
+
+
+def _replay_reqs():
+    """Chat-like: sessions re-sending their growing history, a shared system block 0, one scan."""
+    reqs, nxt = [], 100
+    for turn in range(4):
+        for sess in range(6):
+            ids = [0] + [10 * sess + j + 1 for j in range(turn + 2)]
+            reqs.append(dict(hash_ids=ids, prompt_len=len(ids) * BT))
+        reqs.append(dict(hash_ids=list(range(nxt, nxt + 8)), prompt_len=8 * BT))  # a one-off long prompt
+        nxt += 8
+    return reqs
+
+
+def test_rank_policies_is_the_simulator_on_the_blocks_the_prompts_use():
+    from ucm.sim.core import simulate
+    from ucm.sim.trace import from_requests
+
+    reqs = _replay_reqs()
+    reqs[0] = dict(hash_ids=[0, 1, 2, 77, 78, 79], prompt_len=3 * BT - 1)  # ids past the prompt are not replayed
+    ranking = tr.rank_policies(reqs, BT, 12)
+    assert sorted(p for p, _ in ranking) == sorted(tr.AUTO_CANDIDATES) and "lru" in dict(ranking)
+    assert [r for _, r in ranking] == sorted((r for _, r in ranking), reverse=True)
+    ids = [r["hash_ids"][:-(-r["prompt_len"] // BT)] for r in reqs]
+    trace = from_requests("t", ids, BT, tokens=[r["prompt_len"] for r in reqs])
+    for p, r in ranking:
+        assert r == simulate(trace, mode="prefix", eviction=p, capacity_blocks=12, block_tokens=BT)["prefix_hit_ratio"]
+    assert 0 < ranking[0][1] <= 1
+
+
+def test_best_policy_auto_takes_the_simulators_best_and_an_explicit_one_is_kept():
+    reqs = _replay_reqs()
+    ws = dict(kv_bytes_per_token=4, cpu_bytes=12 * BT * 4)
+    a = argparse.Namespace(best_policy="auto", block_tokens=BT)
+    tr.resolve_best_policy(a, reqs, ws)
+    assert a.best_policy == [p for p, _ in a.best_policy_ranking if p != "lru"][0]  # ucm_lru runs LRU already
+    assert a.best_policy_ranking == [[p, round(r, 4)] for p, r in tr.rank_policies(reqs, BT, 12)]
+    assert "ucm_best's eviction: " + a.best_policy + " (auto: simulated" in tr.best_policy_line(
+        dict(best_policy=a.best_policy, best_policy_ranking=a.best_policy_ranking))
+    b = argparse.Namespace(best_policy="prefixlfu", block_tokens=BT)
+    tr.resolve_best_policy(b, reqs, ws)
+    assert b.best_policy == "prefixlfu" and b.best_policy_ranking is None
+    assert tr.best_policy_line(dict(best_policy="prefixlfu", best_policy_ranking=None)) == " ucm_best's eviction: prefixlfu."
+    assert tr.parse_args(["--model", "m", "--modes", "full"]).best_policy == "auto"
