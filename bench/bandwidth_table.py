@@ -15,6 +15,11 @@ import argparse
 import json
 import os
 import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import host_speed  # noqa: E402
 
 TARGET = 0.9  # issue 5: both directions at >= 90 % of the plain pinned copy
 
@@ -42,8 +47,9 @@ def markdown(results: list[tuple[str, dict]], layouts: list[str]) -> str:
              f"{len(results)} runs, {first.get('date')} onwards; each against the plain pinned copy of its own run. "
              f"Target (issue 5): >= {TARGET} of plain in both directions.", ""]
     for name, res in results:
+        host = f"; host: {host_speed.summary(res['host_speed'])}" if res.get("host_speed") else ""
         lines.append(f"- `{name}`: `{res.get('command')}` (plain h2d {res.get('plain_h2d_gbps', 0):.1f}, "
-                     f"d2h {res.get('plain_d2h_gbps', 0):.1f} GB/s)")
+                     f"d2h {res.get('plain_d2h_gbps', 0):.1f} GB/s{host})")
     lines += ["", "| run | layout | api | dump GB/s | x plain | launch ms | load GB/s | x plain | launch ms |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, res in results:

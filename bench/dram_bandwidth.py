@@ -60,6 +60,14 @@ def plain_copy_gbps(device, nbytes: int, reps: int) -> dict:
     return out
 
 
+def _host_speed(cuda: bool) -> dict:
+    """bench/host_speed.py's numbers (the launch-bound layouts move with the host's CPU speed)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import host_speed
+
+    return host_speed.measure(cuda)
+
+
 def profiled(fn, stem: str, stack: bool = False) -> dict:
     """``fn()`` (a dump or load and its wait) once under torch.profiler: the wall ms, and per CUDA
     stream its busy ms, first/last GPU event and ms per kind (where the link idles, and why). The
@@ -201,7 +209,8 @@ def main():
             "torch": torch.__version__, "plain_h2d_gbps": plain["h2d"], "plain_d2h_gbps": plain["d2h"],
             "command": "python bench/dram_bandwidth.py " + " ".join(sys.argv[1:]),
             # the A / B switches set for this run (bench/bandwidth_table.py names runs by them)
-            "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("UCM_")}}
+            "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("UCM_")},
+            "host_speed": _host_speed(device.type == "cuda")}
     print(f"{meta['gpu']} | torch {meta['torch']} | plain {args.plain_mib} MiB copy: "
           f"h2d {plain['h2d']:.1f} GB/s, d2h {plain['d2h']:.1f} GB/s")
     print(f"{'layout':17} {'api':9} {'piece':>8} {'blocks':>7} {'MiB':>7} {'dump GB/s':>10} {'x plain':>8} "

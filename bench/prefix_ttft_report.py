@@ -13,6 +13,7 @@ import os
 import re
 import statistics
 
+import host_speed
 from prefix_ttft import MODE_COLUMNS, MODES, ROW_KEYS, write_outputs
 from step_phases import PHASES
 
@@ -182,14 +183,15 @@ def markdown(res: dict) -> str:
          if all(m.get("engine_in_process") for m in res["modes"].values())
          else "- WARNING: some engines ran their engine core in its own process (prompts may be split over steps)",
          f"- command: `{res['command']}`", ""]
-    L += ["| mode | V2 model runner | block size | max batched tokens | cross-layer KV | connector config | in-process |",
-          "|---|---|---:|---:|---|---|---|"]
+    L += ["| mode | V2 model runner | block size | max batched tokens | cross-layer KV | connector config | in-process "
+          "| host speed (bench/host_speed.py) |",
+          "|---|---|---:|---:|---|---|---|---|"]
     for mode, m in res["modes"].items():
         ktc = m.get("kv_transfer_config")
         L.append(f"| {mode} | {m.get('use_v2_model_runner')} | {m.get('block_size')} | "
                  f"{m.get('max_num_batched_tokens')} | {m.get('cross_layer_kv_cache')} | "
                  f"{'-' if not ktc else '`' + json.dumps(ktc['kv_connector_extra_config']) + '`'} | "
-                 f"{m.get('engine_in_process')} |")
+                 f"{m.get('engine_in_process')} | {host_speed.summary(m.get('host_speed'))} |")
     cols = [k for k in ROW_KEYS if k.endswith("_s")]
     L += ["", "## TTFT (s)", "", "| input | c | " + " | ".join(c[:-2] for c in cols)
           + f" | ucm{pct} speed-up | ucm100 KV (GB) |", "|---:|---:|" + "---:|" * (len(cols) + 2)]

@@ -50,6 +50,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import host_speed  # noqa: E402
 import prefix_ttft  # noqa: E402  (stdlib-only at import: vLLM is imported by Bench itself)
 from prefix_ttft import GiB, UCM_MODULE, utc_now, write_json  # noqa: E402
 
@@ -716,6 +717,8 @@ def markdown(res: dict) -> str:
              f"HBM (vLLM KV cache): " + ", ".join(f"{k} {v.get('hbm_kv_tokens')} tokens" for k, v in
                                                    res.get("modes", {}).items() if v.get("hbm_kv_tokens")) + "."
              + best_policy_line(s), "",
+             "Host speed (`bench/host_speed.py`): " + "; ".join(
+                 f"{k} {host_speed.summary(v.get('host_speed'))}" for k, v in res.get("modes", {}).items()) + ".", "",
              "| mode | done | req/s | prompt tok/s | TTFT p50 s | p90 s | p99 s | cached tok (mean) | cached frac | "
              "ucm hit tok | ucm loaded GB | ucm evictions | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
