@@ -31,6 +31,8 @@ import time
 import torch
 from tqdm import tqdm
 
+import host_speed  # bench/ (this script's folder)
+
 from ucm.tiers import create_store
 
 
@@ -58,14 +60,6 @@ def plain_copy_gbps(device, nbytes: int, reps: int) -> dict:
         out[name] = nbytes / best / 1e9
     del host, dev
     return out
-
-
-def _host_speed(cuda: bool) -> dict:
-    """bench/host_speed.py's numbers (the launch-bound layouts move with the host's CPU speed)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import host_speed
-
-    return host_speed.measure(cuda)
 
 
 def profiled(fn, stem: str, stack: bool = False) -> dict:
@@ -210,7 +204,7 @@ def main():
             "command": "python bench/dram_bandwidth.py " + " ".join(sys.argv[1:]),
             # the A / B switches set for this run (bench/bandwidth_table.py names runs by them)
             "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("UCM_")},
-            "host_speed": _host_speed(device.type == "cuda")}
+            "host_speed": host_speed.measure(device.type == "cuda")}  # launch-bound layouts move with it
     print(f"{meta['gpu']} | torch {meta['torch']} | plain {args.plain_mib} MiB copy: "
           f"h2d {plain['h2d']:.1f} GB/s, d2h {plain['d2h']:.1f} GB/s")
     print(f"{'layout':17} {'api':9} {'piece':>8} {'blocks':>7} {'MiB':>7} {'dump GB/s':>10} {'x plain':>8} "

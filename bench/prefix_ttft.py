@@ -54,17 +54,12 @@ import subprocess
 import sys
 import time
 
+import host_speed  # bench/ (this script's folder): stdlib-only at import
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("full", "native", "native_best", "ucm", "ucm_disk", "ucm_async", "ucm_batched")
 UCM_MODULE = "ucm.integration.vllm.uc_connector"
 GiB = 1 << 30
-
-
-def _host_speed(cuda: bool) -> dict:
-    """bench/host_speed.py's numbers for this machine (this script's folder is on the path)."""
-    import host_speed
-
-    return host_speed.measure(cuda)
 
 
 class GcClock:
@@ -439,7 +434,7 @@ class Bench:
             cross_layer_kv_cache=self._cross_layer_shape(), engine_in_process=self.core is not None,
             kv_transfer_config=ktc, native_stats_recorded=hooked, enforce_eager=True, tp=a.tp, load_format=a.load_format,
             lengths=a.lengths, concurrency=a.concurrency, reps=a.reps, reps_at=a.reps_at, hit=a.hit,
-            host_speed=_host_speed(cuda),
+            host_speed=host_speed.measure(cuda),  # launch-bound cells move with it between hosts
         )
         if mode == "ucm_disk":
             self.info.update(disk_dram_bytes=self.dram_cap, disk_cold=a.disk_cold,
