@@ -291,8 +291,8 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     # the next (2026-11-28: the host's CPU speed drifts), so 8 pairs of 256 tokens spread 0.85-1.59. Shorter
     # repetitions, more pairs: 24 pairs of 64 tokens (~2.5 s a repetition), ~170 s; the report also pairs the
     # repetitions' median step times. 24 pairs were inconclusive (2026-11-29: 0.985, interval 0.867-0.998, the first
-    # 18 pairs swinging 259-540 tok/s in both modes): DECODE_PAIRS (default 32, ~7 s a pair with the A B B A order)
-    # 32 pairs were inconclusive too (nineteenth session: 1.017, interval 0.969-1.064; pairs 0.51-1.65). So by default
+    # 18 pairs swinging 259-540 tok/s in both modes), and so were 32 (DECODE_PAIRS, ~7 s a pair with the A B B A
+    # order; nineteenth session: 1.017, interval 0.969-1.064; pairs 0.51-1.65). So by default
     # storing is switched off and on every DECODE_SWITCH steps inside each repetition and neighbouring blocks of
     # steps are compared (--decode-switch-steps): DECODE_REPS repetitions of 512 tokens, ~10 s each on the H200.
     # DECODE_SWITCH=0: the A B B A repetitions as before
