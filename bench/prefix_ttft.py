@@ -35,7 +35,12 @@ writes --out/prefix_ttft_part_<mode>.json after every cell (a mode cut off keeps
                batches HBM hits), columns ucm_batched80_s / ucm_batched100_s.
 Connector modes, per repetition: fresh prompts with the connector on (full compute); a store pass
 (prompts A and B, untimed); GPU prefix cache reset, so every hit must come from the connector;
-100 % = A again; reset; 80 % = B[:80 %] + 20 % new tokens; reset. The connector store is never
+100 % = A again; then A once more, now a GPU prefix-cache hit of the same engine (``own_hbm100``);
+reset; 80 % = B[:80 %] + 20 % new tokens; then B[:80 %] + other new tokens, an 80 % GPU hit of the same
+engine (``own_hbm80``); reset. The own-HBM passes put an HBM hit beside each connector hit in one
+process, a few ms apart: on the H200 hosts a process's CPU speed moved 2.3 x between the modes'
+processes of one session (bench/host_speed.py, 2026-11-29), which swamps launch-bound cells when a
+connector's hit is compared with the full mode's HBM hit. The connector store is never
 reset (prompts are fresh; vLLM 0.26 asserts on two connector resets with no step between them).
 
 Then (also `--mode table`): prefix_ttft_<gpu>_<date>.json / .md / .png in --out (see bench/README.md).
@@ -619,8 +624,12 @@ class Bench:
         else:
             self.reset_gpu()
             r["hit100"] = self.timed(A)
+            self.drain()
+            r["own_hbm100"] = self.timed(A)  # the same engine's GPU hit (module docstring)
         self.reset_gpu()
         r["hit80"] = self.timed(self.partial(B, L))
+        self.drain()
+        r["own_hbm80"] = self.timed(self.partial(B, L))  # B's 80 % from HBM now, new tokens after it
         self.reset_gpu()
         return r
 
@@ -876,6 +885,7 @@ def run_worker(a, mode: str) -> None:
         disk_dir = b.disk_dir
         res = b.run()
         res["info"]["finished"] = utc_now()
+        res["info"]["host_speed_end"] = host_speed.measure(cuda)  # the host may change during a mode
         # measured after the engine ran, in the same process, so the 1 GiB buffers never shrink vLLM's KV
         res["info"]["pinned_h2d_gbps"], res["info"]["pinned_d2h_gbps"] = pinned_h2d_gbps()
         write_json(part_path(a.out, mode), res)

@@ -140,6 +140,21 @@ def targets(row: dict, pinned_gbps) -> dict:
     return t
 
 
+def own_hbm_targets(passes: dict, L: int, pinned_gbps) -> dict:
+    """ucm's hits against the HBM hits of its own engine, timed next to them (``own_hbm80`` /
+    ``own_hbm100``, bench/prefix_ttft.py): the issue's two HBM targets with the host's speed the same on
+    both sides. None where the passes are missing (parts from before 2026-11-29's twenty-first session)."""
+    g = lambda key: passes.get(key, {}).get("median_s")  # noqa: E731
+    factor = 1.05 if L >= 8000 else 1.10
+    limit80 = g("own_hbm80") and factor * g("own_hbm80")
+    loaded = passes.get("hit100", {}).get("ucm", {}).get("loaded_bytes")
+    limit100 = None
+    if g("own_hbm100") is not None and loaded is not None and pinned_gbps:
+        limit100 = g("own_hbm100") + 1.1 * loaded / (pinned_gbps * 1e9)
+    return dict(factor=factor, limit80_s=limit80, ok80=le(g("hit80"), limit80),
+                limit100_s=limit100, ok100=le(g("hit100"), limit100))
+
+
 def le(x, limit):
     return None if x is None or limit is None else x <= limit
 
@@ -191,7 +206,9 @@ def markdown(res: dict) -> str:
         L.append(f"| {mode} | {m.get('use_v2_model_runner')} | {m.get('block_size')} | "
                  f"{m.get('max_num_batched_tokens')} | {m.get('cross_layer_kv_cache')} | "
                  f"{'-' if not ktc else '`' + json.dumps(ktc['kv_connector_extra_config']) + '`'} | "
-                 f"{m.get('engine_in_process')} | {host_speed.summary(m.get('host_speed'))} |")
+                 f"{m.get('engine_in_process')} | {host_speed.summary(m.get('host_speed'))}"
+                 + (f"; at the end: {host_speed.summary(m['host_speed_end'])}" if m.get("host_speed_end") else "")
+                 + " |")
     cols = [k for k in ROW_KEYS if k.endswith("_s")]
     L += ["", "## TTFT (s)", "", "| input | c | " + " | ".join(c[:-2] for c in cols)
           + f" | ucm{pct} speed-up | ucm100 KV (GB) |", "|---:|---:|" + "---:|" * (len(cols) + 2)]
@@ -208,6 +225,7 @@ def markdown(res: dict) -> str:
         L.append(f"| {r['input_tokens']} | {r['concurrency']} | {mark(a['ok'])} ({a['factor']}x: {f(a['limit_s'])}) "
                  f"| {mark(b['ok'])} ({f(b['limit_s'])}) | {mark(n['ok80'])} / {mark(n['ok100'])} "
                  f"| {mark(s['ok'])} ({f(s['ucm'], 2)} ({f(s['hbm'], 2)})) |")
+    L += own_hbm_table(res)
     L += connector_on_table(res)
     L += order_table(res)
     L += launch_table(res)
@@ -215,6 +233,32 @@ def markdown(res: dict) -> str:
     L += decode_table(res)
     L += hits_table(res)
     return "\n".join(L) + "\n"
+
+
+def own_hbm_table(res: dict) -> list:
+    """Each connector's hits beside the GPU prefix-cache hits of its own engine (same process, timed right
+    after): the DRAM hit's cost over an HBM hit with the host's speed cancelled out, and ucm's two HBM
+    targets judged that way."""
+    pct = int(round(100 * res["hit"]))
+    rows = []
+    for d, t in zip(res["cells"], res["targets"]):
+        for mode, p in d["modes"].items():
+            if "own_hbm80" not in p and "own_hbm100" not in p:
+                continue
+            g = lambda key: p.get(key, {}).get("median_s")  # noqa: E731
+            own = t.get("ucm_vs_own_hbm") if mode == "ucm" else None
+            verdict = (f"{mark(own['ok80'])} ({own['factor']}x: {f(own['limit80_s'])}) / {mark(own['ok100'])} "
+                       f"({f(own['limit100_s'])})") if own else "-"
+            extra = None if None in (g("hit100"), g("own_hbm100")) else 1e3 * (g("hit100") - g("own_hbm100"))
+            rows.append(f"| {d['input_tokens']} | {d['concurrency']} | {mode} | {f(g('hit80'))} | {f(g('own_hbm80'))} "
+                        f"| {f(ratio(g('hit80'), g('own_hbm80')), 2)} | {f(g('hit100'))} | {f(g('own_hbm100'))} "
+                        f"| {f(extra, 1)} | {verdict} |")
+    if not rows:
+        return []
+    return ["", f"## Each connector's hits against its own engine's HBM hits (s; same process, timed right after)", "",
+            f"| input | c | mode | hit{pct} | own HBM{pct} | x own | hit100 | own HBM100 | + ms | ucm: hit{pct} <= k x own "
+            f"HBM{pct} / hit100 <= own HBM100 + 1.1 x bytes / pinned (limit s) |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"] + rows
 
 
 def connector_on_table(res: dict) -> list:
@@ -250,11 +294,14 @@ def order_table(res: dict) -> list:
                 "repetitions)", "", "| input | c | mode | pass | first / ... / last |", "|---:|---:|---|---|---|"] + L
 
 
+LAUNCH_PASSES = ("hbm80", "hbm100", "hit80", "hit100", "own_hbm80", "own_hbm100")
+
+
 def launch_table(res: dict) -> list:
     """Per pass, the engine.step() call that launched the step giving the first token and the call that
     returned it (ms, median over repetitions): the launch is CPU (scheduling, the connector's hooks, the
     forward's kernel launches) and, with async scheduling, delays the first output."""
-    L = _pass_table(res, "launch_ms", ("hbm80", "hbm100", "hit80", "hit100"), lambda ms: f"{ms[0]:.1f} | {ms[1]:.1f}")
+    L = _pass_table(res, "launch_ms", LAUNCH_PASSES, lambda ms: f"{ms[0]:.1f} | {ms[1]:.1f}")
     if not L:
         return []
     return ["", "## The step giving the first token: its launch call and its output call (ms, median over repetitions)",
@@ -267,7 +314,7 @@ def phase_table(res: dict) -> list:
     L = [f"| {d['input_tokens']} | {d['concurrency']} | {mode} | {key} | {call} | "
          + " | ".join(f"{ph[k]:.1f}" for k in PHASES) + " |"
          for d in res["cells"] for mode, passes in d["modes"].items()
-         for key in ("hbm80", "hbm100", "hit80", "hit100") if passes.get(key, {}).get("launch_phases")
+         for key in LAUNCH_PASSES if passes.get(key, {}).get("launch_phases")
          for call, ph in zip(("launch", "output"), passes[key]["launch_phases"])]
     if not L:
         return []
@@ -383,7 +430,9 @@ def report(out: str, from_dirs: list[str]) -> dict:
                    if i.get("pinned_h2d_gbps")), None)
     d2h = next((i.get("pinned_d2h_gbps") for i in infos.values() if i.get("pinned_d2h_gbps")), None)
     rows, details = merge(parts)
-    checks = [dict(input_tokens=r["input_tokens"], concurrency=r["concurrency"], **targets(r, pinned)) for r in rows]
+    checks = [dict(input_tokens=r["input_tokens"], concurrency=r["concurrency"], **targets(r, pinned),
+                   ucm_vs_own_hbm=own_hbm_targets(d["modes"].get("ucm", {}), r["input_tokens"], pinned))
+              for r, d in zip(rows, details)]
     date = min(i["started"] for i in infos.values())[:10]
     cmds = sorted({i.get("run_command") or i["command"] for i in infos.values()})
     res = dict(gpu=first["gpu"], vllm=first["vllm"], torch=first["torch"], date=date,

@@ -309,3 +309,39 @@ def test_decode_switch_steps_that_leave_no_step_measured_stop_at_start(k, capsys
         parse_args(["--model", "m", "--decode-switch-steps", k])
     assert "--decode-switch-steps" in capsys.readouterr().err
     assert parse_args(["--model", "m", "--decode-switch-steps", "8"]).decode_switch_steps == 8
+
+
+def test_ucm_is_judged_against_its_own_engines_hbm_hits_too(tmp_path):
+    """The own-HBM passes (timed in ucm's engine right after its hits) give the HBM targets a second
+    verdict free of the processes' host speed; parts without them leave it None."""
+    a, out = tmp_path / "a", tmp_path / "out"
+    a.mkdir()
+    out.mkdir()
+    L = 4000
+    _part(a, "full", [dict(L=L, c=1, reps=[dict(full=_pass(0.09, 0), hbm100=_pass(0.020, 3984),
+                                                 hbm80=_pass(0.025, 3200))] * 3)])
+    ucm = [dict(full_connector_on=_pass(0.09, 0),
+                hit100=_pass(0.034, 3984, ucm=dict(loaded_bytes=0.228 * GB)), own_hbm100=_pass(0.030, 3984),
+                hit80=_pass(0.041, 3200, ucm=dict(loaded_bytes=0.18 * GB)), own_hbm80=_pass(0.038, 3200))] * 3
+    _part(a, "ucm", [dict(L=L, c=1, reps=ucm)], pinned=50.0)
+    part = json.loads(open(part_path(a, "ucm")).read())  # the host's speed as the mode started and ended
+    part["info"].update(host_speed=dict(python_ns_per_op=120.0, torch_op_us=3.0),
+                        host_speed_end=dict(python_ns_per_op=200.0, torch_op_us=5.0))
+    open(part_path(a, "ucm"), "w").write(json.dumps(part))
+    res = report(str(out), [str(a)])
+    t = res["targets"][0]
+    assert t["ucm80_vs_hbm80"]["ok"] is False  # 0.041 > 1.1 x 0.025 (the full mode's process)
+    own = t["ucm_vs_own_hbm"]
+    assert own["limit80_s"] == pytest.approx(1.1 * 0.038) and own["ok80"] is True
+    assert own["limit100_s"] == pytest.approx(0.030 + 1.1 * 0.228 / 50.0) and own["ok100"] is True
+    md = open(out / "prefix_ttft_h100_2026-11-28.md").read()
+    assert "python 120.0 ns/op, torch op 3.0 us; at the end: python 200.0 ns/op, torch op 5.0 us |" in md
+    assert "| 4000 | 1 | ucm | 0.041 | 0.038 | 1.08 | 0.034 | 0.030 | 4.0 | yes (1.1x: 0.042) / yes (0.035) |" in md
+
+    b, out2 = tmp_path / "b", tmp_path / "out2"  # an older part, without the own-HBM passes
+    b.mkdir()
+    out2.mkdir()
+    _part(b, "ucm", [dict(L=L, c=1, reps=[{k: v for k, v in ucm[0].items() if not k.startswith("own")}] * 3)])
+    res = report(str(out2), [str(b)])
+    assert res["targets"][0]["ucm_vs_own_hbm"]["ok80"] is None
+    assert "own engine's HBM hits" not in open(out2 / "prefix_ttft_h100_2026-11-28.md").read()
