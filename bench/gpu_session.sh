@@ -178,9 +178,12 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     dd if=/tmp/ucm_dd of=/dev/null bs=16M iflag=direct 2>&1 | tail -1 | sed 's/^/disk read: /'; rm -f /tmp/ucm_dd
     # CHECK_VARIANTS: the runs, each a comma-separated list of UCM_ switches (e.g. "DEFER_DUMPS=0,SMALL_CALL_BYTES=1099511627776");
     # BW_ARGS: more dram_bandwidth.py options (e.g. --profile-stack: Python calls in the traces)
+    # a variant named again (alternated A B A B) gets its run number: bw_<variant>_run<n>.json, not overwritten
+    n=0
     for v in ${CHECK_VARIANTS:-DEFER_DUMPS=1 DEFER_DUMPS=0 STAGE_HEAD_MIB=512 STAGE_HEAD_MIB=100000 WHOLE_LOAD_PLANES_PER_EVENT=4}; do
+      n=$((n + 1)); tag=$v; [ -e "$W/bw_$v.json" ] && tag="${v}_run$n"
       env $(echo "$v" | tr ',' ' ' | sed 's/\([^ ]*\)/UCM_\1/g') timeout "$(left 30)" python3 bench/dram_bandwidth.py --blocks 1024 --piece-kib 32 --fragmented \
-        --out "$W/bw_$v.json" --profile "$W/prof_$v" ${BW_ARGS:-} 2>&1 | grep -E "plain|^vllm" | sed "s/^/$v: /"
+        --out "$W/bw_$tag.json" --profile "$W/prof_$tag" ${BW_ARGS:-} 2>&1 | grep -E "plain|^vllm" | sed "s/^/$tag: /"
     done
     ;;
   lategrid)
