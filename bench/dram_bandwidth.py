@@ -122,6 +122,9 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
             return store.load_blocks(ids, dst, dst_rows)
         return store.load([i for i in ids for _ in dst], offs * len(ids), [t[r] for r in dst_rows for t in dst])
 
+    def name(s: str):  # the worker's keys are bytes (keys.rank_keys): the connector api takes those
+        return s.encode() if api == "connector" else s
+
     nbytes = blocks * block_bytes
     result = {"layout": layout + ("/seq" if consecutive else "") + ("/frag" if fragmented else ""), "api": api, "blocks": blocks, "piece_bytes": piece,
               "pieces": blocks * n_planes, "bytes": nbytes}
@@ -136,12 +139,12 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
 
     dump_times = []
     for rep in range(reps + 1):  # fresh ids each time (a committed id is skipped), dropped after
-        ids = [f"b{b}-{rep}" for b in range(blocks)]
+        ids = [name(f"b{b}-{rep}") for b in range(blocks)]
         dump_times.append(timed(lambda: dump(ids)))
         store.commit(ids, is_success=False)
     best = min(dump_times[1:], key=lambda t: t[1])
     result["dump_gbps"], result["dump_launch_ms"] = nbytes / best[1] / 1e9, best[0] * 1e3
-    ids = [f"b{b}" for b in range(blocks)]
+    ids = [name(f"b{b}") for b in range(blocks)]
     assert store.wait(dump(ids)) == 0
     store.commit(ids)
     load_times = [timed(lambda: load(ids)) for _ in range(reps + 1)]
@@ -150,7 +153,7 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
     if profile and device.type == "cuda":
         # the load first: the pool holds just ``blocks``, so the extra dump evicts what it loads
         result["profile"] = {"load": profiled(lambda: store.wait(load(ids)), profile + "_load", profile_stack)}
-        fresh = [f"p{b}" for b in range(blocks)]
+        fresh = [name(f"p{b}") for b in range(blocks)]
         result["profile"]["dump"] = profiled(lambda: store.wait(dump(fresh)), profile + "_dump", profile_stack)
         store.commit(fresh, is_success=False)
     for s_, d_ in zip(src, dst):

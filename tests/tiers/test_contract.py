@@ -139,6 +139,8 @@ class TestBadInput:
     def test_malformed_ids(self, store, bad):
         with pytest.raises(ValueError, match="block_ids\\[0\\]"):
             store.dump([bad], [0], [rand_block()])
+        with pytest.raises(ValueError, match="block_ids\\[1\\]"):  # after a good str id: still named
+            store.dump(["a", bad], [0, 0], [rand_block(), rand_block()])
         with pytest.raises(ValueError, match="block_ids"):
             store.lookup([bad])
 
