@@ -613,7 +613,9 @@ class Bench:
         self.reset_gpu()
         return r
 
-    def connector_cell(self, L: int, c: int) -> dict:
+    def connector_cell(self, L: int, c: int, own_hbm: bool = True) -> dict:
+        """One repetition of a connector mode's cell (module docstring); ``own_hbm=False`` leaves out
+        the own-HBM passes (a profile of the connector's hits alone)."""
         self.reset_gpu()
         r = {"full_connector_on": self.timed(self.fresh(c, L))}
         A, B = self.fresh(c, L), self.fresh(c, L)
@@ -624,12 +626,14 @@ class Bench:
         else:
             self.reset_gpu()
             r["hit100"] = self.timed(A)
-            self.drain()
-            r["own_hbm100"] = self.timed(A)  # the same engine's GPU hit (module docstring)
+            if own_hbm:
+                self.drain()
+                r["own_hbm100"] = self.timed(A)  # the same engine's GPU hit (module docstring)
         self.reset_gpu()
         r["hit80"] = self.timed(self.partial(B, L))
-        self.drain()
-        r["own_hbm80"] = self.timed(self.partial(B, L))  # B's 80 % from HBM now, new tokens after it
+        if own_hbm:
+            self.drain()
+            r["own_hbm80"] = self.timed(self.partial(B, L))  # B's 80 % from HBM now, new tokens after it
         self.reset_gpu()
         return r
 

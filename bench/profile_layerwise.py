@@ -189,7 +189,7 @@ def main() -> None:
     for L in a.lengths:
         for c in a.concurrency:
             CPU.clear(), PATHS.clear(), RUNS.clear()
-            reps = [b.connector_cell(L, c) for _ in range(a.reps)]
+            reps = [b.connector_cell(L, c, own_hbm=False) for _ in range(a.reps)]  # the hits' CPU alone
             cell = dict(L=L, c=c, ttft={k: statistics.median(r[k]["mean_s"] for r in reps) for k in reps[0]},
                         cpu_s={k: dict(calls=v[0], seconds=round(v[1], 5), per_rep_ms=round(1e3 * v[1] / a.reps, 3),
                                        thread_cpu_per_rep_ms=round(1e3 * v[2] / a.reps, 3))
