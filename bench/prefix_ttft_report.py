@@ -255,7 +255,7 @@ def own_hbm_table(res: dict) -> list:
                         f"| {f(extra, 1)} | {verdict} |")
     if not rows:
         return []
-    return ["", f"## Each connector's hits against its own engine's HBM hits (s; same process, timed right after)", "",
+    return ["", "## Each connector's hits against its own engine's HBM hits (s; same process, timed right after)", "",
             f"| input | c | mode | hit{pct} | own HBM{pct} | x own | hit100 | own HBM100 | + ms | ucm: hit{pct} <= k x own "
             f"HBM{pct} / hit100 <= own HBM100 + 1.1 x bytes / pinned (limit s) |",
             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"] + rows
