@@ -43,6 +43,10 @@ processes of one session (bench/host_speed.py, 2026-11-29), which swamps launch-
 connector's hit is compared with the full mode's HBM hit. The connector store is never
 reset (prompts are fresh; vLLM 0.26 asserts on two connector resets with no step between them).
 
+``--ucm-ab NAME=VALUE`` (mode ucm): each repetition runs the connector cell twice in the one engine, as
+configured and with the scheduler's NAME switched to VALUE (``ab_*`` passes; the report's A / B table),
+so a switch is judged in one process, by pairs of repetitions, not across the processes of two runs.
+
 Then (also `--mode table`): prefix_ttft_<gpu>_<date>.json / .md / .png in --out (see bench/README.md).
 """
 from __future__ import annotations
@@ -177,6 +181,10 @@ def parse_args(argv=None):
                          "the tokens of the step that filled it, if that step computes at most this many")
     ap.add_argument("--ucm-prefetch", action="store_true",
                     help="ucm modes: ucm_layerwise_prefetch (a load-bound hit's copies start at its allocation)")
+    ap.add_argument("--ucm-ab", default=None, metavar="NAME=VALUE",
+                    help="mode ucm: every repetition runs the cell twice in the one engine, as configured (A) "
+                         f"and with the scheduler's NAME set to VALUE (B), in A B / B A order; NAME one of "
+                         f"{', '.join(AB_SWITCHES)} (e.g. prefetch=true): an A / B free of the host's speed")
     ap.add_argument("--ucm-load-mode", default=None, choices=["layerwise", "async"],
                     help="ucm modes: the connector's ucm_load_mode (default: the connector's, layerwise)")
     ap.add_argument("--ucm-debug", action="store_true",
@@ -225,7 +233,32 @@ def parse_args(argv=None):
         ap.error(f"--decode-switch-steps {a.decode_switch_steps}: 0 (off) or more than the {SWITCH_SKIP} steps each "
                  f"block leaves out, e.g. 8")
     check_modes(ap, a, MODES)
+    a.ucm_ab = ucm_ab(ap, a.ucm_ab)
+    if a.ucm_ab and (not a.inproc_engine or a.tp != 1):
+        ap.error("--ucm-ab switches the scheduler of an in-process engine: drop --no-inproc-engine and --tp")
     return a
+
+
+# --ucm-ab: the UcmScheduler attributes a repetition may switch between its two runs, and their types
+AB_SWITCHES = {"prefetch": bool, "step_tokens": int, "step_load_blocks": int, "in_turn_tokens": int}
+
+
+def ucm_ab(ap, spec) -> Optional[tuple]:
+    """``--ucm-ab NAME=VALUE`` as (name, value); a malformed one stops with the option named."""
+    if not spec:
+        return None
+    name, _, raw = spec.partition("=")
+    kind = AB_SWITCHES.get(name)
+    if kind is None or not raw:
+        ap.error(f"--ucm-ab: {spec!r} is not NAME=VALUE with NAME one of {', '.join(AB_SWITCHES)} "
+                 f"(e.g. prefetch=true, step_tokens=1024)")
+    if kind is bool:
+        if raw.lower() not in ("true", "false"):
+            ap.error(f"--ucm-ab: {name} takes true or false, got {raw!r}")
+        return name, raw.lower() == "true"
+    if not raw.isdigit():
+        ap.error(f"--ucm-ab: {name} takes a whole number >= 0, got {raw!r}")
+    return name, int(raw)
 
 
 def reps_at(ap, spec: str) -> dict:
@@ -441,6 +474,15 @@ class Bench:
             lengths=a.lengths, concurrency=a.concurrency, reps=a.reps, reps_at=a.reps_at, hit=a.hit,
             host_speed=host_speed.measure(cuda),  # launch-bound cells move with it between hosts
         )
+        self.ab = None  # --ucm-ab: (scheduler, name, A's value, B's value)
+        if a.ucm_ab and mode.startswith("ucm"):
+            sched = getattr(getattr(self.core, "scheduler", None), "connector", None)
+            sched = getattr(sched, "_scheduler", None)
+            if sched is None:
+                raise SystemExit("--ucm-ab: no ucm scheduler in this process (an in-process engine is needed)")
+            name, value = a.ucm_ab
+            self.ab = (sched, name, getattr(sched, name), value)
+            self.info["ucm_ab"] = dict(name=name, a=getattr(sched, name), b=value)
         if mode == "ucm_disk":
             self.info.update(disk_dram_bytes=self.dram_cap, disk_cold=a.disk_cold,
                              disk_fs=fs_type(self.disk_dir))
@@ -600,6 +642,10 @@ class Bench:
         self.timed(self.fresh(cmax, Lmin))
         if self.mode != "full":
             self.connector_cell(Lmin, 1)
+        if self.ab:  # B's paths warmed too (e.g. a prefetch's first launch)
+            self._set_ab(True)
+            self.connector_cell(Lmin, 1)
+            self._set_ab(False)
         self.reset_gpu()
         print(f"warm-up done in {time.time() - t0:.1f} s", flush=True)
 
@@ -636,6 +682,24 @@ class Bench:
             r["own_hbm80"] = self.timed(self.partial(B, L))  # B's 80 % from HBM now, new tokens after it
         self.reset_gpu()
         return r
+
+    def ab_cell(self, L: int, c: int, rep: int) -> dict:
+        """``--ucm-ab``: the connector cell as configured (A) and with the switch (B), A first in even
+        repetitions and B first in odd ones (a drift of the host slows both alike); B's passes are
+        named ``ab_<pass>``."""
+        r = {}
+        for b in ((False, True) if rep % 2 == 0 else (True, False)):
+            self._set_ab(b)
+            try:
+                out = self.connector_cell(L, c)
+            finally:
+                self._set_ab(False)
+            r.update({f"ab_{k}" if b else k: v for k, v in out.items()})
+        return r
+
+    def _set_ab(self, b: bool) -> None:
+        sched, name, a_value, b_value = self.ab
+        setattr(sched, name, b_value if b else a_value)
 
     def push_to_disk(self) -> None:
         """Fill ucm's DRAM with fresh prompts so the stored ones are demoted to disk (LRU), then drop
@@ -779,8 +843,12 @@ class Bench:
             return res
         for L in self.a.lengths:
             for c in self.a.concurrency:
-                cell = self.full_cell if self.mode == "full" else self.connector_cell
-                reps = [cell(L, c) for _ in range(self.a.reps_at.get(L, self.a.reps))]
+                n = self.a.reps_at.get(L, self.a.reps)
+                if self.ab:
+                    reps = [self.ab_cell(L, c, i) for i in range(n)]
+                else:
+                    cell = self.full_cell if self.mode == "full" else self.connector_cell
+                    reps = [cell(L, c) for _ in range(n)]
                 res["cells"].append(dict(L=L, c=c, reps=reps))
                 print(f"{self.mode} L={L} c={c}: " + "  ".join(
                     f"{k}={statistics.median(x[k]['mean_s'] for x in reps):.4f}s"

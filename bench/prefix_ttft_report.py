@@ -226,6 +226,7 @@ def markdown(res: dict) -> str:
                  f"| {mark(b['ok'])} ({f(b['limit_s'])}) | {mark(n['ok80'])} / {mark(n['ok100'])} "
                  f"| {mark(s['ok'])} ({f(s['ucm'], 2)} ({f(s['hbm'], 2)})) |")
     L += own_hbm_table(res)
+    L += ab_table(res)
     L += connector_on_table(res)
     L += order_table(res)
     L += launch_table(res)
@@ -259,6 +260,32 @@ def own_hbm_table(res: dict) -> list:
             f"| input | c | mode | hit{pct} | own HBM{pct} | x own | hit100 | own HBM100 | + ms | ucm: hit{pct} <= k x own "
             f"HBM{pct} / hit100 <= own HBM100 + 1.1 x bytes / pinned (limit s) |",
             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"] + rows
+
+
+AB_PASSES = ("hit80", "hit100", "own_hbm80", "own_hbm100")
+
+
+def ab_table(res: dict) -> list:
+    """``--ucm-ab``: each pass as configured (A) and with the switch (B, passes ``ab_*``) in the one engine,
+    repetition by repetition: the median of B / A over the repetitions, and the repetitions' ratios."""
+    L = []
+    for d in res["cells"]:
+        for mode, p in d["modes"].items():
+            ab = res["modes"].get(mode, {}).get("ucm_ab")
+            for key in AB_PASSES if ab else ():
+                a, b = p.get(key), p.get(f"ab_{key}")
+                if not a or not b:
+                    continue
+                pairs = [y / x for x, y in zip(a["reps_mean_s"], b["reps_mean_s"]) if x]
+                L.append(f"| {d['input_tokens']} | {d['concurrency']} | {mode} | {ab['name']} = {ab['b']} "
+                         f"(A: {ab['a']}) | {key} | {f(a['median_s'])} | {f(b['median_s'])} | "
+                         f"{f(med(pairs), 3)} | {' / '.join(f'{x:.2f}' for x in pairs)} |")
+    if not L:
+        return []
+    return ["", "## A / B in one engine (`--ucm-ab`: A as configured, B with the switch, alternating A B / B A; "
+                "s, and B / A repetition by repetition)", "",
+            "| input | c | mode | switch B (A) | pass | A | B | B / A (median) | B / A per repetition |",
+            "|---:|---:|---|---|---|---:|---:|---:|---|"] + L
 
 
 def connector_on_table(res: dict) -> list:

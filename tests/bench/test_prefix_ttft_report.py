@@ -345,3 +345,45 @@ def test_ucm_is_judged_against_its_own_engines_hbm_hits_too(tmp_path):
     res = report(str(out2), [str(b)])
     assert res["targets"][0]["ucm_vs_own_hbm"]["ok80"] is None
     assert "own engine's HBM hits" not in open(out2 / "prefix_ttft_h100_2026-11-28.md").read()
+
+
+def test_ucm_ab_names_a_scheduler_switch_and_a_value_of_its_type(capsys):
+    """--ucm-ab NAME=VALUE: NAME must be a switch of ucm's scheduler (every one listed is, with that type),
+    VALUE of its type; anything else stops at start-up with the option named."""
+    import prefix_ttft
+
+    from ucm.integration.vllm.scheduler import UcmScheduler
+
+    sched = UcmScheduler(None, None, 16)
+    for name, kind in prefix_ttft.AB_SWITCHES.items():
+        assert type(getattr(sched, name)) is kind
+    args = ["--model", "m", "--modes", "ucm"]
+    assert prefix_ttft.parse_args(args + ["--ucm-ab", "prefetch=TRUE"]).ucm_ab == ("prefetch", True)
+    assert prefix_ttft.parse_args(args + ["--ucm-ab", "step_tokens=1024"]).ucm_ab == ("step_tokens", 1024)
+    assert prefix_ttft.parse_args(args).ucm_ab is None
+    for bad, says in (("prefetch=yes", "true or false"), ("step_tokens=-1", "whole number"),
+                      ("layerwise=true", "NAME one of"), ("prefetch", "NAME one of")):
+        with pytest.raises(SystemExit):
+            prefix_ttft.parse_args(args + ["--ucm-ab", bad])
+        assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the switch is flipped on this process's scheduler
+        prefix_ttft.parse_args(args + ["--ucm-ab", "prefetch=true", "--tp", "2"])
+
+
+def test_the_ab_table_pairs_each_repetition_of_a_switch(tmp_path):
+    """An --ucm-ab part: B / A per repetition (the order alternates inside the engine, the pairs do not)."""
+    reps = [dict(full_connector_on=_pass(0.09, 0), hit100=_pass(0.040, 3984), ab_hit100=_pass(0.030, 3984),
+                 hit80=_pass(0.050, 3200), ab_hit80=_pass(0.055, 3200)),
+            dict(ab_hit100=_pass(0.036, 3984), hit100=_pass(0.045, 3984), ab_hit80=_pass(0.050, 3200),
+                 hit80=_pass(0.050, 3200), full_connector_on=_pass(0.09, 0))]
+    _part(tmp_path, "ucm", [dict(L=8000, c=2, reps=reps)])
+    part = json.loads(open(part_path(tmp_path, "ucm")).read())
+    part["info"]["ucm_ab"] = dict(name="prefetch", a=False, b=True)
+    open(part_path(tmp_path, "ucm"), "w").write(json.dumps(part))
+    out = tmp_path / "out"
+    out.mkdir()
+    res = report(str(out), [str(tmp_path)])
+    assert res["rows"][0]["ucm100_s"] == pytest.approx(0.0425)  # the issue's columns keep A
+    md = open(out / "prefix_ttft_h100_2026-11-28.md").read()
+    assert "| 8000 | 2 | ucm | prefetch = True (A: False) | hit100 | 0.042 | 0.033 | 0.775 | 0.75 / 0.80 |" in md
+    assert "| 8000 | 2 | ucm | prefetch = True (A: False) | hit80 | 0.050 | 0.053 | 1.050 | 1.10 / 1.00 |" in md
