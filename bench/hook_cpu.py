@@ -303,6 +303,82 @@ def staged_call_ms(rows: int, stage_planes: int, reps: int = 21, width: int = 64
             setattr(planes, k, v)
 
 
+def bandwidth_call_ms(blocks: int, fragmented: bool, reps: int = 9, profile: bool = False) -> dict:
+    """Median ms until ``dram_bandwidth.py``'s connector calls return (its "launch ms"): ``dump_rows`` and
+    ``load_blocks`` of ``blocks`` scattered rows of LAYERS planes of 32 KiB (that script's vLLM layout), the
+    pool's free slots in random order with ``fragmented``. CUDA is stood in for (``stand_in_cuda`` first)
+    and so are the index kernels (a CPU would copy the bytes): what is left is the calls' Python, torch's
+    dispatch of views and the driver calls' count. ``profile``: a cProfile of one more load (tottime)."""
+    import collections
+    import random
+
+    from ucm.tiers import create_store
+
+    width = 32 << 10
+    store = create_store("UcmDramStore", {"kv_block_size": width * LAYERS, "max_cache_size": width * LAYERS * blocks,
+                                          "planes": LAYERS})
+    store.pool_uva = store.pool  # stands in for the UVA alias: only addresses are read
+    copier = fake_copier()
+    orig = store._submit_planes
+
+    def submit_planes(views, plan, to_pool, task, keys, whole=False):
+        return copier.submit(views, plan, to_pool, whole=whole) if len(plan) else []
+    store._submit_planes = submit_planes
+    if fragmented:
+        free = list(store._free)
+        random.Random(0).shuffle(free)
+        store._free = collections.deque(free)
+    rng = random.Random(0)
+    src = [torch.empty((2 * blocks, width), dtype=torch.uint8) for _ in range(LAYERS)]  # never touched
+    dst = [torch.empty((2 * blocks, width), dtype=torch.uint8) for _ in range(LAYERS)]
+    rows, dst_rows = rng.sample(range(2 * blocks), blocks), rng.sample(range(2 * blocks), blocks)
+    out, loads = {}, []
+    dumps = []
+    for rep in range(reps):
+        ids = [f"b{b}-{rep}".encode() for b in range(blocks)]
+        COUNTS.update(dma_commands=0, events=0)
+        t = time.perf_counter()
+        task = store.dump_rows(ids, src, rows)
+        dumps.append(time.perf_counter() - t)
+        store.wait(task)
+        store.commit(ids, is_success=False)  # dropped: every repetition dumps into free slots
+    out.update(dump_ms=round(1e3 * statistics.median(dumps), 3), dump_dma_commands=COUNTS["dma_commands"],
+               dump_events=COUNTS["events"])
+    ids = [f"b{b}".encode() for b in range(blocks)]
+    store.wait(store.dump_rows(ids, src, rows))
+    store.commit(ids)
+    for _ in range(reps):
+        COUNTS.update(dma_commands=0, events=0)
+        t = time.perf_counter()
+        task = store.load_blocks(ids, dst, dst_rows)
+        loads.append(time.perf_counter() - t)
+        store.wait(task)
+    out.update(load_ms=round(1e3 * statistics.median(loads), 3), load_dma_commands=COUNTS["dma_commands"],
+               load_events=COUNTS["events"])
+    if profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        store.wait(store.load_blocks(ids, dst, dst_rows))
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    store._submit_planes = orig
+    store.close()
+    return out
+
+
+def stand_in_index_kernels(monkey: list) -> None:
+    """The planes' gather / scatter kernels as no-ops (``bandwidth_call_ms``: real sizes, no bytes moved)."""
+    def put(obj, name, value):
+        monkey.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    put(torch.Tensor, "index_copy_", lambda self, dim, index, source: self)
+    put(torch.Tensor, "index_select", lambda self, dim, index: self[:len(index)])
+    index_select = torch.index_select
+    put(torch, "index_select", lambda t, dim, index, out=None: out if out is not None else index_select(t, dim, index))
+    put(torch.Tensor, "copy_", lambda self, src, non_blocking=False: self)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=4)
@@ -313,6 +389,9 @@ def main() -> None:
                     help="decode steps instead: BATCH running requests, DUMPS of them filling a block each step")
     ap.add_argument("--staged", type=int, metavar="ROWS", default=0,
                     help="the copier's staged path alone: ROWS scattered rows of every plane, 1 / 4 / 8 planes a buffer")
+    ap.add_argument("--bandwidth-call", type=int, metavar="BLOCKS", default=0,
+                    help="dram_bandwidth.py's connector calls: a dump and a load of BLOCKS scattered rows of 32 KiB "
+                         "planes (slots in order, then fragmented), index kernels stood in too")
     ap.add_argument("--profile", action="store_true", help="also a cProfile of one more step (cumulative)")
     ap.add_argument("--out", default=None, help="write the medians as JSON here")
     a = ap.parse_args()
@@ -320,6 +399,12 @@ def main() -> None:
     stand_in_cuda(monkey)
     s = None
     try:
+        if a.bandwidth_call:
+            stand_in_index_kernels(monkey)
+            for frag in (False, True):
+                print(json.dumps(dict(blocks=a.bandwidth_call, fragmented=frag,
+                                      **bandwidth_call_ms(a.bandwidth_call, frag, profile=a.profile))))
+            return
         if a.staged:
             for k in (1, 4, 8, 1, 4, 8):  # twice, alternating: this machine's speed drifts
                 print(json.dumps(dict(rows=a.staged, planes=LAYERS, stage_planes=k, **staged_call_ms(a.staged, k))))

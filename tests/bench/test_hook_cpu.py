@@ -70,3 +70,24 @@ def test_the_staged_path_timing_moves_planes_a_staging_buffer_at_a_time():
     assert [(got[k]["dump_dma_commands"], got[k]["load_dma_commands"]) for k in (1, 4, 8)] == [(28, 28), (7, 7), (4, 4)]
     assert all(v >= 0 for r in got.values() for v in r.values())
     assert (planes.STAGE_PLANES, planes.SMALL_CALL_BYTES, planes.MIN_RUN_BYTES, planes.MAX_DIRECT_RUNS) == before
+
+
+def test_the_bandwidth_calls_launch_scattered_rows_with_one_completion_for_their_uva_kernels():
+    """--bandwidth-call: dram_bandwidth's connector calls with CUDA and the index kernels stood in. On
+    fragmented slots every plane goes through a UVA kernel; a dump's planes and a whole load's share the
+    completion recorded after a stage's last kernel (one event a stage, not one a plane), and the stand-ins
+    come off again."""
+    real = (torch.Tensor.index_copy_, torch.Tensor.index_select, torch.index_select, torch.Tensor.copy_)
+    monkey: list = []
+    hook_cpu.stand_in_cuda(monkey)
+    hook_cpu.stand_in_index_kernels(monkey)
+    try:
+        got = hook_cpu.bandwidth_call_ms(300, fragmented=True, reps=2)  # two stages (146 + 154 blocks)
+    finally:
+        for obj, name, value in reversed(monkey):
+            setattr(obj, name, value)
+    assert (torch.Tensor.index_copy_, torch.Tensor.index_select, torch.index_select, torch.Tensor.copy_) == real
+    # a stage: one event for its index upload (copy stream), one for all its planes' kernels (28 before)
+    assert (got["dump_dma_commands"], got["dump_events"]) == (0, 4)
+    assert (got["load_dma_commands"], got["load_events"]) == (0, 4)
+    assert got["dump_ms"] > 0 and got["load_ms"] > 0

@@ -551,3 +551,10 @@ def test_a_few_scattered_blocks_round_trip_on_cuda(small_direct, monkeypatch):
         assert store.wait(br.task) == OK
         for s_, d in zip(src, dst):
             assert torch.equal(d[back], s_[rows])
+        whole = [torch.zeros_like(t) for t in src]
+        task = store.load_blocks(ids, whole, back)  # read at once: its UVA planes share one completion
+        assert store.wait(task) == OK
+        for s_, d in zip(src, whole):
+            assert torch.equal(d[back], s_[rows])
+        if not small_direct:
+            assert len({id(parts[-1]) for parts in task.planes}) == 1

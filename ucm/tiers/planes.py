@@ -369,7 +369,8 @@ class CudaPlaneCopier:
                on_error: Optional[Callable[[Exception], None]] = None, whole: bool = False) -> list:
         """Copy ``planes`` by ``plan``, after the work queued on the caller's stream so far. Returns a
         completion per plane (a direct load's planes share one per ``LOAD_PLANES_PER_EVENT``, or per
-        ``WHOLE_LOAD_PLANES_PER_EVENT`` for a ``whole`` load: every plane of the caller's, read at once).
+        ``WHOLE_LOAD_PLANES_PER_EVENT`` for a ``whole`` load: every plane of the caller's, read at once;
+        the UVA kernels of a dump or of a ``whole`` load share one).
         A dump whose caller's work still runs goes to the submitter thread (``DEFER_DUMPS``); should its
         submission fail there, ``on_error(exc)`` records it."""
         caller = torch.cuda.current_stream(self.device)
@@ -421,6 +422,11 @@ class CudaPlaneCopier:
             s.record_stream(self.kernel_stream)
         ring = self._rings[bool(to_pool)]
         done = []
+        # UVA kernels run in order on the kernel stream: where no reader waits plane by plane (a dump's
+        # planes land together; a ``whole`` load is waited for whole) they share the completion recorded
+        # after the last of them, instead of an event each (a 1 GiB scattered load ran 56 such kernels)
+        shared_uva = to_pool or whole
+        uva_at: list[int] = []  # their places in ``done``, filled at the end
         # the gather / scatter kernels below run on the kernel stream: one context for all planes (a
         # context per plane was ~a fifth of a dump's Python on the model's thread, replay profile)
         staged: list[PlaneCopy] = []  # DMA-staged planes of one width, moved together (STAGE_PLANES)
@@ -450,8 +456,15 @@ class CudaPlaneCopier:
                             flush()
                         continue
                     flush()  # runs too short for DMAs: one kernel through UVA
-                    done.append((self._dump_uva if to_pool else self._load_uva)(pc, r, s))
+                    ev = (self._dump_uva if to_pool else self._load_uva)(pc, r, s, record=not shared_uva)
+                    if shared_uva:
+                        uva_at.append(len(done))
+                    done.append(ev)
             flush()
+            if uva_at:
+                ev = _Events([_record(self.kernel_stream)])
+                for i in uva_at:
+                    done[i] = ev
         return done
 
     def _direct(self, planes: list[PlaneCopy], plan: RowPlan, to_pool: bool, wait, whole: bool = False) -> list[_Events]:
@@ -558,13 +571,14 @@ class CudaPlaneCopier:
             torch.index_select(user, 0, r, out=dst)
         return self._dma_out(ring, b, parts, [pc.pool for pc in group], slot_runs)
 
-    def _dump_uva(self, pc, r, s) -> _Events:
-        """One kernel writes the pool's rows through UVA (slot runs too short for DMAs)."""
+    def _dump_uva(self, pc, r, s, record: bool = True) -> Optional[_Events]:
+        """One kernel writes the pool's rows through UVA (slot runs too short for DMAs); its completion
+        unless ``record`` is False (the caller records one for several)."""
         pool, user = words(pc.pool_uva if pc.pool_uva is not None else pc.pool, pc.user)
         pool.index_copy_(0, s, user.index_select(0, r))
-        return _Events([_record(self.kernel_stream)])
+        return _Events([_record(self.kernel_stream)]) if record else None
 
-    def _load_uva(self, pc, r, s) -> _Events:
+    def _load_uva(self, pc, r, s, record: bool = True) -> Optional[_Events]:
         user, src = words(pc.user, pc.pool_uva if pc.pool_uva is not None else pc.pool)
         user.index_copy_(0, r, src.index_select(0, s))
-        return _Events([_record(self.kernel_stream)])
+        return _Events([_record(self.kernel_stream)]) if record else None
