@@ -72,13 +72,18 @@ class _Event:
         pass
 
 
+def _put(monkey: list, obj, name: str, value) -> None:
+    """``obj.name = value``, the old value kept in ``monkey`` (main undoes them in reverse)."""
+    monkey.append((obj, name, getattr(obj, name)))
+    setattr(obj, name, value)
+
+
 def stand_in_cuda(monkey: list) -> None:
     """Let planes.CudaPlaneCopier run on the CPU: its CUDA calls become no-ops (undone by ``monkey``)."""
     from ucm.tiers import batch_dma, planes
 
     def put(obj, name, value):
-        monkey.append((obj, name, getattr(obj, name)))
-        setattr(obj, name, value)
+        _put(monkey, obj, name, value)
 
     stream = _Stream()
     put(torch.cuda, "current_stream", lambda device=None: stream)
@@ -102,6 +107,17 @@ def fake_copier():
     return planes.CudaPlaneCopier(torch.device("cpu"), streams=(stream, stream))
 
 
+def use_fake_copiers(tier) -> None:
+    """The tier's plane copies go through GPU copiers on stand-ins (one for dumps, one for loads, as the
+    pool's own), its pool standing in for its UVA alias (only addresses are read)."""
+    tier.pool_uva = tier.pool
+    cop_dump, cop_load = fake_copier(), fake_copier()
+
+    def submit_planes(views, plan, to_pool, task, keys, whole=False):
+        return (cop_dump if to_pool else cop_load).submit(views, plan, to_pool, whole=whole) if len(plan) else []
+    tier._submit_planes = submit_planes
+
+
 def _request(rid: str, seed: int, blocks: int):
     toks = [seed * 1_000_000 + i for i in range(blocks * BLOCK_TOKENS)]
     return types.SimpleNamespace(request_id=rid, all_token_ids=toks, num_tokens=len(toks),
@@ -123,13 +139,7 @@ class Setup:
         whole = LAYERS * 2 * ROW
         self.store = create_store("UcmDramStore", {"kv_block_size": whole, "planes": LAYERS,
                                                    "max_cache_size": (2 * n_req * blocks + 64) * whole})
-        tier = self.store
-        tier.pool_uva = tier.pool  # stands in for the UVA alias: only addresses are read
-        cop_dump, cop_load = fake_copier(), fake_copier()
-
-        def submit_planes(views, plan, to_pool, task, keys, whole=False):
-            return (cop_dump if to_pool else cop_load).submit(views, plan, to_pool, whole=whole) if len(plan) else []
-        tier._submit_planes = submit_planes
+        use_fake_copiers(self.store)
         self.engine = f"hookcpu-{os.getpid()}"
         stores.acquire(store_key(self.engine, 0), lambda: self.store)
         self.keys = KeyMaker(b"root", BLOCK_TOKENS, 1)
@@ -317,13 +327,7 @@ def bandwidth_call_ms(blocks: int, fragmented: bool, reps: int = 9, profile: boo
     width = 32 << 10
     store = create_store("UcmDramStore", {"kv_block_size": width * LAYERS, "max_cache_size": width * LAYERS * blocks,
                                           "planes": LAYERS})
-    store.pool_uva = store.pool  # stands in for the UVA alias: only addresses are read
-    copier = fake_copier()
-    orig = store._submit_planes
-
-    def submit_planes(views, plan, to_pool, task, keys, whole=False):
-        return copier.submit(views, plan, to_pool, whole=whole) if len(plan) else []
-    store._submit_planes = submit_planes
+    use_fake_copiers(store)
     if fragmented:
         free = list(store._free)
         random.Random(0).shuffle(free)
@@ -332,8 +336,7 @@ def bandwidth_call_ms(blocks: int, fragmented: bool, reps: int = 9, profile: boo
     src = [torch.empty((2 * blocks, width), dtype=torch.uint8) for _ in range(LAYERS)]  # never touched
     dst = [torch.empty((2 * blocks, width), dtype=torch.uint8) for _ in range(LAYERS)]
     rows, dst_rows = rng.sample(range(2 * blocks), blocks), rng.sample(range(2 * blocks), blocks)
-    out, loads = {}, []
-    dumps = []
+    out, dumps, loads = {}, [], []
     for rep in range(reps):
         ids = [f"b{b}-{rep}".encode() for b in range(blocks)]
         COUNTS.update(dma_commands=0, events=0)
@@ -361,7 +364,6 @@ def bandwidth_call_ms(blocks: int, fragmented: bool, reps: int = 9, profile: boo
         store.wait(store.load_blocks(ids, dst, dst_rows))
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
-    store._submit_planes = orig
     store.close()
     return out
 
@@ -369,8 +371,7 @@ def bandwidth_call_ms(blocks: int, fragmented: bool, reps: int = 9, profile: boo
 def stand_in_index_kernels(monkey: list) -> None:
     """The planes' gather / scatter kernels as no-ops (``bandwidth_call_ms``: real sizes, no bytes moved)."""
     def put(obj, name, value):
-        monkey.append((obj, name, getattr(obj, name)))
-        setattr(obj, name, value)
+        _put(monkey, obj, name, value)
 
     put(torch.Tensor, "index_copy_", lambda self, dim, index, source: self)
     put(torch.Tensor, "index_select", lambda self, dim, index: self[:len(index)])

@@ -476,8 +476,7 @@ class Bench:
         )
         self.ab = None  # --ucm-ab: (scheduler, name, A's value, B's value)
         if a.ucm_ab and mode.startswith("ucm"):
-            sched = getattr(getattr(self.core, "scheduler", None), "connector", None)
-            sched = getattr(sched, "_scheduler", None)
+            sched = self._ucm_scheduler()
             if sched is None:
                 raise SystemExit("--ucm-ab: no ucm scheduler in this process (an in-process engine is needed)")
             name, value = a.ucm_ab
@@ -817,11 +816,17 @@ class Bench:
             out.update(switch_steps=switch, switch_pairs=switch_pairs(phases, switch))
         return out
 
+    def _ucm_scheduler(self):
+        """ucm's UcmScheduler in this process (the in-process engine's connector), or None: the
+        benchmark's switches (``_set_storing``, ``--ucm-ab``) reach into it."""
+        conn = getattr(getattr(self.core, "scheduler", None), "connector", None)
+        return getattr(conn, "_scheduler", None)
+
     def _set_storing(self, on: bool) -> None:
         """Storing of every request in the engine on or off (ucm's scheduler-side ``_ReqState.store``,
         which ``{"ucm_store": false}`` sets). Switched on, blocks that filled while off are skipped, not
         caught up: a storing step then dumps what it fills, as when storing all along."""
-        sched, bs = self.core.scheduler.connector._scheduler, self.info["block_size"]
+        sched, bs = self._ucm_scheduler(), self.info["block_size"]
         for rid, st in sched.reqs.items():
             req = self.core.scheduler.requests.get(rid)
             if on and not st.store and req is not None:

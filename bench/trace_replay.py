@@ -25,8 +25,9 @@ every mode, so vLLM's own KV cache is the HBM tier), the engine core in this pro
   ucm_best  the same with eviction=--best-policy; ``auto`` (the default): the eviction policy other than
             LRU (ucm_lru's) with the highest prefix hit ratio in the simulator (``ucm.sim``, mode=prefix, admission
             always) on the replayed prompts' blocks at the DRAM tier's size (``best_policy``; the ranking
-            is in the part's settings). On the conversation trace the best policy depends on the DRAM
-            size: ``prefixlfu`` at 5-10 % of the working set, plain LRU at 20 % (docs/policies.md).
+            is in the part's settings). It depends on the requests and the DRAM size: on the whole
+            conversation trace ``prefixlfu`` at 5-10 % of the working set, LRU at 20 % (docs/policies.md);
+            on its first 300 requests, as replayed, S3-FIFO at 5-50 % (H200 replay, 2026-11-29).
 --cpu-gib defaults to 1/4 of the working set (distinct blocks the replayed prompts use x block tokens
 x KV bytes per token). The loop enqueues each request once its arrival time has passed, steps the
 engine and reads first-token times from the in-process scheduler (num_output_tokens >= 1).

@@ -456,10 +456,12 @@ class CudaPlaneCopier:
                             flush()
                         continue
                     flush()  # runs too short for DMAs: one kernel through UVA
-                    ev = (self._dump_uva if to_pool else self._load_uva)(pc, r, s, record=not shared_uva)
+                    (self._dump_uva if to_pool else self._load_uva)(pc, r, s)
                     if shared_uva:
                         uva_at.append(len(done))
-                    done.append(ev)
+                        done.append(None)
+                    else:
+                        done.append(_Events([_record(self.kernel_stream)]))
             flush()
             if uva_at:
                 ev = _Events([_record(self.kernel_stream)])
@@ -571,14 +573,12 @@ class CudaPlaneCopier:
             torch.index_select(user, 0, r, out=dst)
         return self._dma_out(ring, b, parts, [pc.pool for pc in group], slot_runs)
 
-    def _dump_uva(self, pc, r, s, record: bool = True) -> Optional[_Events]:
-        """One kernel writes the pool's rows through UVA (slot runs too short for DMAs); its completion
-        unless ``record`` is False (the caller records one for several)."""
+    def _dump_uva(self, pc, r, s) -> None:
+        """One kernel writes the pool's rows through UVA (slot runs too short for DMAs); ``_submit``
+        records its completion (one for several where they land together)."""
         pool, user = words(pc.pool_uva if pc.pool_uva is not None else pc.pool, pc.user)
         pool.index_copy_(0, s, user.index_select(0, r))
-        return _Events([_record(self.kernel_stream)]) if record else None
 
-    def _load_uva(self, pc, r, s, record: bool = True) -> Optional[_Events]:
+    def _load_uva(self, pc, r, s) -> None:
         user, src = words(pc.user, pc.pool_uva if pc.pool_uva is not None else pc.pool)
         user.index_copy_(0, r, src.index_select(0, s))
-        return _Events([_record(self.kernel_stream)]) if record else None
