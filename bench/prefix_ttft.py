@@ -474,8 +474,8 @@ class Bench:
             lengths=a.lengths, concurrency=a.concurrency, reps=a.reps, reps_at=a.reps_at, hit=a.hit,
             host_speed=host_speed.measure(cuda),  # launch-bound cells move with it between hosts
         )
-        self.ab = None  # --ucm-ab: (scheduler, name, A's value, B's value)
-        if a.ucm_ab and mode.startswith("ucm"):
+        self.ab = None  # --ucm-ab: (scheduler, name, A's value, B's value); trace_replay has no such option
+        if getattr(a, "ucm_ab", None) and mode.startswith("ucm"):
             sched = self._ucm_scheduler()
             if sched is None:
                 raise SystemExit("--ucm-ab: no ucm scheduler in this process (an in-process engine is needed)")
