@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import types
 
-from ucm.integration.vllm.keys import KeyMaker
+from ucm.integration.vllm.keys import KeyMaker, RequestKeys
 from ucm.integration.vllm.scheduler import UcmScheduler
 
 from tests.vllm.test_upfront import _Miss, _request
@@ -38,3 +38,29 @@ def test_delayed_frees_and_the_blocks_they_hold_are_counted():
     assert sched.stats.data["delayed_free_block_steps"] == 4 * 2  # 4 blocks, held from step 1 to step 3
     sched.update_connector_output(types.SimpleNamespace(kv_connector_worker_meta=None, finished_sending={"r"}))
     assert sched.stats.data["delayed_free_block_steps"] == 8 and not sched.held  # counted once
+
+
+class _Holds:
+    """A store holding the given keys; records each lookup's size and ``record``."""
+
+    def __init__(self, keys):
+        self.keys, self.calls = set(keys), []
+
+    def lookup(self, per_rank, record=True):
+        self.calls.append((len(per_rank[0]), record))
+        return [k in self.keys for k in per_rank[0]]
+
+
+def test_a_prefix_from_vllms_own_cache_is_dumped_only_past_what_the_store_holds():
+    """vLLM found 3 of a request's 5 blocks in its own prefix cache and the store holds blocks 0 and 1:
+    the step dumps blocks 2 to 4 (block 2, missing in the store, is repaired), not all 5. The check of
+    vLLM's blocks is no sighting for the store's policies; the lookup past them is."""
+    km = KeyMaker(b"root", 16, 1)
+    r = _request("r", 80)
+    store = _Holds(km.rank_keys(km.hashes(RequestKeys(r), 2), 0))
+    sched = UcmScheduler(store, km, 16, layerwise=True)
+    assert sched.get_num_new_matched_tokens(r, 48) == (0, False)  # nothing past block 2 held
+    assert store.calls == [(3, False), (1, True)]
+    step = _step_with_new("r", [5, 6, 7, 8, 9], 32)
+    step.scheduled_new_reqs[0].num_computed_tokens = 48
+    assert [d.block_ids for d in sched.build_connector_meta(step).dumps] == [[7, 8, 9]]

@@ -30,7 +30,8 @@
   already launched and the step's layers wait for them as for any layer-wise load).
 - ``build_connector_meta``: this step's loads, and dumps of every block that becomes full in this
   step (prompt and generated tokens), once per step even when requests share it (the store
-  itself skips blocks it already holds).
+  itself skips blocks it already holds). A prefix vLLM found in its own cache is dumped only
+  past what the stores hold of it (``_stored_prefix``).
 - Dumps are asynchronous (the worker commits them steps later), so vLLM must not reuse a block
   while a dump still reads it. Every step has a number (``meta.seq``); each worker reports, per
   TP rank, the step up to which all its dumps are done (``UcmWorkerMetadata`` through vLLM's
@@ -140,6 +141,8 @@ class UcmScheduler:
         st.admitted = False
         if last <= first:
             return 0, False
+        if first_ask and first and st.store:
+            st.dumped_upto = self._stored_prefix(st, first)
         hashes = self.keys.hashes(st.keys, last)[first:]
         st.layerwise = False
         wait = self._deferral() if self.layerwise else None  # a hit now must wait for a later step
@@ -306,6 +309,17 @@ class UcmScheduler:
         if not step or not self.ran or time.monotonic() - since > IN_TURN_TIMEOUT_S:
             return False
         return min(self.ran.get(r, 0) for r in range(self.keys.tp_size)) < step
+
+    def _stored_prefix(self, st: _ReqState, first: int) -> int:
+        """How many of the ``first`` blocks vLLM found in its own prefix cache every rank's store
+        holds, from block 0: they are not dumped again. Without this each HBM hit offered all of
+        them to the worker, which skipped them one by one (16k x 4 on the H200: ~8 ms a step).
+        Blocks the stores lack (evicted, refused) are still dumped. A plain check: it is not a
+        sighting for the stores' policies."""
+        hashes = self.keys.hashes(st.keys, first)
+        present = self.lookup.lookup([self.keys.rank_keys(hashes, r) for r in range(self.keys.tp_size)],
+                                     record=False)
+        return next((i for i, p in enumerate(present) if not p), len(present))
 
     def _unpin(self, req_id: str) -> None:
         self.pinned.discard(req_id)
