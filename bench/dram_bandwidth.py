@@ -24,6 +24,7 @@ time is waiting for them. Runs on a GPU
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -34,8 +35,12 @@ import torch
 from tqdm import tqdm
 
 import host_speed  # bench/ (this script's folder)
+from gc_clock import GcClock  # bench/
 
 from ucm.tiers import create_store
+
+
+GC = GcClock()  # the collector's pauses inside the timed calls
 
 
 def sync(device):
@@ -75,11 +80,13 @@ def profiled(fn, stem: str, stack: bool = False) -> dict:
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts, with_stack=stack) as prof:
         torch.cuda.synchronize()
+        g0 = GC.snapshot()
         t0 = time.perf_counter()
         fn()
         wall = time.perf_counter() - t0
+        gc_pauses = GC.since(g0)
     trace = save_trace(prof, stem)
-    return {"wall_ms": round(wall * 1e3, 3), "streams": stream_summary(trace)}
+    return {"wall_ms": round(wall * 1e3, 3), "gc": gc_pauses, "streams": stream_summary(trace)}
 
 
 def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: int, reps: int,
@@ -128,15 +135,21 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
     nbytes = blocks * block_bytes
     result = {"layout": layout + ("/seq" if consecutive else "") + ("/frag" if fragmented else ""), "api": api, "blocks": blocks, "piece_bytes": piece,
               "pieces": blocks * n_planes, "bytes": nbytes}
-    def timed(call) -> tuple[float, float]:
-        """(seconds until the call returned: planning and launching on the CPU, seconds to done)."""
+    def timed(call) -> tuple[float, float, float]:
+        """(seconds until the call returned: planning and launching on the CPU, seconds to done, ms the
+        garbage collector stopped the call: a pause before the first copy idles the link)."""
         sync(device)
+        g0 = GC.snapshot()
         t0 = time.perf_counter()
         task = call()
         t1 = time.perf_counter()
         assert store.wait(task) == 0
-        return t1 - t0, time.perf_counter() - t0
+        return t1 - t0, time.perf_counter() - t0, GC.since(g0)["ms"]
 
+    # as vLLM's engine core after start-up (freeze_gc_heap): the set-up's objects out of the collector's
+    # way, so a pause in a timed call is the call's own (its objects: ``dump_gc_ms``, ``load_gc_ms``)
+    gc.collect()
+    gc.freeze()
     dump_times = []
     for rep in range(reps + 1):  # fresh ids each time (a committed id is skipped), dropped after
         ids = [name(f"b{b}-{rep}") for b in range(blocks)]
@@ -144,12 +157,14 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
         store.commit(ids, is_success=False)
     best = min(dump_times[1:], key=lambda t: t[1])
     result["dump_gbps"], result["dump_launch_ms"] = nbytes / best[1] / 1e9, best[0] * 1e3
+    result["dump_gc_ms"] = dict(best=best[2], reps=[t[2] for t in dump_times[1:]])
     ids = [name(f"b{b}") for b in range(blocks)]
     assert store.wait(dump(ids)) == 0
     store.commit(ids)
     load_times = [timed(lambda: load(ids)) for _ in range(reps + 1)]
     best = min(load_times[1:], key=lambda t: t[1])
     result["load_gbps"], result["load_launch_ms"] = nbytes / best[1] / 1e9, best[0] * 1e3
+    result["load_gc_ms"] = dict(best=best[2], reps=[t[2] for t in load_times[1:]])
     if profile and device.type == "cuda":
         # the load first: the pool holds just ``blocks``, so the extra dump evicts what it loads
         result["profile"] = {"load": profiled(lambda: store.wait(load(ids)), profile + "_load", profile_stack)}
@@ -227,7 +242,7 @@ def main():
               f"{r['load_gbps']:>10.2f} {r['load_ratio']:>8.2f} {r['load_launch_ms']:>9.2f}")
     for r in rows:
         for direction, p in r.get("profile", {}).items():
-            print(f"profile {r['layout']} {direction}: wall {p['wall_ms']} ms;", "; ".join(
+            print(f"profile {r['layout']} {direction}: wall {p['wall_ms']} ms; gc {p['gc']};", "; ".join(
                 f"stream {k}: busy {v['busy_ms']} ms, {v['first_ms']}-{v['last_ms']} ms, {v['ms_by_kind']}"
                 for k, v in p["streams"].items()))
     if args.out:
