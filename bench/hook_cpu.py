@@ -1,6 +1,7 @@
 """CPU time of ucm's connector hooks for one prefix-hit step, without a GPU or vLLM.
 
     python bench/hook_cpu.py --requests 4 --blocks 1000 --hit 1.0 [--profile]
+    python bench/hook_cpu.py --requests 4 --blocks 1000 --hit 1.0 --hbm-hit   # the same prefixes in vLLM's cache
     python bench/hook_cpu.py --decode 32,2      # a decode step of 32 running requests, 2 filling a block
 
 Builds a DRAM store holding ``--requests`` prompts of ``--blocks`` blocks each (28 layers, K and V planes,
@@ -126,7 +127,7 @@ def _request(rid: str, seed: int, blocks: int):
 
 
 class Setup:
-    def __init__(self, n_req: int, blocks: int, hit: float):
+    def __init__(self, n_req: int, blocks: int, hit: float, hbm_hit: bool = False):
         from ucm.integration.vllm import stores
         from ucm.integration.vllm.keys import KeyMaker, RequestKeys
         from ucm.integration.vllm.lookup_rpc import RankedLookup, store_key
@@ -135,6 +136,7 @@ class Setup:
         from ucm.tiers import create_store
 
         self.n_req, self.blocks, self.hit_blocks = n_req, blocks, max(1, int(round(hit * blocks)))
+        self.hbm_hit = hbm_hit  # the stored head is in vLLM's own prefix cache too: nothing loads
         self.num_blocks = 2 * n_req * blocks + 64
         whole = LAYERS * 2 * ROW
         self.store = create_store("UcmDramStore", {"kv_block_size": whole, "planes": LAYERS,
@@ -179,19 +181,21 @@ class Setup:
             c.block_hashes = r.block_hashes[:hit] + c.block_hashes[hit:]
             reqs.append(c)
         t = [time.perf_counter()]
+        head = min(hit, blocks - 1) * BLOCK_TOKENS  # the hit's tokens
+        local = head if self.hbm_hit else 0  # of them in vLLM's own cache
         for r in reqs:
-            n, _ = self.sched.get_num_new_matched_tokens(r, 0)
-            assert n == min(hit, blocks - 1) * BLOCK_TOKENS, n
+            n, _ = self.sched.get_num_new_matched_tokens(r, local)
+            assert n == head - local, n
         t.append(time.perf_counter())
         base = (self.passes % 2) * self.n_req * blocks  # other vLLM rows than the store pass used
         ids = [list(range(base + i * blocks, base + (i + 1) * blocks)) for i in range(len(reqs))]
         for r, b in zip(reqs, ids):
             self.sched.update_state_after_alloc(r, types.SimpleNamespace(get_block_ids=lambda b=b: (b,)),
-                                                min(hit, blocks - 1) * BLOCK_TOKENS)
+                                                head - local)
         cached = types.SimpleNamespace(req_ids=[], new_block_ids=[], num_computed_tokens=[], resumed_req_ids=set())
-        new = [types.SimpleNamespace(req_id=r.request_id, block_ids=(b,), num_computed_tokens=min(hit, blocks - 1) * 16)
+        new = [types.SimpleNamespace(req_id=r.request_id, block_ids=(b,), num_computed_tokens=head)
                for r, b in zip(reqs, ids)]
-        sched_tokens = {r.request_id: r.num_tokens - min(hit, blocks - 1) * BLOCK_TOKENS for r in reqs}
+        sched_tokens = {r.request_id: r.num_tokens - head for r in reqs}
         meta = self.sched.build_connector_meta(types.SimpleNamespace(
             scheduled_new_reqs=new, scheduled_cached_reqs=cached, num_scheduled_tokens=sched_tokens,
             total_num_scheduled_tokens=sum(sched_tokens.values()), preempted_req_ids=()))
@@ -386,6 +390,9 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=1000, help="blocks a prompt (16 tokens each)")
     ap.add_argument("--hit", type=float, default=1.0, help="stored share of each prompt")
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--hbm-hit", action="store_true",
+                    help="the stored share is in vLLM's own prefix cache too (an HBM hit: nothing loads, the step "
+                         "dumps the rest of each prompt)")
     ap.add_argument("--decode", metavar="BATCH,DUMPS", default=None,
                     help="decode steps instead: BATCH running requests, DUMPS of them filling a block each step")
     ap.add_argument("--staged", type=int, metavar="ROWS", default=0,
@@ -414,14 +421,14 @@ def main() -> None:
             batch, dumps = (int(x) for x in a.decode.split(","))
             s = DecodeSetup(batch, dumps)
         else:
-            s = Setup(a.requests, a.blocks, a.hit)
+            s = Setup(a.requests, a.blocks, a.hit, a.hbm_hit)
         s.step()  # warm-up
         runs = [s.step() for _ in range(a.reps)]
         skip = ("upfront", "dumped", *COUNTS)
         med = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0] if k not in skip}
         med["total"] = round(sum(med.values()), 3)
         what = (dict(decode_batch=batch, dumps=dumps, dumped_blocks=runs[-1]["dumped"]) if a.decode else
-                dict(requests=a.requests, blocks=a.blocks, hit=a.hit, upfront=runs[0]["upfront"]))
+                dict(requests=a.requests, blocks=a.blocks, hit=a.hit, hbm_hit=a.hbm_hit, upfront=runs[0]["upfront"]))
         res = dict(what, median_ms=med, cuda_calls={k: runs[-1][k] for k in COUNTS}, python=sys.version.split()[0],
                    torch=torch.__version__)
         print(json.dumps(res))

@@ -64,3 +64,17 @@ def test_a_prefix_from_vllms_own_cache_is_dumped_only_past_what_the_store_holds(
     step = _step_with_new("r", [5, 6, 7, 8, 9], 32)
     step.scheduled_new_reqs[0].num_computed_tokens = 48
     assert [d.block_ids for d in sched.build_connector_meta(step).dumps] == [[7, 8, 9]]
+
+
+def test_a_whole_prompt_from_vllms_own_cache_dumps_only_its_last_block():
+    """A 100 % HBM hit (vLLM computes only the last block): the check runs though nothing is looked up past
+    vLLM's blocks, and the step dumps the one block it computes, not the whole prompt again."""
+    km = KeyMaker(b"root", 16, 1)
+    r = _request("r", 64)
+    store = _Holds(km.rank_keys(km.hashes(RequestKeys(r), 4), 0))
+    sched = UcmScheduler(store, km, 16, layerwise=True)
+    assert sched.get_num_new_matched_tokens(r, 48) == (0, False)
+    assert store.calls == [(3, False)]
+    step = _step_with_new("r", [5, 6, 7, 8], 16)
+    step.scheduled_new_reqs[0].num_computed_tokens = 48
+    assert [d.block_ids for d in sched.build_connector_meta(step).dumps] == [[8]]

@@ -139,10 +139,10 @@ class UcmScheduler:
         last = (request.num_tokens - 1) // bs  # full blocks, keeping >= 1 token to compute
         st.lookup = (first, 0)
         st.admitted = False
-        if last <= first:
-            return 0, False
         if first_ask and first and st.store:
             st.dumped_upto = self._stored_prefix(st, first)
+        if last <= first:
+            return 0, False
         hashes = self.keys.hashes(st.keys, last)[first:]
         st.layerwise = False
         wait = self._deferral() if self.layerwise else None  # a hit now must wait for a later step
