@@ -91,3 +91,22 @@ def test_the_bandwidth_calls_launch_scattered_rows_with_one_completion_for_their
     assert (got["dump_dma_commands"], got["dump_events"]) == (0, 4)
     assert (got["load_dma_commands"], got["load_events"]) == (0, 4)
     assert got["dump_ms"] > 0 and got["load_ms"] > 0
+
+
+def test_an_hbm_hit_step_loads_nothing_and_dumps_no_stored_block():
+    """--hbm-hit: the stored prefixes are vLLM's own cache hits: no copy is launched for the held head,
+    and the step dumps only each prompt's last block (computed anew), which the store holds already."""
+    monkey: list = []
+    hook_cpu.stand_in_cuda(monkey)
+    s = None
+    try:
+        s = hook_cpu.Setup(2, 24, 1.0, hbm_hit=True)
+        got = [s.step() for _ in range(2)]
+        skipped = s.store.stats()["skipped"]
+    finally:
+        if s is not None:
+            s.close()
+        for obj, name, value in reversed(monkey):
+            setattr(obj, name, value)
+    assert [(r["dma_commands"], r["events"]) for r in got] == [(0, 0), (0, 0)]
+    assert skipped == 2 * 2  # the last block of 2 prompts, 2 steps; not their 23 held blocks each
