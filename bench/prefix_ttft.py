@@ -212,7 +212,8 @@ def parse_args(argv=None):
 
 
 # --ucm-ab: the UcmScheduler attributes a repetition may switch between its two runs, and their types
-AB_SWITCHES = {"prefetch": bool, "step_tokens": int, "step_load_blocks": int, "in_turn_tokens": int}
+AB_SWITCHES = {"prefetch": bool, "step_tokens": int, "step_load_blocks": int, "in_turn_tokens": int,
+               "upfront_blocks": int}
 
 
 def ucm_ab(ap, spec) -> Optional[tuple]:

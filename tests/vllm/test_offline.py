@@ -53,6 +53,38 @@ def test_load_bound_hits_prefetched_at_allocation_give_the_same_tokens(tiny_mode
     engine.assert_same_outputs(second, baseline["shared"])
 
 
+def test_small_hits_loaded_up_front_give_the_same_tokens(tiny_model, monkeypatch):
+    """``ucm_layerwise_upfront_blocks``: the shared prompts stored, then extended by ~200 tokens each
+    (9 blocks loaded for ~210 computed: not load-bound), so only the setting makes the step launch every
+    layer's copies before the forward. Same hits and tokens as vLLM alone on the extended prompts."""
+    from ucm.integration.vllm import worker as worker_mod
+    from ucm.integration.vllm.tiny_model import random_text
+
+    texts = engine.prompts("shared")
+    longer = [t + " " + random_text(200, 500 + i) for i, t in enumerate(texts)]
+    with engine.llm(tiny_model, None) as llm:
+        want = engine.generate(llm, longer)
+    upfront = []
+    real = worker_mod.UcmWorker.start_load_kv
+
+    def spy(self, meta):
+        if meta is not None and meta.loads:
+            upfront.append(meta.upfront)
+        return real(self, meta)
+
+    monkeypatch.setattr(worker_mod.UcmWorker, "start_load_kv", spy)
+    cfg = engine.ktc(config={"max_cache_size": 64 << 20}, ucm_layerwise_upfront_blocks=64)
+    with engine.llm(tiny_model, cfg) as llm:
+        engine.generate(llm, texts)
+        upfront.clear()
+        stats.reset_totals()
+        got = engine.generate(llm, longer)
+        t = stats.totals()
+    assert upfront and all(upfront), (upfront, t)
+    assert t["hit_tokens"] == 4 * 9 * engine.BLOCK and t["layerwise_blocks"] == 4 * 9 and t["load_failed_blocks"] == 0, t
+    engine.assert_same_outputs(got, want)
+
+
 def _steps_of_stored_prompts(llm, texts) -> tuple[list[int], dict]:
     """Store ``texts``, then submit them again together and step the engine by hand: the sorted
     step numbers at which each finishes (one token each), and ucm's counters of those steps."""

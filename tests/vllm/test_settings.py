@@ -21,6 +21,8 @@ def test_seed_form_defaults():
     assert settings.given_block_size(s) == 262144
     assert s.layerwise_prefetch is False
     assert settings.parse_extra_config({"ucm_layerwise_prefetch": True}).layerwise_prefetch is True
+    assert s.layerwise_upfront_blocks == 0
+    assert settings.parse_extra_config({"ucm_layerwise_upfront_blocks": 256}).layerwise_upfront_blocks == 256
 
 
 def test_hydra_form():
@@ -43,6 +45,8 @@ def test_hydra_form():
     ({"ucm_layerwise_step_tokens": "1k"}, "ucm_layerwise_step_tokens must be an integer >= 0"),
     ({"ucm_layerwise_step_load_blocks": -5}, "ucm_layerwise_step_load_blocks must be an integer >= 0"),
     ({"ucm_layerwise_step_load_blocks": True}, "ucm_layerwise_step_load_blocks must be an integer >= 0"),
+    ({"ucm_layerwise_upfront_blocks": -1}, "ucm_layerwise_upfront_blocks must be an integer >= 0 \\(0: off\\)"),
+    ({"ucm_layerwise_upfront_blocks": 1.5}, "ucm_layerwise_upfront_blocks must be an integer >= 0"),
     ({"ucm_layerwise_prefetch": "on"}, "ucm_layerwise_prefetch must be true or false"),
 ])
 def test_bad_extra_config_names_the_key(extra, words):

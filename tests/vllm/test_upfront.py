@@ -140,3 +140,20 @@ def test_a_load_bound_hit_is_prefetched_at_allocation(prompt, prefetch, started)
     if started:
         assert got[0] is sched.pending_loads["r"] and got[0].block_ids == list(range(100, 100 + n // 16))
     assert sched.build_connector_meta(_output(16)).loads[0].req_id == "r"  # the step still lists it
+
+
+@pytest.mark.parametrize("blocks, limit, upfront", [
+    (200, 0, False),    # a 4k-token 80 % hit, the setting off: layer by layer
+    (200, 256, True),   # small enough: every layer up front
+    (257, 256, False),  # past the limit and not load-bound
+    (1000, 256, True),  # load-bound (16 tokens computed) whatever the limit
+])
+def test_small_hits_load_up_front_with_upfront_blocks(blocks, limit, upfront):
+    sched = UcmScheduler(None, KeyMaker(b"root", 16, 1), 16, layerwise=True, upfront_blocks=limit)
+    sched.pending_loads["r"] = LoadSpec("r", [b"h"] * blocks, list(range(blocks)), layerwise=True)
+    assert sched.build_connector_meta(_output(16 if blocks == 1000 else 800)).upfront is upfront
+
+
+def test_no_load_is_never_up_front():
+    sched = UcmScheduler(None, KeyMaker(b"root", 16, 1), 16, layerwise=True, upfront_blocks=256)
+    assert sched.build_connector_meta(_output(800)).upfront is False

@@ -24,6 +24,8 @@
   A step whose layer-wise hits load at least ``UPFRONT_RATIO`` tokens per token the step computes
   (a 100 % hit computes one block) is load-bound: ``meta.upfront`` tells the worker to launch every
   layer's copies before the forward, so the link never waits for the forward's CPU to reach a layer.
+  So does a step whose hits load at most ``upfront_blocks`` blocks (small hits: one launch, not one a
+  group of layers).
 - ``update_state_after_alloc``: records the vLLM blocks the hit loads into. With ``prefetch``, a
   load-bound hit's copies start right there, when the worker shares this thread (TP = 1: vLLM
   schedules a step and then runs it on the same thread, so the copies queue behind every step
@@ -101,7 +103,8 @@ def stores_request(request: Any) -> bool:
 
 class UcmScheduler:
     def __init__(self, lookup: Any, keys: KeyMaker, block_size: int, layerwise: bool = True,
-                 step_tokens: int = 0, step_load_blocks: int = 0, in_turn_tokens: int = 0, prefetch: bool = False):
+                 step_tokens: int = 0, step_load_blocks: int = 0, in_turn_tokens: int = 0, prefetch: bool = False,
+                 upfront_blocks: int = 0):
         self.lookup = lookup  # lookup_rpc.RankedLookup: every rank's store
         self.layerwise = layerwise
         self.step_tokens = step_tokens  # 0: no limit
@@ -110,6 +113,7 @@ class UcmScheduler:
         self.step_loaded_blocks = 0  # blocks those hits load
         self.in_turn_tokens = in_turn_tokens  # 0: off
         self.prefetch = prefetch  # a load-bound hit's copies start at its allocation (same-thread worker)
+        self.upfront_blocks = upfront_blocks  # a step loading at most this many blocks loads them up front (0: off)
         self.filled: tuple[int, float] = (0, 0.0)  # (step, when planned) of the last short step whose hits filled step_tokens
         self.pinned: set[str] = set()  # requests holding pins whose load is not planned yet
         self.keys = keys
@@ -259,8 +263,9 @@ class UcmScheduler:
                             + scheduler_output.num_scheduled_tokens.get(req_id, 0), planned)
         meta.loads = list(self.pending_loads.values())
         self.pending_loads.clear()
-        loaded = sum(len(spec.block_ids) for spec in meta.loads if spec.layerwise) * self.block_size
-        meta.upfront = load_bound(loaded, scheduler_output.total_num_scheduled_tokens)
+        loaded = sum(len(spec.block_ids) for spec in meta.loads if spec.layerwise)
+        meta.upfront = (load_bound(loaded * self.block_size, scheduler_output.total_num_scheduled_tokens)
+                        or 0 < loaded <= self.upfront_blocks)
         for spec in meta.loads:  # the worker unpins once it has submitted the load
             self.pinned.discard(spec.req_id)
         return meta

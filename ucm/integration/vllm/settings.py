@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 KNOWN_KEYS = ("ucm_connector_name", "ucm_connector_config", "ucm_config", "ucm_overrides",
               "ucm_load_failure_policy", "ucm_load_mode", "ucm_cross_layer", "ucm_layerwise_step_tokens",
-              "ucm_layerwise_step_load_blocks", "ucm_layerwise_in_turn_tokens", "ucm_layerwise_prefetch")
+              "ucm_layerwise_step_load_blocks", "ucm_layerwise_in_turn_tokens", "ucm_layerwise_prefetch",
+              "ucm_layerwise_upfront_blocks")
 #: "layerwise": hits pinned in the store's memory tier load during the request's own step, layer
 #: by layer ahead of its attention; other hits (disk) load between steps. "async": every hit
 #: loads between steps (the request waits, others compute).
@@ -71,6 +72,20 @@ class ConnectorSettings:
     #: prepared the step's inputs (10 ms at 16k x 4 on an H200, 2026-11-28, with the link idle). Off by
     #: default until measured on a GPU.
     layerwise_prefetch: bool = False
+    #: layer-wise mode: a step whose layer-wise hits load at most this many blocks in all launches them
+    #: before the forward, as a load-bound step does (one staged call: 2 DMA commands and 2 events for
+    #: a 4k-token 80 % hit instead of 11 and 11, one a group of layers; ``bench/hook_cpu.py``). Where
+    #: the forward's launch is CPU-bound (4k tokens on an H200 host) the copies finish before the GPU
+    #: reaches layer 0 and the CPU launches less. 0: off, until measured on a GPU (``--ucm-ab``).
+    layerwise_upfront_blocks: int = 0
+
+
+def _count(extra: dict, key: str, default: int, zero: str = "off") -> int:
+    """``extra[key]``, an integer >= 0 (``zero`` says what 0 means), or ``default`` if absent."""
+    value = extra.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"ucm: {key} must be an integer >= 0 (0: {zero}), got {value!r}")
+    return value
 
 
 def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
@@ -109,18 +124,10 @@ def parse_extra_config(extra: Optional[dict]) -> ConnectorSettings:
     if not isinstance(cross, bool):
         raise ValueError(f"ucm: ucm_cross_layer must be true or false, got {cross!r}")
     s.cross_layer = cross
-    step = extra.get("ucm_layerwise_step_tokens", ConnectorSettings.layerwise_step_tokens)
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"ucm: ucm_layerwise_step_tokens must be an integer >= 0 (0: no limit), got {step!r}")
-    s.layerwise_step_tokens = step
-    load = extra.get("ucm_layerwise_step_load_blocks", ConnectorSettings.layerwise_step_load_blocks)
-    if isinstance(load, bool) or not isinstance(load, int) or load < 0:
-        raise ValueError(f"ucm: ucm_layerwise_step_load_blocks must be an integer >= 0 (0: off), got {load!r}")
-    s.layerwise_step_load_blocks = load
-    turn = extra.get("ucm_layerwise_in_turn_tokens", ConnectorSettings.layerwise_in_turn_tokens)
-    if isinstance(turn, bool) or not isinstance(turn, int) or turn < 0:
-        raise ValueError(f"ucm: ucm_layerwise_in_turn_tokens must be an integer >= 0 (0: off), got {turn!r}")
-    s.layerwise_in_turn_tokens = turn
+    s.layerwise_step_tokens = _count(extra, "ucm_layerwise_step_tokens", s.layerwise_step_tokens, "no limit")
+    s.layerwise_step_load_blocks = _count(extra, "ucm_layerwise_step_load_blocks", s.layerwise_step_load_blocks)
+    s.layerwise_in_turn_tokens = _count(extra, "ucm_layerwise_in_turn_tokens", s.layerwise_in_turn_tokens)
+    s.layerwise_upfront_blocks = _count(extra, "ucm_layerwise_upfront_blocks", s.layerwise_upfront_blocks)
     prefetch = extra.get("ucm_layerwise_prefetch", False)
     if not isinstance(prefetch, bool):
         raise ValueError(f"ucm: ucm_layerwise_prefetch must be true or false, got {prefetch!r}")

@@ -54,7 +54,8 @@ class UnifiedCacheConnectorV1(KVConnectorBase_V1):
                                            step_tokens=cfg.layerwise_step_tokens,
                                            step_load_blocks=cfg.layerwise_step_load_blocks,
                                            in_turn_tokens=cfg.layerwise_in_turn_tokens,
-                                           prefetch=cfg.layerwise_prefetch)
+                                           prefetch=cfg.layerwise_prefetch,
+                                           upfront_blocks=cfg.layerwise_upfront_blocks)
         else:
             self._store_key = lookup_rpc.store_key(engine_id, rank)
             planes = 1 if cfg.cross_layer else spec["num_layers"]  # cross-layer: a block is one row
