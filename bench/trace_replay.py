@@ -62,6 +62,9 @@ TRACES = (os.path.join(os.path.dirname(ROOT), "shared", "traces", "conversation_
           os.path.join(ROOT, ".gpu", "conversation_trace.jsonl"))
 TRACE = next((p for p in TRACES if os.path.exists(p)), TRACES[0])
 TRACE_BLOCK = 512  # tokens per hash id in the Mooncake trace
+# a replay cut by its deadline stops enqueueing this long before it, so the requests in flight can finish:
+# aborting them crashed vLLM 0.26's OffloadingConnector (an assertion in its store jobs; H200, 2026-11-29)
+DRAIN_S = 8.0
 PAD_KEY = 1 << 40  # seeds of the blocks padding a prompt longer than its hash ids (never a trace id)
 
 
@@ -103,7 +106,8 @@ def parse_args(argv=None):
     ap.add_argument("--load-format", default=None, help="vLLM load_format, e.g. dummy")
     ap.add_argument("--deadline-s", type=float, default=None,
                     help="all modes within this many seconds: each gets an equal share of what is left; a mode "
-                         "out of time (20 s before its share ends) aborts what runs and keeps the requests done (cut_off)")
+                         "out of time (20 s before its share ends) stops enqueueing DRAIN_S before that, aborts what still runs "
+                         "then and keeps the requests done (cut_off)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/trace_replay")
     ap.add_argument("--from", dest="from_dirs", default="", help="table: more folders with parts")
@@ -338,12 +342,14 @@ class ReplayBench(prefix_ttft.Bench):
         t0 = time.perf_counter()
         while True:
             now = time.perf_counter() - t0
-            if deadline is not None and not cut_off and time.time() > deadline:
-                cut_off = True
+            if deadline is not None and not cut_off and time.time() > deadline - DRAIN_S:
+                cut_off = True  # no request enqueued from now on; those in flight may finish by the deadline
+                print(f"\n{self.mode}: {DRAIN_S:.0f} s before the deadline: {n - nxt} requests not enqueued",
+                      flush=True)
+            if cut_off and time.time() > deadline:
                 left = [rids[i] for i in range(nxt) if recs[i]["finish"] is None]
                 aborted = len(left)
-                print(f"\n{self.mode}: deadline reached: {aborted} requests aborted, {n - nxt} not enqueued",
-                      flush=True)
+                print(f"\n{self.mode}: deadline reached: {aborted} requests aborted", flush=True)
                 if left:
                     try:
                         eng.abort_request(left, internal=True)  # vLLM >= 0.27: the ids enqueue returned
