@@ -137,3 +137,21 @@ def test_a_repeated_ask_the_step_must_defer_looks_up_one_block(b_held, want):
     again = sched.get_num_new_matched_tokens(b, 0)  # the same request asked again in this step
     assert lookup.sizes == [99, 99, 1]
     assert first == again == want
+
+
+def test_a_step_that_filled_the_load_budget_is_waited_for_too():
+    """``step_load_blocks``: 100 % hits (one token each to compute) served one a step; with
+    ``in_turn_tokens`` the second waits until the first's token is back, not only for the next step
+    (async scheduling would launch it first, and its launch and copies would delay that token)."""
+    sched = UcmScheduler(_Hold(), KeyMaker(b"root", 16, 1), 16, layerwise=True, step_tokens=512,
+                         step_load_blocks=4, in_turn_tokens=64)
+    sched.update_connector_output(_ran(0))
+    a, b = _request("a", 65), _request("b", 65)  # 4 blocks and 1 token each
+    assert sched.get_num_new_matched_tokens(a, 0) == (64, False)
+    assert sched.get_num_new_matched_tokens(b, 0) == (None, False)  # the load budget
+    sched.build_connector_meta(_output(1))  # step 1: a
+    assert sched.get_num_new_matched_tokens(b, 0) == (None, False)  # step 1's token not back
+    sched.build_connector_meta(_output(0))
+    sched.update_connector_output(_ran(1))
+    assert sched.get_num_new_matched_tokens(b, 0) == (64, False)
+    assert sched.stats.data["load_overflow"] == 1 and sched.stats.data["deferred"] == 1

@@ -15,8 +15,8 @@
   Likewise once they load ``step_load_blocks`` blocks: a load-bound step (e.g. 100 % hits) then
   serves its requests in turn, each in a step of its own, and the next step's copies queue behind
   this one's, so the link does not wait.
-  With ``in_turn_tokens`` a hit the token budget left out also waits until the tokens of the step
-  that filled the budget are back (the workers report each step they ran, ``UcmWorkerMetadata.ran``),
+  With ``in_turn_tokens`` a hit either budget left out also waits until the tokens of the step
+  that filled it are back (the workers report each step they ran, ``UcmWorkerMetadata.ran``),
   if that step computes at most ``in_turn_tokens`` new tokens: vLLM's async scheduling would
   otherwise launch the next step first, and a launch longer than the step's rest on the GPU delays
   them (a longer step hides the launch). A step whose report has not come after
@@ -231,7 +231,9 @@ class UcmScheduler:
 
     def build_connector_meta(self, scheduler_output: Any) -> UcmConnectorMetadata:
         self.seq += 1
-        if self.step_tokens and self.step_tokens <= self.step_new_tokens <= self.in_turn_tokens:
+        full = (self.step_tokens and self.step_new_tokens >= self.step_tokens) or \
+            (self.step_load_blocks and self.step_loaded_blocks >= self.step_load_blocks)
+        if full and self.step_new_tokens <= self.in_turn_tokens:  # a short step whose hits filled a budget
             self.filled = (self.seq, time.monotonic())
         self.step_new_tokens = self.step_loaded_blocks = 0  # the next schedule() plans a new step
         meta = UcmConnectorMetadata(seq=self.seq, delayed=self.delayed)

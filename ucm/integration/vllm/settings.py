@@ -56,11 +56,13 @@ class ConnectorSettings:
     #: native offload serves such requests in turn too, and wins on the mean TTFT of c = 2 cells by it,
     #: 2026-11-28). 0: off. Measured once on an H200 (twelfth session, 16k x 2, 100 %, budget 800):
     #: worse, both first tokens at 107 ms against 76 without (vLLM's async scheduling launched the
-    #: second step before reading the first's token; see ``layerwise_in_turn_tokens``).
+    #: second step before reading the first's token). Since 2026-11-29 (twenty-second session) a step
+    #: that fills this budget is waited for as ``layerwise_in_turn_tokens`` says, as one that fills the
+    #: token budget; not yet measured on a GPU (``--ucm-ab step_load_blocks=1000``).
     layerwise_step_load_blocks: int = 0
-    #: layer-wise mode: a hit that ``layerwise_step_tokens`` leaves for a later step also waits until
-    #: the tokens of the step that filled the budget are back, if that step computes at most this many
-    #: new tokens (0: off). With vLLM's async scheduling the next step is otherwise launched before
+    #: layer-wise mode: a hit that ``layerwise_step_tokens`` (or ``layerwise_step_load_blocks``) leaves for
+    #: a later step also waits until the tokens of the step that filled the budget are back, if that step
+    #: computes at most this many new tokens (0: off). With vLLM's async scheduling the next step is otherwise launched before
     #: those tokens are read, and a launch taking the CPU longer than the step's rest on the GPU delays
     #: them (8k x 2, 80 %, budget 1024 without the wait, on an H200: the first token at 87 ms, alone
     #: ~51; with it, budget 512: 59 ms). A longer step hides the next launch behind its GPU time, and
