@@ -201,7 +201,8 @@ run_jobs() {  # run_jobs JOB... : the jobs over the lanes, in order, each killed
     ;;
   native)
     setup || exit 1
-    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes native_best,native --lengths 8000,4000,16000 --reps 3 --reps-at 4000:5 \
+    # NATIVE_MODES: native_best alone halves the call (native's default is the weaker column)
+    OUT=$W/grid bash bench/gpu_prefix_ttft.sh --modes "${NATIVE_MODES:-native_best,native}" --lengths 8000,4000,16000 --reps 3 --reps-at 4000:5 \
       --decode-batch 0 --deadline-s "$(left 30)" 2>&1 | tail -20
     ;;
   v1full|v1ucm|v2full|v2ucm)  # HBM hits or ucm on one model runner (one mode a call): V1 is native_best's, V2

@@ -58,7 +58,7 @@ class ConnectorSettings:
     #: worse, both first tokens at 107 ms against 76 without (vLLM's async scheduling launched the
     #: second step before reading the first's token). Since 2026-11-29 (twenty-second session) a step
     #: that fills this budget is waited for as ``layerwise_in_turn_tokens`` says, as one that fills the
-    #: token budget; not yet measured on a GPU (``--ucm-ab step_load_blocks=1000``).
+    #: token budget; not yet measured on a GPU (``--ucm-ab step_load_blocks=500``: one 16k hit a step).
     layerwise_step_load_blocks: int = 0
     #: layer-wise mode: a hit that ``layerwise_step_tokens`` (or ``layerwise_step_load_blocks``) leaves for
     #: a later step also waits until the tokens of the step that filled the budget are back, if that step
