@@ -114,7 +114,7 @@ class UcmScheduler:
         self.in_turn_tokens = in_turn_tokens  # 0: off
         self.prefetch = prefetch  # a load-bound hit's copies start at its allocation (same-thread worker)
         self.upfront_blocks = upfront_blocks  # a step loading at most this many blocks loads them up front (0: off)
-        self.filled: tuple[int, float] = (0, 0.0)  # (step, when planned) of the last short step whose hits filled step_tokens
+        self.filled: tuple[int, float] = (0, 0.0)  # (step, when planned) of the last short step whose hits filled a budget
         self.pinned: set[str] = set()  # requests holding pins whose load is not planned yet
         self.keys = keys
         self.block_size = block_size
