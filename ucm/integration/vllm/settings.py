@@ -64,9 +64,8 @@ class ConnectorSettings:
     #: a later step also waits until the tokens of the step that filled the budget are back, if that step
     #: computes at most this many new tokens (0: off). With vLLM's async scheduling the next step is
     #: otherwise launched before those tokens are read, and a launch taking the CPU longer than the step's
-    #: rest on the GPU delays
-    #: them (8k x 2, 80 %, budget 1024 without the wait, on an H200: the first token at 87 ms, alone
-    #: ~51; with it, budget 512: 59 ms). A longer step hides the next launch behind its GPU time, and
+    #: rest on the GPU delays them (8k x 2, 80 %, budget 1024 without the wait, on an H200: the first
+    #: token at 87 ms, alone ~51; with it, budget 512: 59 ms). A longer step hides the next launch behind its GPU time, and
     #: waiting for it would only add that launch (16k: ~3,200 new tokens a request at 80 %).
     layerwise_in_turn_tokens: int = 2048
     #: layer-wise mode: a load-bound hit (it loads at least ``scheduler.UPFRONT_RATIO`` tokens per token
