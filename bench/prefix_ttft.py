@@ -447,14 +447,7 @@ class Bench:
             lengths=a.lengths, concurrency=a.concurrency, reps=a.reps, reps_at=a.reps_at, hit=a.hit,
             host_speed=host_speed.measure(cuda),  # launch-bound cells move with it between hosts
         )
-        self.ab = None  # --ucm-ab: (scheduler, name, A's value, B's value); trace_replay has no such option
-        if getattr(a, "ucm_ab", None) and mode.startswith("ucm"):
-            sched = self._ucm_scheduler()
-            if sched is None:
-                raise SystemExit("--ucm-ab: no ucm scheduler in this process (an in-process engine is needed)")
-            name, value = a.ucm_ab
-            self.ab = (sched, name, getattr(sched, name), value)
-            self.info["ucm_ab"] = dict(name=name, a=getattr(sched, name), b=value)
+        self.ab = None  # --ucm-ab (``use_ab``): (scheduler, name, A's value, B's value)
         if mode == "ucm_disk":
             self.info.update(disk_dram_bytes=self.dram_cap, disk_cold=a.disk_cold,
                              disk_fs=fs_type(self.disk_dir))
@@ -668,6 +661,17 @@ class Bench:
                 self._set_ab(False)
             r.update({f"ab_{k}" if b else k: v for k, v in out.items()})
         return r
+
+    def use_ab(self, switch: Optional[tuple]) -> None:
+        """``--ucm-ab``'s (name, value): every cell runs A / B (``ab_cell``); nothing for other modes."""
+        if not switch or not self.mode.startswith("ucm"):
+            return
+        sched = self._ucm_scheduler()
+        if sched is None:
+            raise SystemExit("--ucm-ab: no ucm scheduler in this process (an in-process engine is needed)")
+        name, value = switch
+        self.ab = (sched, name, getattr(sched, name), value)
+        self.info["ucm_ab"] = dict(name=name, a=getattr(sched, name), b=value)
 
     def _set_ab(self, b: bool) -> None:
         sched, name, a_value, b_value = self.ab
@@ -933,6 +937,7 @@ def run_worker(a, mode: str) -> None:
     try:
         b = Bench(a, mode, cuda)
         disk_dir = b.disk_dir
+        b.use_ab(a.ucm_ab)
         res = b.run()
         res["info"]["finished"] = utc_now()
         res["info"]["host_speed_end"] = host_speed.measure(cuda)  # the host may change during a mode
