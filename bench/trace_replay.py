@@ -186,19 +186,18 @@ def working_set_blocks(reqs: list[dict], block_tokens: int) -> int:
     return len(s)
 
 
-#: ranked for ``--best-policy auto``: every online eviction policy of conf/eviction/ (LRU for scale: ucm_lru
-#: runs it anyway, so ucm_best takes the best of the others)
-AUTO_CANDIDATES = ("lru", "lfu", "arc", "s3fifo", "sieve", "chainarc", "chainlfu", "prefixlfu")
-
-
 def rank_policies(reqs: list[dict], block_tokens: int, cap_blocks: int,
-                  candidates=AUTO_CANDIDATES) -> list[tuple[str, float]]:
+                  candidates=None) -> list[tuple[str, float]]:
     """(policy, simulated prefix hit ratio), best first: each request's blocks (as its prompt uses them)
     replayed in ``ucm.sim``'s prefix mode through one tier of ``cap_blocks`` trace blocks. The sim's
     tier stands for ucm's DRAM alone (vLLM's own cache in front of it is left out): a ranking, not the
-    replay's hits. Ties keep the order of ``candidates``."""
+    replay's hits. ``candidates``: by default every online eviction policy ucm has (``--best-policy auto``:
+    LRU for scale, ucm_lru runs it anyway, so ucm_best takes the best of the others). Ties keep their order."""
+    from ucm.policies import EVICTION_POLICIES
     from ucm.sim.core import simulate
     from ucm.sim.trace import from_requests
+
+    candidates = tuple(EVICTION_POLICIES) if candidates is None else candidates
 
     ids = [used_blocks(r["hash_ids"], r["prompt_len"], block_tokens) for r in reqs]
     trace = from_requests("replay", ids, block_tokens, tokens=[r["prompt_len"] for r in reqs])

@@ -296,13 +296,14 @@ def _replay_reqs():
 
 
 def test_rank_policies_is_the_simulator_on_the_blocks_the_prompts_use():
+    from ucm.policies import EVICTION_POLICIES
     from ucm.sim.core import simulate
     from ucm.sim.trace import from_requests
 
     reqs = _replay_reqs()
     reqs[0] = dict(hash_ids=[0, 1, 2, 77, 78, 79], prompt_len=3 * BT - 1)  # ids past the prompt are not replayed
     ranking = tr.rank_policies(reqs, BT, 12)
-    assert sorted(p for p, _ in ranking) == sorted(tr.AUTO_CANDIDATES) and "lru" in dict(ranking)
+    assert sorted(p for p, _ in ranking) == sorted(EVICTION_POLICIES) and "lru" in dict(ranking)
     assert [r for _, r in ranking] == sorted((r for _, r in ranking), reverse=True)
     ids = [r["hash_ids"][:-(-r["prompt_len"] // BT)] for r in reqs]
     trace = from_requests("t", ids, BT, tokens=[r["prompt_len"] for r in reqs])
