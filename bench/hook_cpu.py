@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import functools
 import json
 import os
 import pstats
@@ -83,9 +84,7 @@ def stand_in_cuda(monkey: list) -> None:
     """Let planes.CudaPlaneCopier run on the CPU: its CUDA calls become no-ops (undone by ``monkey``)."""
     from ucm.tiers import batch_dma, planes
 
-    def put(obj, name, value):
-        _put(monkey, obj, name, value)
-
+    put = functools.partial(_put, monkey)
     stream = _Stream()
     put(torch.cuda, "current_stream", lambda device=None: stream)
     put(torch.cuda, "stream", lambda s: contextlib.nullcontext())
@@ -374,9 +373,7 @@ def bandwidth_call_ms(blocks: int, fragmented: bool, reps: int = 9, profile: boo
 
 def stand_in_index_kernels(monkey: list) -> None:
     """The planes' gather / scatter kernels as no-ops (``bandwidth_call_ms``: real sizes, no bytes moved)."""
-    def put(obj, name, value):
-        _put(monkey, obj, name, value)
-
+    put = functools.partial(_put, monkey)
     put(torch.Tensor, "index_copy_", lambda self, dim, index, source: self)
     put(torch.Tensor, "index_select", lambda self, dim, index: self[:len(index)])
     index_select = torch.index_select
