@@ -174,6 +174,7 @@ def run_layout(device, layout: str, api: str, blocks: int, piece: int, layers: i
     for s_, d_ in zip(src, dst):
         assert torch.equal(s_[rows], d_[dst_rows]), "round trip must be byte-exact"
     store.close()
+    gc.unfreeze()  # this layout's set-up may be collected again (the next layout freezes its own)
     return result
 
 
